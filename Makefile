@@ -1,0 +1,49 @@
+# effp's two entry points are `make run` and `make test`; everything they need is
+# installed by the targets below, idempotently, into a cache shared by all clones.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+EFFP_CACHE ?= $(HOME)/.cache/effp
+CARGO_TARGET_DIR ?= $(EFFP_CACHE)/target
+export EFFP_CACHE CARGO_TARGET_DIR
+
+PYTHON_ENV := .venv/bin/python
+FIXTURES = $$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" | tail -n 1)
+EFFP_BIN := $(CARGO_TARGET_DIR)/release/effp
+
+.PHONY: help run test lint venv fixtures build soak bench-inspect
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+run: venv fixtures ## Start effp (for now: inspect the YOLOv8n fixture)
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); "$(EFFP_BIN)" inspect "$$fixtures/yolov8n.onnx"
+
+test: venv fixtures ## Run every test
+	@fixtures=$(FIXTURES); \
+	  EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets
+
+lint: ## rustfmt and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)
+	@scripts/bootstrap-python.sh
+
+fixtures: venv ## Export the Ultralytics ONNX fixtures (cached by script hash)
+	@$(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" >/dev/null
+
+build: ## Build the release binary
+	cargo build --release --bin effp
+
+soak: venv fixtures ## Long run of the model-mutation property test (PROPTEST_CASES, default 200000)
+	@fixtures=$(FIXTURES); EFFP_FIXTURES="$$fixtures" PROPTEST_CASES=$${PROPTEST_CASES:-200000} \
+	  cargo test --release -p effp-graph --test mutation -- --nocapture
+
+bench-inspect: venv ## Benchmark `effp inspect` time and peak memory (yolov8n, yolov8x)
+	@cargo build --release --quiet --bin effp
+	@fixtures=$$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" --bench | tail -n 1); \
+	  $(PYTHON_ENV) scripts/bench_inspect.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/inspect.json"

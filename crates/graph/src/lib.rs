@@ -1,0 +1,57 @@
+//! effp's graph crate: ONNX load and save, the graph IR, static shape inference and
+//! the cost model (MACs, FLOPs, parameters).
+//!
+//! It knows nothing of tch or HTTP: the engine executes what this crate describes,
+//! and the service reports what this crate measures.
+//!
+//! ```no_run
+//! use effp_graph::{analyse_file, shape::InputSize};
+//! let (model, report) = analyse_file("yolov8n.onnx".as_ref(), Some("640x640".parse::<InputSize>()?))?;
+//! println!("{} GFLOPs, {} params", report.totals.gflops, report.totals.params);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod cost;
+mod error;
+pub mod inspect;
+pub mod ir;
+pub mod onnx;
+pub mod shape;
+
+pub use error::{GraphError, Result};
+
+use std::path::Path;
+
+/// Loads a model, infers its shapes and builds its inspection report.
+///
+/// Unsupported ops do not fail this call: they are listed in the report (and leave
+/// the shapes behind them unknown), so that callers can show the user everything at
+/// once and then refuse to prune with [`require_supported`].
+pub fn analyse_file(
+    path: &Path,
+    input_size: Option<shape::InputSize>,
+) -> Result<(ir::Model, inspect::InspectReport)> {
+    analyse(onnx::load_file(path)?, input_size)
+}
+
+/// [`analyse_file`] for a model already in memory.
+pub fn analyse(
+    mut model: ir::Model,
+    input_size: Option<shape::InputSize>,
+) -> Result<(ir::Model, inspect::InspectReport)> {
+    shape::infer_shapes(&mut model, input_size)?;
+    let report = inspect::inspect(&model);
+    Ok((model, report))
+}
+
+/// Fails with [`GraphError::UnsupportedOps`] when the graph has any op effp cannot run.
+pub fn require_supported(model: &ir::Model) -> Result<()> {
+    let ops = model.graph.unsupported_ops();
+    if ops.is_empty() {
+        Ok(())
+    } else {
+        Err(GraphError::UnsupportedOps { ops })
+    }
+}

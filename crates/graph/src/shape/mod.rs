@@ -1,0 +1,235 @@
+//! Static shape inference: every value gets its shape from the input size.
+
+mod ops;
+
+pub use ops::{broadcast, norm_axis};
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{GraphError, Result};
+use crate::ir::{Dim, Graph, Model, Op};
+use ops::NodeInputs;
+
+/// Spatial size of the image input, as `HxW` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSize {
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+}
+
+impl FromStr for InputSize {
+    type Err = String;
+
+    /// Parses `640`, `640x640` or `480x640` (height × width).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "'{s}' is not an input size: use HxW with positive integers, e.g. 640x640 or 320x480"
+            )
+        };
+        let mut parts = s.trim().split(['x', 'X', '×']);
+        let h = parts.next().ok_or_else(bad)?;
+        let w = parts.next().unwrap_or(h);
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&v| (1..=65_536).contains(&v))
+                .ok_or_else(bad)
+        };
+        Ok(Self {
+            height: parse(h)?,
+            width: parse(w)?,
+        })
+    }
+}
+
+impl fmt::Display for InputSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.height, self.width)
+    }
+}
+
+/// Fills in [`crate::ir::Value::shape`] for every value reachable from the inputs.
+///
+/// Graph inputs take their declared shape; a symbolic batch becomes 1 and, when
+/// `input_size` is given, the last two axes of every 4-D input take that size.
+/// Values downstream of an unsupported op stay unknown (`None`); anything that is
+/// known but inconsistent is an error naming the node.
+pub fn infer_shapes(model: &mut Model, input_size: Option<InputSize>) -> Result<()> {
+    let graph = &mut model.graph;
+    set_input_shapes(graph, input_size)?;
+    check_constant_weights(graph)?;
+    for index in 0..graph.nodes.len() {
+        let node = &graph.nodes[index];
+        let inputs = NodeInputs {
+            shapes: node
+                .inputs
+                .iter()
+                .map(|i| i.and_then(|id| graph.values[id.0].shape.as_deref()))
+                .collect(),
+            constants: node
+                .inputs
+                .iter()
+                .map(|i| i.and_then(|id| graph.values[id.0].constant.as_ref()))
+                .collect(),
+            output_count: node.outputs.len(),
+        };
+        let upstream_unknown = node
+            .inputs
+            .iter()
+            .flatten()
+            .any(|id| graph.values[id.0].shape.is_none());
+        if upstream_unknown || !node.op.is_supported() {
+            continue;
+        }
+        let shapes = ops::infer(&node.op, &inputs).map_err(|reason| GraphError::Shape {
+            node: node.name.clone(),
+            op: node.op.op_type().to_string(),
+            reason,
+        })?;
+        if shapes.len() != node.outputs.len() {
+            return Err(GraphError::Shape {
+                node: node.name.clone(),
+                op: node.op.op_type().to_string(),
+                reason: format!(
+                    "declares {} outputs but computes {}",
+                    node.outputs.len(),
+                    shapes.len()
+                ),
+            });
+        }
+        let dtype = node
+            .inputs
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|id| graph.values[id.0].dtype);
+        let outputs = node.outputs.clone();
+        for (id, shape) in outputs.into_iter().zip(shapes) {
+            let v = &mut graph.values[id.0];
+            v.shape = Some(shape);
+            v.dtype = dtype;
+        }
+    }
+    Ok(())
+}
+
+fn set_input_shapes(graph: &mut Graph, input_size: Option<InputSize>) -> Result<()> {
+    let mut images = 0;
+    for io in &graph.inputs {
+        let name = graph.values[io.value.0].name.clone();
+        let dims = io.dims.as_ref().ok_or_else(|| GraphError::InputSize {
+            reason: format!(
+                "graph input '{name}' declares no shape; effp needs a static input shape"
+            ),
+        })?;
+        let mut shape = Vec::with_capacity(dims.len());
+        for (axis, d) in dims.iter().enumerate() {
+            let image_axis = dims.len() == 4 && axis >= 2;
+            shape.push(match (d, input_size) {
+                (_, Some(size)) if image_axis => {
+                    if axis == 2 { size.height } else { size.width }
+                }
+                (Dim::Fixed(v), _) => *v,
+                (_, _) if axis == 0 => 1,
+                _ => {
+                    return Err(GraphError::InputSize {
+                        reason: format!(
+                            "graph input '{name}' has a free size on axis {axis}; pass an input size \
+                             (--input-size HxW)"
+                        ),
+                    });
+                }
+            });
+        }
+        if shape.contains(&0) {
+            return Err(GraphError::InputSize {
+                reason: format!("graph input '{name}' has a zero-sized axis: {shape:?}"),
+            });
+        }
+        images += usize::from(dims.len() == 4);
+        graph.values[io.value.0].shape = Some(shape);
+    }
+    if let (Some(size), 0) = (input_size, images) {
+        return Err(GraphError::InputSize {
+            reason: format!("the model has no 4-D image input to give the size {size}"),
+        });
+    }
+    Ok(())
+}
+
+/// Convolution and Gemm weights and BatchNormalization parameters must be constants:
+/// they are what effp prunes.
+fn check_constant_weights(graph: &Graph) -> Result<()> {
+    for node in &graph.nodes {
+        let roles: &[(usize, &'static str)] = match node.op {
+            Op::Conv(_) | Op::ConvTranspose(_) => &[(1, "weight"), (2, "bias")],
+            Op::BatchNormalization { .. } => {
+                &[(1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")]
+            }
+            _ => continue,
+        };
+        for &(index, role) in roles {
+            let Some(id) = node.input(index) else {
+                if role == "bias" {
+                    continue;
+                }
+                return Err(GraphError::MissingInput {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    index,
+                    role,
+                });
+            };
+            let value = graph.value(id);
+            if value.constant.is_none() {
+                return Err(GraphError::MissingWeight {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    role,
+                    input: value.name.clone(),
+                    reason: if value.producer.is_some() {
+                        "it is computed by another node"
+                    } else {
+                        "it is a graph input with no initializer"
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_size_parses_square_and_rectangular_forms() {
+        assert_eq!(
+            "640".parse::<InputSize>().unwrap(),
+            InputSize {
+                height: 640,
+                width: 640
+            }
+        );
+        assert_eq!(
+            "320x480".parse::<InputSize>().unwrap(),
+            InputSize {
+                height: 320,
+                width: 480
+            }
+        );
+        for bad in ["0x320", "-1x320", "axb", "1x2x3", "", "320x0"] {
+            let err = bad.parse::<InputSize>().unwrap_err();
+            assert!(err.contains("positive integers"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Command-line interface: argument parsing and dispatch to the subcommands.
+
+mod inspect;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status when the command failed (bad input, I/O).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status when the model was read but uses ops effp does not support.
+pub const EXIT_UNSUPPORTED: u8 = 3;
+
+/// effp: pruning-as-a-service for object detectors.
+#[derive(Debug, Parser)]
+#[command(name = "effp", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a model's layers, shapes, parameters and FLOPs.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Parses the command line, runs the command and turns its outcome into an exit code.
+pub fn run() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("EFFP_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

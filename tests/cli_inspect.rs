@@ -1,0 +1,176 @@
+//! `effp inspect` as a user runs it: exit codes, tables, JSON and error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use effp_testkit::{builder::ModelBuilder, fixtures, zoo};
+
+fn effp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(args)
+        .output()
+        .expect("effp runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn prints_a_table_with_the_published_totals() {
+    let out = effp(&["inspect", fixtures::path("yolov8n.onnx").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("Total   3,151,904 params, 8.74 GFLOPs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Inputs  images float32 1×3×640×640"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/model.0/conv/Conv"),
+        "per-node table: {stdout}"
+    );
+    assert!(stdout.contains("Conv 64"), "op histogram: {stdout}");
+    assert!(stdout.contains("Unsupported ops: none"), "{stdout}");
+}
+
+#[test]
+fn json_report_is_the_documented_object() {
+    let out = effp(&[
+        "inspect",
+        "--json",
+        fixtures::path("yolo11n.onnx").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
+    assert_eq!(v["schema"], "effp.inspect/v1");
+    assert_eq!(v["totals"]["params"], 2_616_248);
+    assert_eq!(
+        v["totals"]["flops"].as_u64().unwrap(),
+        2 * v["totals"]["macs"].as_u64().unwrap()
+    );
+    assert_eq!(v["totals"]["complete"], true);
+    assert_eq!(v["op_histogram"]["MatMul"], 2);
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 3, 640, 640]));
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 84, 8400]));
+    assert_eq!(v["model"]["opset"], 18);
+    assert_eq!(v["model"]["metadata"]["task"], "detect");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), v["totals"]["nodes"].as_u64().unwrap() as usize);
+    let summed: u64 = nodes.iter().map(|n| n["flops"].as_u64().unwrap()).sum();
+    assert_eq!(summed, v["totals"]["flops"].as_u64().unwrap());
+    assert!(v["unsupported_ops"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn input_size_flag_recomputes_shapes_and_cost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write(tmp.path(), "se.onnx", &zoo::se_block());
+    let out = effp(&["inspect", "--json", "--input-size", "64x96", &m]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 3, 64, 96]));
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 8, 64, 96]));
+}
+
+#[test]
+fn bad_files_fail_with_one_clear_message_and_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = std::fs::read(fixtures::path("yolov8t.onnx")).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (write(tmp.path(), "empty.onnx", b""), "the model is empty"),
+        (
+            write(
+                tmp.path(),
+                "text.onnx",
+                b"this is not a model, just some text\n",
+            ),
+            "not a valid ONNX model",
+        ),
+        (
+            write(tmp.path(), "cut.onnx", &tiny[..tiny.len() / 2]),
+            "truncated, corrupt or not ONNX",
+        ),
+        (
+            tmp.path()
+                .join("missing.onnx")
+                .to_str()
+                .unwrap()
+                .to_string(),
+            "cannot read",
+        ),
+    ];
+    for (path, expected) in cases {
+        let out = effp(&["inspect", &path]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
+        assert!(
+            stderr.starts_with("error: cannot inspect '"),
+            "{path}: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{path}: expected '{expected}' in: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_input_size_is_a_usage_error() {
+    let m = fixtures::path("yolov8t.onnx");
+    for bad in ["0x320", "-5x5", "big"] {
+        let out = effp(&["inspect", "--input-size", bad, m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            text(&out.stderr).contains("positive integers"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn unsupported_ops_are_listed_and_exit_with_status_3() {
+    let mut b = ModelBuilder::new("nms", 3);
+    let x = b.input("input", &[1, 3, 16, 16]);
+    let c = b.conv(&x, 3, 4, 3, 1, 1);
+    let t = b.op("Tanh", &[&c], vec![]);
+    let e = b.op("Erf", &[&t], vec![]);
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write(
+        tmp.path(),
+        "u.onnx",
+        &b.finish_as(&e, "out", &[1, 4, 16, 16]),
+    );
+    let out = effp(&["inspect", &m]);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("Unsupported ops:\n  Tanh at node 'Tanh_"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  Erf at node 'Erf_"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("2 unsupported op(s): Tanh (node 'Tanh_"),
+        "{stderr}"
+    );
+
+    let out = effp(&["inspect", "--json", &m]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unsupported_ops"].as_array().unwrap().len(), 2);
+    assert_eq!(v["totals"]["complete"], false);
+}
