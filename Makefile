@@ -23,8 +23,11 @@ run: venv fixtures ## Start effp (for now: inspect the YOLOv8n fixture)
 	@fixtures=$(FIXTURES); "$(EFFP_BIN)" inspect "$$fixtures/yolov8n.onnx"
 
 test: venv fixtures ## Run every test
-	@fixtures=$(FIXTURES); \
-	  EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets
+	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \
+	  { EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets \
+	    && cargo test --workspace --doc; } 2>&1 | tee "$$log"; status=$${PIPESTATUS[0]}; \
+	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
+	  exit $$status
 
 lint: ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check

@@ -1,12 +1,12 @@
 //! Number formatting and table layout shared by the commands' human-readable output.
 
-use comfy_table::presets::UTF8_HORIZONTAL_ONLY;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 
-/// A table with effp's look: horizontal rules only, numbers right-aligned.
+/// A table with effp's look: condensed rows, numbers right-aligned.
 pub fn new_table(header: &[&str], numeric: &[usize]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_HORIZONTAL_ONLY)
+    t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.to_vec());
     for &c in numeric {
