@@ -3,7 +3,8 @@
 #
 # It holds libtorch (the torch==2.11.0 wheel that tch links against) and the
 # independent references the tests compare with (onnx, onnxruntime, pycocotools,
-# ultralytics). The environment lives in the cache, named by the hash of the
+# ultralytics). `.venv/libtorch` points at the torch package, which is what tch
+# builds and links against (see .cargo/config.toml). The environment lives in the cache, named by the hash of the
 # requirement files, so every clone on the machine shares it and a change to the
 # requirements builds a new one.
 set -euo pipefail
@@ -28,5 +29,9 @@ import onnx, onnxruntime, pycocotools, torch, ultralytics  # noqa: F401
 assert torch.__version__.split("+")[0] == "2.11.0", f"torch {torch.__version__} is not 2.11.0"
 PY
   touch "$venv/.complete"
+fi
+if [ ! -e "$venv/libtorch" ]; then
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  ln -sfn "$site/torch" "$venv/libtorch"
 fi
 ln -sfn "$venv" "$root/.venv"

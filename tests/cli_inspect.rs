@@ -174,3 +174,96 @@ fn unsupported_ops_are_listed_and_exit_with_status_3() {
     assert_eq!(v["unsupported_ops"].as_array().unwrap().len(), 2);
     assert_eq!(v["totals"]["complete"], false);
 }
+
+#[test]
+fn prune_writes_a_smaller_model_and_a_report_anyone_can_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pruned.onnx");
+    let report = tmp.path().join("report.json");
+    let model = fixtures::path("yolov8t.onnx");
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--method",
+        "l1",
+        "--target-flops",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("FLOPs   "),
+        "{}",
+        text(&run.stdout)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["schema"], "effp.prune-report/v1");
+    assert_eq!(r["method"], "l1");
+    let ratio = r["flops_ratio"].as_f64().unwrap();
+    assert!((0.49..=0.5).contains(&ratio), "{ratio}");
+    // The pruned file inspects to the FLOPs the report claims.
+    let inspected = effp(&["inspect", "--json", out.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(v["totals"]["flops"], r["after"]["flops"]);
+    // Every changed layer lists kept indices that fit its original channel counts.
+    for layer in r["compaction"]["layers"].as_array().unwrap() {
+        let kept = layer["kept_output_channels"].as_array().unwrap();
+        assert_eq!(
+            kept.len() as u64,
+            layer["out_channels_after"].as_u64().unwrap()
+        );
+        assert!(
+            kept.iter()
+                .all(|k| k.as_u64().unwrap() < layer["out_channels_before"].as_u64().unwrap())
+        );
+    }
+}
+
+#[test]
+fn prune_refuses_bad_targets_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.onnx");
+    let model = fixtures::path("yolov8t.onnx");
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target-params",
+        "1.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("a ratio must be between 0 and 1"),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target-flops",
+        "0.01",
+        "--min-fraction",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("cannot be reached"),
+        "{}",
+        text(&run.stderr)
+    );
+    assert!(!out.exists(), "nothing is written when pruning fails");
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(2), "a target is required");
+}

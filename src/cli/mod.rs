@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
 mod inspect;
+mod prune;
 mod table;
 
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Show a model's layers, shapes, parameters and FLOPs.
     Inspect(inspect::InspectArgs),
+    /// Remove channel groups until a FLOPs or parameter target holds; write the smaller ONNX.
+    Prune(prune::PruneArgs),
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -32,6 +35,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Prune(args) => prune::run(&args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod channels;
 pub mod cost;
 mod error;
 pub mod inspect;

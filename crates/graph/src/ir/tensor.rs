@@ -182,6 +182,36 @@ impl Tensor {
         &self.bytes
     }
 
+    /// The sub-tensor holding only `indices` along `axis`, in that order.
+    ///
+    /// Panics when `axis` or an index is out of range (a programming error: callers
+    /// slice by indices derived from this tensor's own shape).
+    pub fn select(&self, axis: usize, indices: &[usize]) -> Tensor {
+        let size = self.dtype.size();
+        let outer: usize = self.dims[..axis].iter().product();
+        let inner: usize = self.dims[axis + 1..].iter().product::<usize>() * size;
+        let n = self.dims[axis];
+        let mut bytes = Vec::with_capacity(outer * indices.len() * inner);
+        for o in 0..outer {
+            for &i in indices {
+                assert!(
+                    i < n,
+                    "index {i} out of range for axis {axis} of {:?}",
+                    self.dims
+                );
+                let start = (o * n + i) * inner;
+                bytes.extend_from_slice(&self.bytes[start..start + inner]);
+            }
+        }
+        let mut dims = self.dims.clone();
+        dims[axis] = indices.len();
+        Tensor {
+            dtype: self.dtype,
+            dims,
+            bytes,
+        }
+    }
+
     /// The elements as integers, for shape-like inputs (Reshape, Slice, Split, Pad);
     /// `None` for float types.
     pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
@@ -291,6 +321,14 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn select_keeps_the_chosen_slices_in_order() {
+        let t = Tensor::from_f32(vec![2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(t.select(1, &[2, 0]).to_f32_vec(), vec![2.0, 0.0, 5.0, 3.0]);
+        assert_eq!(t.select(0, &[1]).to_f32_vec(), vec![3.0, 4.0, 5.0]);
+        assert_eq!(t.select(1, &[]).dims(), &[2, 0]);
     }
 
     #[test]

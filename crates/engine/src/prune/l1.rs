@@ -1,0 +1,147 @@
+//! One-shot magnitude pruning (Li et al. 2017), the first method and baseline.
+
+use effp_graph::channels::cost::ActiveChannels;
+use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::ir::{Graph, NodeId, Op};
+
+use super::{PruneError, Target};
+
+/// Limits on how far any one layer may be thinned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct L1Options {
+    /// Channels every feature map keeps at least (default 1: no layer is ever empty).
+    pub min_channels: usize,
+    /// Fraction of its channels every feature map keeps at least (default 0).
+    pub min_fraction: f64,
+}
+
+impl Default for L1Options {
+    fn default() -> Self {
+        Self {
+            min_channels: 1,
+            min_fraction: 0.0,
+        }
+    }
+}
+
+/// Chooses groups to switch off: importance = L2 norm of each producer filter,
+/// normalised by the largest in its layer and averaged over the group's producers,
+/// divided by the MACs the group costs; the least important per MAC go first until
+/// the target holds.
+pub fn l1_mask(
+    graph: &Graph,
+    analysis: &ChannelAnalysis,
+    target: Target,
+    options: L1Options,
+) -> Result<Mask, PruneError> {
+    target.validate()?;
+    let importance = group_importance(graph, analysis);
+    let mut order: Vec<usize> = (0..analysis.groups.len()).collect();
+    let score = |g: usize| {
+        let macs = analysis.groups[g].macs.max(1) as f64;
+        importance[g] / macs
+    };
+    order.sort_by(|&a, &b| score(a).total_cmp(&score(b)));
+
+    let mut counts = ActiveChannels::all(graph, analysis);
+    let original = counts.cost();
+    let floor = |v: effp_graph::ir::ValueId| {
+        let n = analysis.channels(v).unwrap_or(1);
+        options
+            .min_channels
+            .max((options.min_fraction * n as f64).ceil() as usize)
+            .min(n)
+    };
+    let mut mask = Mask::all_active(analysis.groups.len());
+    for g in order {
+        if target.is_met(original, counts.cost()) {
+            return Ok(mask);
+        }
+        let group = &analysis.groups[g];
+        let mut per_value: std::collections::HashMap<usize, usize> =
+            std::collections::HashMap::new();
+        for &(v, _) in &group.members {
+            *per_value.entry(v.0).or_default() += 1;
+        }
+        let allowed = per_value.iter().all(|(&v, &n)| {
+            counts.active(effp_graph::ir::ValueId(v)) >= n + floor(effp_graph::ir::ValueId(v))
+        });
+        if allowed {
+            counts.switch(analysis, g, false);
+            mask.set(g, false);
+        }
+    }
+    let best = counts.cost();
+    if target.is_met(original, best) {
+        return Ok(mask);
+    }
+    Err(PruneError::Unreachable {
+        target,
+        best_flops: best.flops(),
+        best_params: best.params,
+        min_channels: options.min_channels,
+    })
+}
+
+/// Mean normalised filter norm of each group's producers.
+fn group_importance(graph: &Graph, analysis: &ChannelAnalysis) -> Vec<f64> {
+    let mut norms: std::collections::HashMap<NodeId, Vec<f64>> = std::collections::HashMap::new();
+    for group in &analysis.groups {
+        for &(node, _) in &group.producers {
+            norms
+                .entry(node)
+                .or_insert_with(|| filter_norms(graph, node));
+        }
+    }
+    let max: std::collections::HashMap<NodeId, f64> = norms
+        .iter()
+        .map(|(&n, v)| {
+            (
+                n,
+                v.iter().copied().fold(0.0, f64::max).max(f64::MIN_POSITIVE),
+            )
+        })
+        .collect();
+    analysis
+        .groups
+        .iter()
+        .map(|group| {
+            let sum: f64 = group
+                .producers
+                .iter()
+                .map(|&(n, c)| norms[&n].get(c).copied().unwrap_or(0.0) / max[&n])
+                .sum();
+            sum / group.producers.len().max(1) as f64
+        })
+        .collect()
+}
+
+/// L2 norm of every output filter of a Conv, ConvTranspose or Gemm.
+fn filter_norms(graph: &Graph, id: NodeId) -> Vec<f64> {
+    let node = graph.node(id);
+    let Some(w) = node.input(1).and_then(|w| graph.constant(w)) else {
+        return Vec::new();
+    };
+    let values = w.to_f32_vec();
+    let dims = w.dims();
+    // Axis of the output channel in the weight.
+    let out_axis = match &node.op {
+        Op::ConvTranspose(_) => 1,
+        Op::Gemm { trans_b: false, .. } => 1,
+        _ => 0,
+    };
+    let n_out = dims.get(out_axis).copied().unwrap_or(0);
+    let inner: usize = dims[out_axis + 1..].iter().product();
+    let outer: usize = dims[..out_axis].iter().product();
+    let mut sq = vec![0.0f64; n_out];
+    for o in 0..outer {
+        for (c, acc) in sq.iter_mut().enumerate() {
+            let start = (o * n_out + c) * inner;
+            *acc += values[start..start + inner]
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>();
+        }
+    }
+    sq.into_iter().map(f64::sqrt).collect()
+}
