@@ -8,6 +8,9 @@ SHELL := bash
 EFFP_CACHE ?= $(HOME)/.cache/effp
 CARGO_TARGET_DIR ?= $(EFFP_CACHE)/target
 export EFFP_CACHE CARGO_TARGET_DIR
+# tch links the venv's libtorch. Resolving the link gives every clone the same path
+# (in the cache), so the torch-sys build and the binaries' rpath are shared.
+export LIBTORCH = $(realpath .venv/libtorch)
 
 PYTHON_ENV := .venv/bin/python
 FIXTURES = $$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" | tail -n 1)
@@ -29,7 +32,7 @@ test: venv fixtures ## Run every test
 	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	  exit $$status
 
-lint: ## rustfmt and clippy, warnings as errors
+lint: venv ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -39,7 +42,7 @@ venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics â
 fixtures: venv ## Export the Ultralytics ONNX fixtures (cached by script hash)
 	@$(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" >/dev/null
 
-build: ## Build the release binary
+build: venv ## Build the release binary
 	cargo build --release --bin effp
 
 soak: venv fixtures ## Long run of the model-mutation property test (PROPTEST_CASES, default 200000)

@@ -267,3 +267,58 @@ fn prune_refuses_bad_targets_with_a_clear_message() {
     ]);
     assert_eq!(run.status.code(), Some(2), "a target is required");
 }
+
+#[test]
+fn groups_flag_reports_prunable_groups_and_why_the_rest_is_frozen() {
+    let out = effp(&[
+        "inspect",
+        "--json",
+        "--groups",
+        fixtures::path("yolo11t.onnx").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = &v["channel_groups"];
+    assert!(g["prunable_groups"].as_u64().unwrap() > 0);
+    assert_eq!(
+        g["groups"].as_array().unwrap().len() as u64,
+        g["prunable_groups"].as_u64().unwrap()
+    );
+    let reasons: Vec<&str> = g["frozen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("graph input 'images'")),
+        "{reasons:?}"
+    );
+    // YOLO11's attention block reshapes q/k/v and multiplies them: frozen by MatMul or Reshape.
+    assert!(reasons.iter().any(|r| r.contains("/attn/")), "{reasons:?}");
+    let group = &g["groups"][0];
+    assert!(!group["producers"].as_array().unwrap().is_empty());
+    assert!(group["flops"].as_u64().unwrap() > 0);
+
+    // Without the flag the JSON has no groups section, and the table form prints one.
+    let plain = effp(&[
+        "inspect",
+        "--json",
+        fixtures::path("yolo11t.onnx").to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert!(v.get("channel_groups").is_none());
+    let table = effp(&[
+        "inspect",
+        "--groups",
+        "--summary",
+        fixtures::path("yolo11t.onnx").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&table.stdout).contains("frozen because"),
+        "{}",
+        text(&table.stdout)
+    );
+}

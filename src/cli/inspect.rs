@@ -25,6 +25,9 @@ pub struct InspectArgs {
     /// Leave out the per-node table.
     #[arg(long)]
     pub summary: bool,
+    /// Also report the channel dependency analysis: prunable groups and frozen channels.
+    #[arg(long)]
+    pub groups: bool,
 }
 
 fn supported_ops_help() -> String {
@@ -36,8 +39,12 @@ fn supported_ops_help() -> String {
 
 /// Runs the command; exit status 3 when the model uses unsupported ops.
 pub fn run(args: &InspectArgs) -> anyhow::Result<u8> {
-    let (_, report) = effp_graph::analyse_file(&args.model, args.input_size)
+    let (model, mut report) = effp_graph::analyse_file(&args.model, args.input_size)
         .with_context(|| format!("cannot inspect '{}'", args.model.display()))?;
+    if args.groups {
+        let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph);
+        report.channel_groups = Some(effp_graph::inspect::groups_report(&model, &analysis));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -113,6 +120,9 @@ fn print_report(path: &str, r: &InspectReport, summary: bool) {
             " (incomplete: shapes unknown after unsupported ops)"
         }
     );
+    if let Some(groups) = &r.channel_groups {
+        print_groups(groups);
+    }
     let hist: Vec<String> = r
         .op_histogram
         .iter()
@@ -132,4 +142,44 @@ fn print_report(path: &str, r: &InspectReport, summary: bool) {
             println!("  {}{domain} at node '{}'", u.op, u.node);
         }
     }
+}
+
+fn print_groups(g: &effp_graph::inspect::GroupsReport) {
+    println!(
+        "Groups  {} prunable ({} channels), {} frozen classes ({} channels)",
+        g.prunable_groups, g.prunable_channels, g.frozen_classes, g.frozen_channels
+    );
+    let mut by_layer: std::collections::BTreeMap<&str, (usize, u64)> =
+        std::collections::BTreeMap::new();
+    for group in &g.groups {
+        for p in &group.producers {
+            let e = by_layer.entry(p.name.as_str()).or_default();
+            e.0 += 1;
+            e.1 += group.flops / group.producers.len() as u64;
+        }
+    }
+    let mut table = new_table(
+        &["producer", "prunable filters", "FLOPs per filter"],
+        &[1, 2],
+    );
+    for (layer, (n, flops)) in by_layer {
+        table.add_row(vec![layer.to_string(), n.to_string(), si(flops / n as u64)]);
+    }
+    println!("{table}");
+    let mut reasons: std::collections::BTreeMap<&str, (usize, usize)> =
+        std::collections::BTreeMap::new();
+    for f in &g.frozen {
+        let e = reasons.entry(f.reason.as_str()).or_default();
+        e.0 += 1;
+        e.1 += f.channels;
+    }
+    let mut table = new_table(&["frozen because", "classes", "channels"], &[1, 2]);
+    for (reason, (classes, channels)) in reasons {
+        table.add_row(vec![
+            reason.to_string(),
+            classes.to_string(),
+            channels.to_string(),
+        ]);
+    }
+    println!("{table}");
 }

@@ -32,6 +32,9 @@ pub struct InspectReport {
     pub unsupported_ops: Vec<UnsupportedOp>,
     /// Every node in execution order.
     pub nodes: Vec<NodeInfo>,
+    /// Channel groups and frozen classes; present when asked for (`--groups`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_groups: Option<GroupsReport>,
 }
 
 /// File-level facts about a model.
@@ -193,5 +196,112 @@ pub fn inspect(model: &Model) -> InspectReport {
             })
             .collect(),
         nodes,
+        channel_groups: None,
+    }
+}
+
+/// The channel dependency analysis in report form (`effp inspect --groups`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupsReport {
+    /// Number of prunable groups.
+    pub prunable_groups: usize,
+    /// Channels (value, index) in prunable groups.
+    pub prunable_channels: usize,
+    /// Number of frozen classes.
+    pub frozen_classes: usize,
+    /// Channels in frozen classes.
+    pub frozen_channels: usize,
+    /// Every prunable group.
+    pub groups: Vec<GroupInfo>,
+    /// Every frozen class.
+    pub frozen: Vec<FrozenInfo>,
+}
+
+/// A channel of a named value.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedChannel {
+    /// Value name (or node name, for producers and consumers).
+    pub name: String,
+    /// Channel index.
+    pub channel: usize,
+}
+
+/// One prunable group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    /// Group id (the index masks use).
+    pub id: usize,
+    /// Filters producing the group: node name and output channel.
+    pub producers: Vec<NamedChannel>,
+    /// Weight columns reading it: node name and input channel.
+    pub consumers: Vec<NamedChannel>,
+    /// Number of per-channel parameters on its path (BatchNormalization, depthwise, constants).
+    pub per_channel_params: usize,
+    /// The feature-map channels it covers.
+    pub channels: Vec<NamedChannel>,
+    /// FLOPs saved by removing this group alone.
+    pub flops: u64,
+}
+
+/// One frozen class.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrozenInfo {
+    /// Why it cannot be pruned.
+    pub reason: String,
+    /// Number of channels in it.
+    pub channels: usize,
+    /// Names of the values it touches.
+    pub values: Vec<String>,
+}
+
+/// Builds the groups section of the report.
+pub fn groups_report(model: &Model, analysis: &crate::channels::ChannelAnalysis) -> GroupsReport {
+    let g = &model.graph;
+    let node = |(n, c): (crate::ir::NodeId, usize)| NamedChannel {
+        name: g.node(n).name.clone(),
+        channel: c,
+    };
+    let value = |(v, c): (crate::ir::ValueId, usize)| NamedChannel {
+        name: g.value(v).name.clone(),
+        channel: c,
+    };
+    let groups: Vec<GroupInfo> = analysis
+        .groups
+        .iter()
+        .map(|gr| GroupInfo {
+            id: gr.id,
+            producers: gr.producers.iter().copied().map(node).collect(),
+            consumers: gr.consumers.iter().copied().map(node).collect(),
+            per_channel_params: gr.per_channel.len(),
+            channels: gr.members.iter().copied().map(value).collect(),
+            flops: gr.macs * 2,
+        })
+        .collect();
+    let frozen: Vec<FrozenInfo> = analysis
+        .frozen
+        .iter()
+        .map(|f| {
+            let mut values: Vec<String> = f
+                .members
+                .iter()
+                .map(|&(v, _)| g.value(v).name.clone())
+                .collect();
+            values.dedup();
+            values.sort();
+            values.dedup();
+            FrozenInfo {
+                reason: f.reason.clone(),
+                channels: f.members.len(),
+                values,
+            }
+        })
+        .collect();
+    GroupsReport {
+        prunable_groups: groups.len(),
+        prunable_channels: groups.iter().map(|g| g.channels.len()).sum(),
+        frozen_classes: frozen.len(),
+        frozen_channels: frozen.iter().map(|f| f.channels).sum(),
+        groups,
+        frozen,
     }
 }
