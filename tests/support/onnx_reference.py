@@ -7,6 +7,10 @@ Reads a JSON request on stdin and writes a JSON answer on stdout.
            runs both files of each pair in onnxruntime on the same random inputs and
            answers, per pair, the output names, shapes and the largest absolute and
            relative differences.
+  run      {"jobs": [{"model": m.onnx, "inputs": [raw.f32, ...], "out_dir": d}, ...]}
+           runs each model in onnxruntime on the given inputs (raw little-endian
+           float32 in the shape the model declares) and writes every output as raw
+           float32 to out_dir/<index>.f32; answers their names, shapes and paths.
   shapes   {"models": [model.onnx, ...]}
            answers every value's shape as inferred by onnx.shape_inference, and
            whether onnx.checker (full check) accepts the file.
@@ -69,6 +73,28 @@ def compare(req: dict) -> list:
     return answers
 
 
+def run_jobs(req: dict) -> list:
+    import onnxruntime as ort
+
+    answers = []
+    for job in req["jobs"]:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(job["model"], opts, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for spec, path in zip(session.get_inputs(), job["inputs"]):
+            data = np.fromfile(path, dtype="<f4")
+            feeds[spec.name] = data.reshape([d if isinstance(d, int) else -1 for d in spec.shape])
+        names = [o.name for o in session.get_outputs()]
+        outputs = []
+        for i, (name, value) in enumerate(zip(names, session.run(names, feeds))):
+            path = f"{job['out_dir']}/{i}.f32"
+            np.ascontiguousarray(value, dtype="<f4").tofile(path)
+            outputs.append({"name": name, "shape": list(value.shape), "path": path})
+        answers.append({"model": job["model"], "outputs": outputs})
+    return answers
+
+
 def shapes(req: dict) -> list:
     import onnx
 
@@ -93,7 +119,7 @@ def shapes(req: dict) -> list:
 def main() -> int:
     command = sys.argv[1]
     req = json.load(sys.stdin)
-    answer = {"compare": compare, "shapes": shapes}[command](req)
+    answer = {"compare": compare, "run": run_jobs, "shapes": shapes}[command](req)
     json.dump(answer, sys.stdout)
     return 0
 

@@ -1,6 +1,9 @@
-//! effp's engine: the pruning methods and, on top of tch, the runtime that executes
-//! the graph IR. Knows nothing of HTTP.
+//! effp's engine: the runtime that executes the graph IR with tch (CPU or CUDA, with
+//! autograd) and the pruning methods on top of it. Knows nothing of HTTP.
 
+mod error;
 pub mod prune;
+pub mod runtime;
 
+pub use error::EngineError;
 pub use tch;

@@ -1,0 +1,40 @@
+//! The engine's error type.
+
+/// What can go wrong while building or running a network.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// libtorch rejected an operation (shape mismatch, out of memory, no CUDA).
+    #[error("node '{node}' ({op}): {message}")]
+    Torch {
+        /// The node being executed.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What libtorch said.
+        message: String,
+    },
+    /// The graph uses something the runtime cannot execute.
+    #[error("node '{node}' ({op}) cannot be executed: {reason}")]
+    Unsupported {
+        /// The node.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What is not supported.
+        reason: String,
+    },
+    /// The caller passed the wrong inputs.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The requested device is not available.
+    #[error("device '{requested}' is not available: {reason}")]
+    Device {
+        /// What was asked for.
+        requested: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The graph itself is at fault.
+    #[error(transparent)]
+    Graph(#[from] effp_graph::GraphError),
+}

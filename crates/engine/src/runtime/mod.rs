@@ -1,0 +1,230 @@
+//! Executing the graph IR with tch, on CPU or CUDA, with autograd.
+
+mod device;
+mod gates;
+mod ops;
+
+pub use device::DeviceChoice;
+pub use gates::GateMap;
+
+use effp_graph::channels::ChannelAnalysis;
+use effp_graph::ir::{Model, NodeId, Op, ValueId};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::EngineError;
+
+/// A model ready to run: its constants on the device, its weights as trainable
+/// tensors, and optionally the gates that switch channel groups off.
+#[derive(Debug)]
+pub struct Network {
+    model: Model,
+    device: Device,
+    /// Device tensors of float constants, indexed by value.
+    constants: Vec<Option<Tensor>>,
+    /// Values that hold trainable weights (Conv/ConvTranspose/Gemm weights and
+    /// biases, BatchNormalization scale and shift).
+    trainable: Vec<ValueId>,
+    /// For each value, the last node that reads it (values are freed after it).
+    last_use: Vec<usize>,
+    /// Batch size the shapes were inferred with; a batch-sized leading entry in a
+    /// Reshape target follows the actual batch.
+    reference_batch: i64,
+    gates: Option<GateMap>,
+}
+
+impl Network {
+    /// Prepares a model whose shapes have been inferred (see
+    /// [`effp_graph::shape::infer_shapes`]); fails on ops or attributes the runtime
+    /// cannot execute.
+    pub fn new(model: &Model, device: Device) -> Result<Self, EngineError> {
+        effp_graph::require_supported(model)?;
+        let g = &model.graph;
+        for node in &g.nodes {
+            ops::check_supported(g, node)?;
+        }
+        let mut trainable = Vec::new();
+        for node in &g.nodes {
+            let positions: &[usize] = match node.op {
+                Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. } => &[1, 2],
+                Op::BatchNormalization { .. } => &[1, 2],
+                _ => &[],
+            };
+            for &p in positions {
+                if let Some(id) = node.input(p).filter(|&id| g.constant(id).is_some())
+                    && !trainable.contains(&id)
+                {
+                    trainable.push(id);
+                }
+            }
+        }
+        let constants = g
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = v.constant.as_ref()?;
+                if !t.dtype().is_float() {
+                    return None;
+                }
+                let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+                let tensor = Tensor::from_slice(&t.to_f32_vec())
+                    .reshape(&dims)
+                    .to_device(device);
+                let tensor = if trainable.contains(&ValueId(i)) {
+                    tensor.set_requires_grad(true)
+                } else {
+                    tensor
+                };
+                Some(tensor)
+            })
+            .collect();
+        let mut last_use = vec![0usize; g.values.len()];
+        for (i, node) in g.nodes.iter().enumerate() {
+            for id in node.inputs.iter().flatten() {
+                last_use[id.0] = i;
+            }
+        }
+        for io in &g.outputs {
+            last_use[io.value.0] = usize::MAX;
+        }
+        let reference_batch = g
+            .inputs
+            .first()
+            .and_then(|io| g.shape(io.value))
+            .and_then(|s| s.first())
+            .map_or(1, |&b| b as i64);
+        Ok(Self {
+            model: model.clone(),
+            device,
+            constants,
+            trainable,
+            last_use,
+            reference_batch,
+            gates: None,
+        })
+    }
+
+    /// Adds gates for the groups of `analysis` (computed on this model's graph).
+    pub fn with_gates(mut self, analysis: &ChannelAnalysis) -> Self {
+        self.gates = Some(GateMap::new(&self.model.graph, analysis, self.device));
+        self
+    }
+
+    /// The gate map, when gates were added.
+    pub fn gate_map(&self) -> Option<&GateMap> {
+        self.gates.as_ref()
+    }
+
+    /// The device the network runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The model this network runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The trainable weight tensors (they require gradients).
+    pub fn trainable(&self) -> Vec<&Tensor> {
+        self.trainable
+            .iter()
+            .filter_map(|id| self.constants[id.0].as_ref())
+            .collect()
+    }
+
+    /// Runs the network on one tensor per graph input (any batch size); `gates`, one
+    /// value per group, switches groups off where they enter their consumers.
+    pub fn forward(
+        &self,
+        inputs: &[Tensor],
+        gates: Option<&Tensor>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let g = &self.model.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(EngineError::Input(format!(
+                "the model takes {} input(s), {} given",
+                g.inputs.len(),
+                inputs.len()
+            )));
+        }
+        if let (Some(gates), Some(map)) = (gates, &self.gates)
+            && gates.size() != [map.groups() as i64]
+        {
+            return Err(EngineError::Input(format!(
+                "gates have shape {:?}, expected [{}]",
+                gates.size(),
+                map.groups()
+            )));
+        }
+        let mut values: Vec<Option<Tensor>> = (0..g.values.len()).map(|_| None).collect();
+        let batch = inputs.first().map_or(self.reference_batch, |t| {
+            t.size().first().copied().unwrap_or(1)
+        });
+        for (io, t) in g.inputs.iter().zip(inputs) {
+            let expected = g.shape(io.value).unwrap_or(&[]);
+            let size = t.size();
+            let matches = size.len() == expected.len()
+                && size
+                    .iter()
+                    .zip(expected)
+                    .skip(1)
+                    .all(|(&a, &b)| a == b as i64);
+            if !matches {
+                return Err(EngineError::Input(format!(
+                    "input '{}' has shape {size:?}, expected {expected:?} (any batch size)",
+                    g.value(io.value).name
+                )));
+            }
+            values[io.value.0] = Some(t.to_device(self.device).to_kind(Kind::Float));
+        }
+        for (index, node) in g.nodes.iter().enumerate() {
+            let args: Vec<Option<&Tensor>> = node
+                .inputs
+                .iter()
+                .map(|i| i.and_then(|id| values[id.0].as_ref().or(self.constants[id.0].as_ref())))
+                .collect();
+            let gate = match (gates, &self.gates) {
+                (Some(gates), Some(map)) => map.node_gate(NodeId(index), gates),
+                _ => None,
+            };
+            let ctx = ops::Context {
+                graph: g,
+                batch,
+                reference_batch: self.reference_batch,
+            };
+            let outputs =
+                ops::run(&ctx, node, &args, gate.as_ref()).map_err(|e| EngineError::Torch {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    message: e.to_string(),
+                })?;
+            for (&id, t) in node.outputs.iter().zip(outputs) {
+                values[id.0] = Some(t);
+            }
+            for id in node.inputs.iter().flatten() {
+                if self.last_use[id.0] == index {
+                    values[id.0] = None;
+                }
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|io| {
+                values[io.value.0]
+                    .take()
+                    .or_else(|| {
+                        self.constants[io.value.0]
+                            .as_ref()
+                            .map(Tensor::shallow_clone)
+                    })
+                    .ok_or_else(|| {
+                        EngineError::Input(format!(
+                            "output '{}' was not computed",
+                            g.value(io.value).name
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
