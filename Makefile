@@ -6,15 +6,13 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 EFFP_CACHE ?= $(HOME)/.cache/effp
-CARGO_TARGET_DIR ?= $(EFFP_CACHE)/target
-export EFFP_CACHE CARGO_TARGET_DIR
-# tch links the venv's libtorch. Resolving the link gives every clone the same path
-# (in the cache), so the torch-sys build and the binaries' rpath are shared.
-export LIBTORCH = $(realpath .venv/libtorch)
+export EFFP_CACHE
 
 PYTHON_ENV := .venv/bin/python
 FIXTURES = $$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" | tail -n 1)
-EFFP_BIN := $(CARGO_TARGET_DIR)/release/effp
+# Each clone builds in its own target/: cargo keys path crates by their place in the
+# workspace, so two clones sharing a target directory would reuse each other's builds.
+EFFP_BIN := target/release/effp
 
 .PHONY: help run test lint venv fixtures build soak bench-inspect
 

@@ -203,6 +203,8 @@ fn prune_writes_a_smaller_model_and_a_report_anyone_can_check() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["schema"], "effp.prune-report/v1");
     assert_eq!(r["method"], "l1");
+    assert!(r["equivalence"]["max_relative_error"].as_f64().unwrap() <= 1e-4);
+    assert_eq!(r["equivalence"]["device"], "cpu");
     let ratio = r["flops_ratio"].as_f64().unwrap();
     assert!((0.49..=0.5).contains(&ratio), "{ratio}");
     // The pruned file inspects to the FLOPs the report claims.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use effp_engine::prune::{L1Options, Target, l1_mask};
+use effp_engine::runtime::DeviceChoice;
+use effp_engine::verify::{Equivalence, equivalence};
 use effp_graph::channels::{ChannelAnalysis, CompactionReport, compact};
 use effp_graph::cost::graph_cost;
 use effp_graph::shape::InputSize;
@@ -50,7 +52,16 @@ pub struct PruneArgs {
     /// Image input size as HxW; defaults to the size the model declares.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
+    /// Where to run the equivalence check: auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Skip checking that the pruned model computes what the masked original computes.
+    #[arg(long)]
+    pub no_verify: bool,
 }
+
+/// Largest relative difference between masked and compacted outputs that is accepted.
+const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
 
 /// Identifier of the report layout.
 pub const PRUNE_REPORT_SCHEMA: &str = "effp.prune-report/v1";
@@ -66,6 +77,7 @@ pub struct PruneReport {
     flops_ratio: f64,
     params_ratio: f64,
     groups_total: usize,
+    equivalence: Option<Equivalence>,
     compaction: CompactionReport,
 }
 
@@ -102,6 +114,20 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         Method::L1 => l1_mask(&model.graph, &analysis, target, options)?,
     };
     let (pruned, compaction) = compact(&model, &analysis, &mask)?;
+    let checked = if args.no_verify {
+        None
+    } else {
+        let device = args.device.resolve()?;
+        let e = equivalence(&model, &analysis, &mask, &pruned, device, 2)?;
+        if e.max_relative_error > EQUIVALENCE_TOLERANCE {
+            anyhow::bail!(
+                "the compacted model differs from the masked original by {:.2e} (relative), more than {EQUIVALENCE_TOLERANCE:e}; \
+                 nothing was written. This is a bug in effp: please report it with the model",
+                e.max_relative_error
+            );
+        }
+        Some(e)
+    };
     effp_graph::onnx::save_file(&pruned, &args.out)?;
 
     let before = graph_cost(&model.graph);
@@ -125,6 +151,7 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         flops_ratio: after.flops() as f64 / before.flops().max(1) as f64,
         params_ratio: after.params as f64 / before.params.max(1) as f64,
         groups_total: analysis.groups.len(),
+        equivalence: checked,
         compaction,
     };
     if let Some(path) = &args.report {
@@ -149,6 +176,12 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         thousands(after.params),
         100.0 * report.params_ratio
     );
+    if let Some(e) = &report.equivalence {
+        println!(
+            "checked masked == compacted on {} ({:.1e} relative)",
+            e.device, e.max_relative_error
+        );
+    }
     println!("wrote   {}", args.out.display());
     Ok(0)
 }

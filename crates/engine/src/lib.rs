@@ -4,6 +4,7 @@
 mod error;
 pub mod prune;
 pub mod runtime;
+pub mod verify;
 
 pub use error::EngineError;
 pub use tch;
