@@ -14,7 +14,7 @@ FIXTURES = $$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACH
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: help run test lint venv fixtures build soak bench-inspect
+.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -51,3 +51,11 @@ bench-inspect: venv ## Benchmark `effp inspect` time and peak memory (yolov8n, y
 	@cargo build --release --quiet --bin effp
 	@fixtures=$$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" --bench | tail -n 1); \
 	  $(PYTHON_ENV) scripts/bench_inspect.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/inspect.json"
+
+bench-venv: venv
+	@$(PYTHON_ENV) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-bench.txt -c scripts/constraints.txt
+
+bench-runtime: bench-venv fixtures ## Runtime vs PyTorch eager, pruned ORT latency, groups vs Torch-Pruning
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  $(PYTHON_ENV) scripts/bench_runtime.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/runtime.json"

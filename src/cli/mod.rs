@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
+mod bench;
 mod inspect;
 mod prune;
 mod table;
@@ -27,6 +28,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Remove channel groups until a FLOPs or parameter target holds; write the smaller ONNX.
     Prune(prune::PruneArgs),
+    /// Benchmarks of effp's own machinery (runtime, dependency analysis).
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -36,6 +39,7 @@ pub fn run() -> ExitCode {
     let outcome = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Prune(args) => prune::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -49,6 +49,9 @@ pub struct PruneArgs {
     /// Fraction of its channels every feature map keeps at least.
     #[arg(long, default_value_t = 0.0)]
     pub min_fraction: f64,
+    /// Remove channels in multiples of this per layer (8 suits CPU kernels and TensorRT).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub round_to: u32,
     /// Image input size as HxW; defaults to the size the model declares.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
@@ -109,6 +112,7 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
     let options = L1Options {
         min_channels: args.min_channels as usize,
         min_fraction: args.min_fraction,
+        round_to: args.round_to as usize,
     };
     let mask = match args.method {
         Method::L1 => l1_mask(&model.graph, &analysis, target, options)?,

@@ -73,6 +73,7 @@ fn an_unreachable_target_says_how_far_pruning_can_go() {
     let options = L1Options {
         min_channels: 1,
         min_fraction: 0.5,
+        round_to: 1,
     };
     let err = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.05), options).unwrap_err();
     assert!(matches!(err, PruneError::Unreachable { .. }), "{err}");
@@ -88,6 +89,7 @@ fn the_minimum_fraction_per_layer_is_honoured() {
     let options = L1Options {
         min_channels: 1,
         min_fraction: 0.25,
+        round_to: 1,
     };
     let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.6), options).unwrap();
     let (_, report) = compact(&model, &analysis, &mask).unwrap();
@@ -98,6 +100,33 @@ fn the_minimum_fraction_per_layer_is_honoured() {
             l.node,
             l.out_channels_after,
             l.out_channels_before
+        );
+    }
+}
+
+#[test]
+fn rounding_keeps_pruned_layers_at_multiples_of_eight() {
+    let model = load("yolov8n.onnx");
+    let analysis = ChannelAnalysis::new(&model.graph);
+    let options = L1Options {
+        round_to: 8,
+        ..L1Options::default()
+    };
+    let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.5), options).unwrap();
+    let (pruned, report) = compact(&model, &analysis, &mask).unwrap();
+    let ratio = graph_cost(&pruned.graph).flops() as f64 / graph_cost(&model.graph).flops() as f64;
+    assert!((0.49..=0.5).contains(&ratio), "{ratio}");
+    for l in report
+        .layers
+        .iter()
+        .filter(|l| l.out_channels_after != l.out_channels_before)
+    {
+        assert_eq!(
+            l.out_channels_after % 8,
+            0,
+            "{}: {} channels",
+            l.node,
+            l.out_channels_after
         );
     }
 }

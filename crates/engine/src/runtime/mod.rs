@@ -30,6 +30,55 @@ pub struct Network {
     /// Reshape target follows the actual batch.
     reference_batch: i64,
     gates: Option<GateMap>,
+    /// How each node is executed (fusions decided once, at build time).
+    plan: Vec<Step>,
+}
+
+/// How one node is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// By its op.
+    Run,
+    /// Not at all: a later fused step computes what it fed.
+    Skip,
+    /// As x · sigmoid(x) in one kernel, replacing Mul(x, Sigmoid(x)).
+    Silu(ValueId),
+}
+
+/// Finds Mul(x, Sigmoid(x)) pairs (SiLU as exporters write it) whose Sigmoid output
+/// feeds nothing else, so both can run as one fused kernel.
+fn plan_steps(model: &Model) -> Vec<Step> {
+    let g = &model.graph;
+    let mut readers = vec![0usize; g.values.len()];
+    for node in &g.nodes {
+        for id in node.inputs.iter().flatten() {
+            readers[id.0] += 1;
+        }
+    }
+    for io in &g.outputs {
+        readers[io.value.0] += 1;
+    }
+    let mut plan = vec![Step::Run; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if node.op != Op::Mul {
+            continue;
+        }
+        let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
+            continue;
+        };
+        for (x, s) in [(a, b), (b, a)] {
+            let Some(p) = g.value(s).producer else {
+                continue;
+            };
+            let sig = g.node(p);
+            if sig.op == Op::Sigmoid && sig.input(0) == Some(x) && readers[s.0] == 1 {
+                plan[p.0] = Step::Skip;
+                plan[i] = Step::Silu(x);
+                break;
+            }
+        }
+    }
+    plan
 }
 
 impl Network {
@@ -101,6 +150,7 @@ impl Network {
             last_use,
             reference_batch,
             gates: None,
+            plan: plan_steps(model),
         })
     }
 
@@ -131,6 +181,15 @@ impl Network {
             .iter()
             .filter_map(|id| self.constants[id.0].as_ref())
             .collect()
+    }
+
+    /// Frees the values whose last reader is node `index`.
+    fn release(&self, values: &mut [Option<Tensor>], index: usize) {
+        for id in self.model.graph.nodes[index].inputs.iter().flatten() {
+            if self.last_use[id.0] == index {
+                values[id.0] = None;
+            }
+        }
     }
 
     /// Runs the network on one tensor per graph input (any batch size); `gates`, one
@@ -179,6 +238,23 @@ impl Network {
             values[io.value.0] = Some(t.to_device(self.device).to_kind(Kind::Float));
         }
         for (index, node) in g.nodes.iter().enumerate() {
+            match self.plan[index] {
+                Step::Skip => continue,
+                Step::Silu(x) => {
+                    let input = values[x.0]
+                        .as_ref()
+                        .expect("a fused SiLU reads a computed value");
+                    let y = input.f_silu().map_err(|e| EngineError::Torch {
+                        node: node.name.clone(),
+                        op: "Mul(x, Sigmoid(x))".into(),
+                        message: e.to_string(),
+                    })?;
+                    values[node.outputs[0].0] = Some(y);
+                    self.release(&mut values, index);
+                    continue;
+                }
+                Step::Run => {}
+            }
             let args: Vec<Option<&Tensor>> = node
                 .inputs
                 .iter()
@@ -202,11 +278,7 @@ impl Network {
             for (&id, t) in node.outputs.iter().zip(outputs) {
                 values[id.0] = Some(t);
             }
-            for id in node.inputs.iter().flatten() {
-                if self.last_use[id.0] == index {
-                    values[id.0] = None;
-                }
-            }
+            self.release(&mut values, index);
         }
         g.outputs
             .iter()

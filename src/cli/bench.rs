@@ -1,0 +1,189 @@
+//! `effp bench`: timings of effp's own machinery, as tables and JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use effp_engine::runtime::{DeviceChoice, Network};
+use effp_engine::tch::{self, Kind, Tensor};
+use effp_graph::channels::ChannelAnalysis;
+use serde::Serialize;
+
+use super::table::new_table;
+
+/// Arguments of `effp bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Forward and forward+backward time of the tch runtime on a model.
+    Runtime(RuntimeArgs),
+    /// Time to build the channel dependency groups of a model.
+    Groups(GroupsArgs),
+}
+
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    batch: i64,
+    /// Timed iterations (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed warm-up iterations.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Intra-op threads for libtorch.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GroupsArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    name: &'static str,
+    median_ms: f64,
+    min_ms: f64,
+    iters: usize,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+    let (label, timings, json) = match &args.what {
+        BenchCommand::Runtime(a) => (a.model.display().to_string(), runtime(a)?, a.json.clone()),
+        BenchCommand::Groups(a) => (a.model.display().to_string(), groups(a)?, a.json.clone()),
+    };
+    let mut table = new_table(&["measure", "median ms", "min ms", "iters"], &[1, 2, 3]);
+    for t in &timings {
+        table.add_row(vec![
+            t.name.to_string(),
+            format!("{:.2}", t.median_ms),
+            format!("{:.2}", t.min_ms),
+            t.iters.to_string(),
+        ]);
+    }
+    println!("{label}\n{table}");
+    if let Some(path) = json {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "model": label, "timings": timings }),
+            )?,
+        )
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    }
+    Ok(0)
+}
+
+fn time(
+    name: &'static str,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(Timing {
+        name,
+        median_ms: samples[samples.len() / 2],
+        min_ms: samples[0],
+        iters,
+    })
+}
+
+fn runtime(a: &RuntimeArgs) -> anyhow::Result<Vec<Timing>> {
+    tch::set_num_threads(a.threads);
+    let device = a.device.resolve()?;
+    let (model, _) = effp_graph::analyse_file(&a.model, None)?;
+    let net = Network::new(&model, device)?;
+    let g = &model.graph;
+    let mut shape: Vec<i64> = g
+        .shape(g.inputs[0].value)
+        .unwrap_or(&[])
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
+    shape[0] = a.batch;
+    tch::manual_seed(0);
+    let x = Tensor::rand(&shape, (Kind::Float, device));
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let forward = time("forward", a.warmup, a.iters, || {
+        tch::no_grad(|| net.forward(&[x.shallow_clone()], None))?;
+        sync();
+        Ok(())
+    })?;
+    let backward = time("forward+backward", a.warmup, a.iters, || {
+        let y = net.forward(&[x.shallow_clone()], None)?;
+        let loss = y
+            .iter()
+            .map(|t| t.square().mean(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, device)), |acc, t| acc + t);
+        loss.backward();
+        for w in net.trainable() {
+            let mut grad = w.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+        sync();
+        Ok(())
+    })?;
+    Ok(vec![forward, backward])
+}
+
+fn groups(a: &GroupsArgs) -> anyhow::Result<Vec<Timing>> {
+    let model = effp_graph::onnx::load_file(&a.model)?;
+    let shapes = time("shape inference", 1, a.iters, || {
+        let mut m = model.clone();
+        effp_graph::shape::infer_shapes(&mut m, None)?;
+        Ok(())
+    })?;
+    let (inferred, _) = effp_graph::analyse(model.clone(), None)?;
+    let analysis = time("dependency groups", 1, a.iters, || {
+        ChannelAnalysis::new(&inferred.graph);
+        Ok(())
+    })?;
+    let both = time("shapes + groups", 1, a.iters, || {
+        let mut m = model.clone();
+        effp_graph::shape::infer_shapes(&mut m, None)?;
+        ChannelAnalysis::new(&m.graph);
+        Ok(())
+    })?;
+    Ok(vec![shapes, analysis, both])
+}
