@@ -1,19 +1,6 @@
-//! Makes binaries and tests that link libtorch find it at run time without
-//! LD_LIBRARY_PATH, and keeps libtorch_cuda linked so CUDA works where it exists.
-fn main() {
-    effp_link_args();
-}
+//! Links this package's tests against the venv's libtorch (see build/link_libtorch.rs).
+include!("build/link_libtorch.rs");
 
-fn effp_link_args() {
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        return;
-    };
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
-        // The linker drops libraries nobody references by symbol (--as-needed);
-        // torch_cuda registers CUDA kernels from static initialisers only.
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+fn main() {
+    link_libtorch();
 }

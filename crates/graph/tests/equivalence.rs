@@ -11,8 +11,10 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
 fn models() -> Vec<(String, effp_graph::ir::Model)> {
-    let mut out: Vec<(String, effp_graph::ir::Model)> = fixtures::TINY
+    let mut out: Vec<(String, effp_graph::ir::Model)> = fixtures::PUBLISHED
         .iter()
+        .map(|(f, ..)| *f)
+        .chain(fixtures::TINY.iter().copied())
         .map(|f| (f.to_string(), load_file(&fixtures::path(f)).unwrap()))
         .collect();
     for z in zoo::all() {

@@ -1,8 +1,10 @@
 //! One-shot magnitude pruning (Li et al. 2017), the first method and baseline.
 
+use std::collections::BTreeMap;
+
 use effp_graph::channels::cost::ActiveChannels;
 use effp_graph::channels::{ChannelAnalysis, Mask};
-use effp_graph::ir::{Graph, NodeId, Op};
+use effp_graph::ir::{Graph, NodeId, Op, ValueId};
 
 use super::{PruneError, Target};
 
@@ -91,8 +93,9 @@ pub fn l1_mask(
     })
 }
 
-/// Sets of groups removed together. Groups produced by the same filters (one conv's
-/// output channels, or the convs tied by a residual chain) form a family; a family
+/// Sets of groups removed together. Groups produced by the same filters and flowing
+/// through the same feature maps (one conv's output channels, one half of a Split,
+/// or the convs tied by a residual chain) form a family; a family
 /// is cut in chunks of `round_to`, least important first, the first chunk taking the
 /// remainder so that what stays is a multiple of `round_to`.
 fn removal_chunks(
@@ -100,13 +103,20 @@ fn removal_chunks(
     importance: &[f64],
     round_to: usize,
 ) -> Vec<Vec<usize>> {
-    let mut families: std::collections::BTreeMap<Vec<NodeId>, Vec<usize>> =
-        std::collections::BTreeMap::new();
+    type Family = (Vec<NodeId>, Vec<ValueId>);
+    let mut families: BTreeMap<Family, Vec<usize>> = BTreeMap::new();
     for group in &analysis.groups {
-        let mut key: Vec<NodeId> = group.producers.iter().map(|&(n, _)| n).collect();
-        key.sort();
-        key.dedup();
-        families.entry(key).or_default().push(group.id);
+        let mut producers: Vec<NodeId> = group.producers.iter().map(|&(n, _)| n).collect();
+        producers.sort();
+        producers.dedup();
+        // The values too: the two halves of a Split are separate layers downstream.
+        let mut values: Vec<ValueId> = group.members.iter().map(|&(v, _)| v).collect();
+        values.sort();
+        values.dedup();
+        families
+            .entry((producers, values))
+            .or_default()
+            .push(group.id);
     }
     let mut chunks = Vec::new();
     for (_, mut members) in families {
