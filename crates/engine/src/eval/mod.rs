@@ -1,0 +1,3 @@
+//! Detection evaluation: decoding model outputs, NMS, and COCO-style mAP.
+
+pub mod map;
