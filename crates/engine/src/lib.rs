@@ -2,6 +2,7 @@
 //! autograd) and the pruning methods on top of it. Knows nothing of HTTP.
 
 mod error;
+pub mod data;
 pub mod eval;
 pub mod prune;
 pub mod runtime;

@@ -1,3 +1,4 @@
 //! Detection evaluation: decoding model outputs, NMS, and COCO-style mAP.
 
+pub mod decode;
 pub mod map;
