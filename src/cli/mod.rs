@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
 mod bench;
+mod data;
 mod inspect;
 mod prune;
 mod table;
@@ -28,6 +29,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Remove channel groups until a FLOPs or parameter target holds; write the smaller ONNX.
     Prune(prune::PruneArgs),
+    /// Score a detector on a dataset (mAP50-95, mAP50, per class).
+    Eval(data::EvalArgs),
+    /// Write a synthetic detection dataset in the YOLO layout.
+    Synth(data::SynthArgs),
     /// Benchmarks of effp's own machinery (runtime, dependency analysis).
     Bench(bench::BenchArgs),
 }
@@ -40,6 +45,8 @@ pub fn run() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Prune(args) => prune::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Eval(args) => data::eval(&args),
+        Command::Synth(args) => data::synth(&args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -37,4 +37,7 @@ pub enum EngineError {
     /// The graph itself is at fault.
     #[error(transparent)]
     Graph(#[from] effp_graph::GraphError),
+    /// The dataset is at fault.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }

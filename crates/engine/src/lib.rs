@@ -1,8 +1,8 @@
 //! effp's engine: the runtime that executes the graph IR with tch (CPU or CUDA, with
 //! autograd) and the pruning methods on top of it. Knows nothing of HTTP.
 
-mod error;
 pub mod data;
+mod error;
 pub mod eval;
 pub mod prune;
 pub mod runtime;

@@ -19,7 +19,11 @@ pub struct ArchiveLimits {
 
 impl Default for ArchiveLimits {
     fn default() -> Self {
-        Self { max_entries: 50_000, max_bytes: 8 << 30, max_ratio: 200 }
+        Self {
+            max_entries: 50_000,
+            max_bytes: 8 << 30,
+            max_ratio: 200,
+        }
     }
 }
 
@@ -27,13 +31,17 @@ impl Default for ArchiveLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// An entry would land outside the target folder.
-    #[error("archive entry '{0}' points outside the archive (absolute path or '..'); refusing to unpack")]
+    #[error(
+        "archive entry '{0}' points outside the archive (absolute path or '..'); refusing to unpack"
+    )]
     PathTraversal(String),
     /// An entry is a symbolic or hard link.
     #[error("archive entry '{0}' is a link; datasets must contain plain files only")]
     Link(String),
     /// An entry is a device, FIFO or socket.
-    #[error("archive entry '{0}' is a device or special file; datasets must contain plain files only")]
+    #[error(
+        "archive entry '{0}' is a device or special file; datasets must contain plain files only"
+    )]
     SpecialFile(String),
     /// Too many entries.
     #[error("archive has more than {limit} entries; split the dataset or raise the limit")]
@@ -72,18 +80,37 @@ pub fn extract(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<(),
         let path = path.to_path_buf();
         move |source| ArchiveError::Io { path, source }
     };
-    let size = std::fs::metadata(archive).map_err(io(archive))?.len().max(1);
+    let size = std::fs::metadata(archive)
+        .map_err(io(archive))?
+        .len()
+        .max(1);
     let mut magic = [0u8; 4];
-    let n = File::open(archive).map_err(io(archive))?.read(&mut magic).map_err(io(archive))?;
+    let n = File::open(archive)
+        .map_err(io(archive))?
+        .read(&mut magic)
+        .map_err(io(archive))?;
     std::fs::create_dir_all(dest).map_err(io(dest))?;
-    let budget = Budget { limits, archive_bytes: size, unpacked: 0, entries: 0 };
+    let budget = Budget {
+        limits,
+        archive_bytes: size,
+        unpacked: 0,
+        entries: 0,
+    };
     let result = match &magic[..n] {
         [0x50, 0x4b, ..] => extract_zip(archive, dest, budget),
         [0x1f, 0x8b, ..] => {
             let file = File::open(archive).map_err(io(archive))?;
-            extract_tar(flate2::read::GzDecoder::new(BufReader::new(file)), dest, budget)
+            extract_tar(
+                flate2::read::GzDecoder::new(BufReader::new(file)),
+                dest,
+                budget,
+            )
         }
-        _ => extract_tar(BufReader::new(File::open(archive).map_err(io(archive))?), dest, budget),
+        _ => extract_tar(
+            BufReader::new(File::open(archive).map_err(io(archive))?),
+            dest,
+            budget,
+        ),
     };
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
@@ -102,30 +129,41 @@ impl Budget {
     fn entry(&mut self) -> Result<(), ArchiveError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries { limit: self.limits.max_entries });
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
         }
         Ok(())
     }
 
     /// Copies one file, stopping as soon as a byte limit is crossed.
     fn copy(&mut self, mut from: impl Read, to: &Path) -> Result<(), ArchiveError> {
-        let io = |source| ArchiveError::Io { path: to.to_path_buf(), source };
+        let io = |source| ArchiveError::Io {
+            path: to.to_path_buf(),
+            source,
+        };
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let mut out = std::io::BufWriter::new(File::create(to).map_err(io)?);
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            let n = from.read(&mut buf).map_err(|e| ArchiveError::Format(e.to_string()))?;
+            let n = from
+                .read(&mut buf)
+                .map_err(|e| ArchiveError::Format(e.to_string()))?;
             if n == 0 {
                 break;
             }
             self.unpacked += n as u64;
             if self.unpacked > self.limits.max_bytes {
-                return Err(ArchiveError::TooLarge { limit: self.limits.max_bytes });
+                return Err(ArchiveError::TooLarge {
+                    limit: self.limits.max_bytes,
+                });
             }
             if self.unpacked > self.limits.max_ratio.saturating_mul(self.archive_bytes) {
-                return Err(ArchiveError::RatioExceeded { limit: self.limits.max_ratio });
+                return Err(ArchiveError::RatioExceeded {
+                    limit: self.limits.max_ratio,
+                });
             }
             out.write_all(&buf[..n]).map_err(io)?;
         }
@@ -151,14 +189,22 @@ fn safe_path(dest: &Path, name: &str) -> Result<PathBuf, ArchiveError> {
 }
 
 fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), ArchiveError> {
-    let file = File::open(archive).map_err(|source| ArchiveError::Io { path: archive.to_path_buf(), source })?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| ArchiveError::Format(e.to_string()))?;
+    let file = File::open(archive).map_err(|source| ArchiveError::Io {
+        path: archive.to_path_buf(),
+        source,
+    })?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| ArchiveError::Format(e.to_string()))?;
     if zip.len() > budget.limits.max_entries {
-        return Err(ArchiveError::TooManyEntries { limit: budget.limits.max_entries });
+        return Err(ArchiveError::TooManyEntries {
+            limit: budget.limits.max_entries,
+        });
     }
     for i in 0..zip.len() {
         budget.entry()?;
-        let entry = zip.by_index(i).map_err(|e| ArchiveError::Format(e.to_string()))?;
+        let entry = zip
+            .by_index(i)
+            .map_err(|e| ArchiveError::Format(e.to_string()))?;
         let name = entry.name().to_string();
         let target = safe_path(dest, &name)?;
         if entry.enclosed_name().is_none() {
@@ -172,14 +218,23 @@ fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), Ar
             return Err(ArchiveError::SpecialFile(name));
         }
         if entry.is_dir() {
-            std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io { path: target, source })?;
+            std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io {
+                path: target,
+                source,
+            })?;
             continue;
         }
         // Refuse a declared bomb before inflating it.
-        if entry.size() > budget.limits.max_ratio.saturating_mul(entry.compressed_size().max(1))
+        if entry.size()
+            > budget
+                .limits
+                .max_ratio
+                .saturating_mul(entry.compressed_size().max(1))
             && entry.size() > 1 << 20
         {
-            return Err(ArchiveError::RatioExceeded { limit: budget.limits.max_ratio });
+            return Err(ArchiveError::RatioExceeded {
+                limit: budget.limits.max_ratio,
+            });
         }
         budget.copy(entry, &target)?;
     }
@@ -188,7 +243,9 @@ fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), Ar
 
 fn extract_tar(reader: impl Read, dest: &Path, mut budget: Budget) -> Result<(), ArchiveError> {
     let mut tar = tar::Archive::new(reader);
-    let entries = tar.entries().map_err(|e| ArchiveError::Format(e.to_string()))?;
+    let entries = tar
+        .entries()
+        .map_err(|e| ArchiveError::Format(e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| ArchiveError::Format(e.to_string()))?;
         budget.entry()?;
@@ -197,7 +254,10 @@ fn extract_tar(reader: impl Read, dest: &Path, mut budget: Budget) -> Result<(),
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => budget.copy(entry, &target)?,
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io { path: target, source })?
+                std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io {
+                    path: target,
+                    source,
+                })?
             }
             tar::EntryType::Symlink | tar::EntryType::Link => return Err(ArchiveError::Link(name)),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {

@@ -24,7 +24,12 @@ impl Label {
     /// The box in pixels of an image of this size: (x1, y1, x2, y2).
     pub fn to_pixels(&self, width: u32, height: u32) -> [f64; 4] {
         let (w, h) = (width as f64, height as f64);
-        let (cx, cy, bw, bh) = (self.cx as f64 * w, self.cy as f64 * h, self.w as f64 * w, self.h as f64 * h);
+        let (cx, cy, bw, bh) = (
+            self.cx as f64 * w,
+            self.cy as f64 * h,
+            self.w as f64 * w,
+            self.h as f64 * h,
+        );
         [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0]
     }
 }
@@ -73,9 +78,14 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
             "{} has no data.yaml (it names the classes: `names: [cat, dog]`)",
             root.display()
         )),
-        _ => DataError::Io { action: "read", path: yaml_path.clone(), source: e },
+        _ => DataError::Io {
+            action: "read",
+            path: yaml_path.clone(),
+            source: e,
+        },
     })?;
-    let config = parse_data_yaml(&text).map_err(|e| DataError::Layout(format!("{}: {e}", yaml_path.display())))?;
+    let config = parse_data_yaml(&text)
+        .map_err(|e| DataError::Layout(format!("{}: {e}", yaml_path.display())))?;
     let mut splits = BTreeMap::new();
     let mut issues = Vec::new();
     for (split, images_rel) in &config.splits {
@@ -87,28 +97,53 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
         let mut samples = Vec::new();
         let mut stems = std::collections::BTreeSet::new();
         for entry in sorted_files(&images_dir)? {
-            let ext = entry.extension().and_then(|e| e.to_str()).map(str::to_lowercase).unwrap_or_default();
+            let ext = entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_lowercase)
+                .unwrap_or_default();
             if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
                 continue;
             }
-            let stem = entry.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            let stem = entry
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
             let label_path = labels_dir.join(format!("{stem}.txt"));
             let labels = if label_path.is_file() {
-                let display = label_path.strip_prefix(root).unwrap_or(&label_path).display().to_string();
+                let display = label_path
+                    .strip_prefix(root)
+                    .unwrap_or(&label_path)
+                    .display()
+                    .to_string();
                 let text = std::fs::read_to_string(&label_path).map_err(io("read", &label_path))?;
                 parse_labels(&text, &display, config.names.len(), &mut issues)
             } else {
                 Vec::new()
             };
             stems.insert(stem);
-            samples.push(Sample { image: entry, labels });
+            samples.push(Sample {
+                image: entry,
+                labels,
+            });
         }
         if labels_dir.is_dir() {
             for label in sorted_files(&labels_dir)? {
-                let stem = label.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let stem = label
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
                 if label.extension().is_some_and(|e| e == "txt") && !stems.contains(stem) {
-                    let display = label.strip_prefix(root).unwrap_or(&label).display().to_string();
-                    issues.push(format!("{display}: no image with this name in {}", images_rel.display()));
+                    let display = label
+                        .strip_prefix(root)
+                        .unwrap_or(&label)
+                        .display()
+                        .to_string();
+                    issues.push(format!(
+                        "{display}: no image with this name in {}",
+                        images_rel.display()
+                    ));
                 }
             }
         }
@@ -121,10 +156,55 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
         return Err(DataError::Layout(format!(
             "{} has no images under {}",
             root.display(),
-            config.splits.iter().map(|(_, p)| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+            config
+                .splits
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
         )));
     }
-    Ok(Dataset { root: root.to_path_buf(), names: config.names, splits })
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        names: config.names,
+        splits,
+    })
+}
+
+/// Opens a dataset from a folder, or from a .zip/.tar/.tar.gz archive unpacked (within
+/// `limits`) into `scratch`. An archive may hold the dataset at its top or inside one
+/// top-level folder.
+pub fn open(
+    path: &Path,
+    scratch: &Path,
+    limits: super::archive::ArchiveLimits,
+) -> Result<Dataset, DataError> {
+    if path.is_dir() {
+        return load(path);
+    }
+    if !path.is_file() {
+        return Err(DataError::Layout(format!(
+            "{} is neither a folder nor an archive",
+            path.display()
+        )));
+    }
+    let dest = scratch.join("dataset");
+    super::archive::extract(path, &dest, limits)?;
+    if dest.join("data.yaml").is_file() {
+        return load(&dest);
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&dest)
+        .map_err(io("list", &dest))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    match dirs.as_slice() {
+        [only] if only.join("data.yaml").is_file() => load(only),
+        _ => Err(DataError::Layout(format!(
+            "{} has no data.yaml at its top or in one top-level folder",
+            path.display()
+        ))),
+    }
 }
 
 /// `images/<split>` → `labels/<split>`: the last `images` path component becomes `labels`.
@@ -135,7 +215,13 @@ fn labels_dir_for(images: &Path) -> PathBuf {
         Some(i) => parts
             .iter()
             .enumerate()
-            .map(|(k, c)| if k == i { std::ffi::OsStr::new("labels") } else { c.as_os_str() })
+            .map(|(k, c)| {
+                if k == i {
+                    std::ffi::OsStr::new("labels")
+                } else {
+                    c.as_os_str()
+                }
+            })
             .collect(),
         None => images.join("labels"),
     }
@@ -168,7 +254,11 @@ fn parse_data_yaml(text: &str) -> Result<DataConfig, String> {
         Yaml::Hash(map) => {
             let mut pairs: Vec<(i64, String)> = map
                 .iter()
-                .map(|(k, v)| k.as_i64().map(|k| (k, yaml_scalar(v))).ok_or("names keys must be class ids 0, 1, …"))
+                .map(|(k, v)| {
+                    k.as_i64()
+                        .map(|k| (k, yaml_scalar(v)))
+                        .ok_or("names keys must be class ids 0, 1, …")
+                })
                 .collect::<Result<_, _>>()?;
             pairs.sort();
             if pairs.iter().enumerate().any(|(i, (k, _))| *k != i as i64) {
@@ -190,7 +280,9 @@ fn parse_data_yaml(text: &str) -> Result<DataConfig, String> {
     let splits = ["train", "val", "test"]
         .iter()
         .map(|&s| {
-            let path = doc[s].as_str().map_or_else(|| PathBuf::from("images").join(s), PathBuf::from);
+            let path = doc[s]
+                .as_str()
+                .map_or_else(|| PathBuf::from("images").join(s), PathBuf::from);
             (s.to_string(), path)
         })
         .collect();
@@ -208,7 +300,12 @@ fn yaml_scalar(v: &yaml_rust2::Yaml) -> String {
 }
 
 /// Parses one label file, appending `file:line: problem` for each bad line.
-pub fn parse_labels(text: &str, file: &str, classes: usize, issues: &mut Vec<String>) -> Vec<Label> {
+pub fn parse_labels(
+    text: &str,
+    file: &str,
+    classes: usize,
+    issues: &mut Vec<String>,
+) -> Vec<Label> {
     let mut labels = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line_no = n + 1;
@@ -226,11 +323,16 @@ pub fn parse_labels(text: &str, file: &str, classes: usize, issues: &mut Vec<Str
         let class = match fields[0].parse::<usize>() {
             Ok(c) if c < classes => c,
             Ok(c) => {
-                issues.push(format!("{file}:{line_no}: class {c} is unknown (data.yaml names {classes} classes)"));
+                issues.push(format!(
+                    "{file}:{line_no}: class {c} is unknown (data.yaml names {classes} classes)"
+                ));
                 continue;
             }
             Err(_) => {
-                issues.push(format!("{file}:{line_no}: class '{}' is not a class id", fields[0]));
+                issues.push(format!(
+                    "{file}:{line_no}: class '{}' is not a class id",
+                    fields[0]
+                ));
                 continue;
             }
         };
@@ -238,19 +340,29 @@ pub fn parse_labels(text: &str, file: &str, classes: usize, issues: &mut Vec<Str
         let mut ok = true;
         for (i, (name, field)) in ["cx", "cy", "w", "h"].iter().zip(&fields[1..]).enumerate() {
             match field.parse::<f32>() {
-                Ok(x) if x.is_finite() && (0.0..=1.0 + 1e-6).contains(&x) && (i < 2 || x > 0.0) => v[i] = x.min(1.0),
+                Ok(x) if x.is_finite() && (0.0..=1.0 + 1e-6).contains(&x) && (i < 2 || x > 0.0) => {
+                    v[i] = x.min(1.0)
+                }
                 Ok(x) => {
                     issues.push(format!("{file}:{line_no}: {name} = {x} is out of range (normalised coordinates are in [0, 1], sizes > 0)"));
                     ok = false;
                 }
                 Err(_) => {
-                    issues.push(format!("{file}:{line_no}: {name} = '{field}' is not a number"));
+                    issues.push(format!(
+                        "{file}:{line_no}: {name} = '{field}' is not a number"
+                    ));
                     ok = false;
                 }
             }
         }
         if ok {
-            labels.push(Label { class, cx: v[0], cy: v[1], w: v[2], h: v[3] });
+            labels.push(Label {
+                class,
+                cx: v[0],
+                cy: v[1],
+                w: v[2],
+                h: v[3],
+            });
         }
     }
     labels
@@ -276,10 +388,28 @@ mod tests {
 
     #[test]
     fn names_come_as_a_list_or_a_map() {
-        assert_eq!(parse_data_yaml("names: [a, b]").unwrap().names, vec!["a", "b"]);
-        assert_eq!(parse_data_yaml("names:\n  1: b\n  0: a\n").unwrap().names, vec!["a", "b"]);
-        assert!(parse_data_yaml("names:\n  0: a\n  2: c\n").unwrap_err().contains("without gaps"));
-        assert!(parse_data_yaml("nc: 3\nnames: [a]").unwrap_err().contains("nc is 3"));
-        assert!(parse_data_yaml("train: x").unwrap_err().contains("no `names`"));
+        assert_eq!(
+            parse_data_yaml("names: [a, b]").unwrap().names,
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            parse_data_yaml("names:\n  1: b\n  0: a\n").unwrap().names,
+            vec!["a", "b"]
+        );
+        assert!(
+            parse_data_yaml("names:\n  0: a\n  2: c\n")
+                .unwrap_err()
+                .contains("without gaps")
+        );
+        assert!(
+            parse_data_yaml("nc: 3\nnames: [a]")
+                .unwrap_err()
+                .contains("nc is 3")
+        );
+        assert!(
+            parse_data_yaml("train: x")
+                .unwrap_err()
+                .contains("no `names`")
+        );
     }
 }

@@ -40,7 +40,10 @@ pub fn letterbox(img: &RgbImage, height: u32, width: u32, scale_up: bool) -> (Ve
     if !scale_up {
         r = r.min(1.0);
     }
-    let (nw, nh) = (((w0 as f64) * r).round() as u32, ((h0 as f64) * r).round() as u32);
+    let (nw, nh) = (
+        ((w0 as f64) * r).round() as u32,
+        ((h0 as f64) * r).round() as u32,
+    );
     let resized;
     let src = if (nw, nh) != (w0, h0) {
         resized = resize(img, nw.max(1), nh.max(1), FilterType::Triangle);
@@ -62,7 +65,16 @@ pub fn letterbox(img: &RgbImage, height: u32, width: u32, scale_up: bool) -> (Ve
             }
         }
     }
-    (out, Placement { gain: r, pad_x: left as f64, pad_y: top as f64, width: w0, height: h0 })
+    (
+        out,
+        Placement {
+            gain: r,
+            pad_x: left as f64,
+            pad_y: top as f64,
+            width: w0,
+            height: h0,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -76,7 +88,10 @@ mod tests {
         assert_eq!((p.gain, p.pad_x, p.pad_y), (1.0, 0.0, 16.0));
         assert!((data[0] - 114.0 / 255.0).abs() < 1e-6, "top bar is grey");
         assert_eq!(data[20 * 64], 1.0, "red channel inside");
-        assert_eq!(p.to_original([0.0, 16.0, 64.0, 48.0]), [0.0, 0.0, 64.0, 32.0]);
+        assert_eq!(
+            p.to_original([0.0, 16.0, 64.0, 48.0]),
+            [0.0, 0.0, 64.0, 32.0]
+        );
     }
 
     #[test]

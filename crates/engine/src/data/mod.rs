@@ -40,7 +40,14 @@ pub enum DataError {
     Archive(#[from] archive::ArchiveError),
 }
 
-pub(crate) fn io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + use<> {
+pub(crate) fn io(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> DataError + use<> {
     let path = path.to_path_buf();
-    move |source| DataError::Io { action, path, source }
+    move |source| DataError::Io {
+        action,
+        path,
+        source,
+    }
 }

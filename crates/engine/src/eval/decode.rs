@@ -60,7 +60,12 @@ pub struct NmsOptions {
 
 impl Default for NmsOptions {
     fn default() -> Self {
-        Self { confidence: 0.001, iou: 0.7, max_detections: 300, max_candidates: 30_000 }
+        Self {
+            confidence: 0.001,
+            iou: 0.7,
+            max_detections: 300,
+            max_candidates: 30_000,
+        }
     }
 }
 
@@ -78,7 +83,13 @@ pub struct Candidate {
 /// Decodes one image's output (`values` is that image's slice, row-major in the
 /// layout's own order) and applies class-aware NMS. Every class above the confidence
 /// threshold makes a candidate (multi-label), as in Ultralytics' validation.
-pub fn decode_image(values: &[f32], anchors: usize, classes: usize, layout: Layout, nms: &NmsOptions) -> Vec<Candidate> {
+pub fn decode_image(
+    values: &[f32],
+    anchors: usize,
+    classes: usize,
+    layout: Layout,
+    nms: &NmsOptions,
+) -> Vec<Candidate> {
     let mut candidates = Vec::new();
     for a in 0..anchors {
         let at = |k: usize| match layout {
@@ -118,7 +129,9 @@ pub fn non_max_suppression(mut candidates: Vec<Candidate>, nms: &NmsOptions) -> 
         if kept.len() == nms.max_detections {
             break;
         }
-        let suppressed = kept.iter().any(|k| k.class == c.class && iou(&k.bbox, &c.bbox) > nms.iou as f64);
+        let suppressed = kept
+            .iter()
+            .any(|k| k.class == c.class && iou(&k.bbox, &c.bbox) > nms.iou as f64);
         if !suppressed {
             kept.push(c);
         }
@@ -132,9 +145,16 @@ mod tests {
 
     #[test]
     fn layouts_are_told_apart_by_shape_and_class_count() {
-        assert_eq!(detect_layout(&[1, 84, 8400], 80).unwrap(), Layout::Ultralytics);
+        assert_eq!(
+            detect_layout(&[1, 84, 8400], 80).unwrap(),
+            Layout::Ultralytics
+        );
         assert_eq!(detect_layout(&[1, 25200, 85], 80).unwrap(), Layout::Yolov5);
-        assert!(detect_layout(&[1, 84, 8400], 3).unwrap_err().contains("--decoder"));
+        assert!(
+            detect_layout(&[1, 84, 8400], 3)
+                .unwrap_err()
+                .contains("--decoder")
+        );
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! Datasets from folders and archives: the synthetic set round-trips, bad labels are
+//! listed together, hostile archives are refused quickly with their specific error.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use effp_engine::data::DataError;
+use effp_engine::data::archive::{ArchiveError, ArchiveLimits, extract};
+use effp_engine::data::dataset::{load, open};
+use effp_engine::data::synth::{SynthOptions, generate};
+
+fn synth(dir: &Path, images: usize, seed: u64) {
+    generate(
+        dir,
+        SynthOptions {
+            images,
+            seed,
+            imgsz: 64,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_synthetic_set_loads_with_its_classes_and_is_reproducible() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    synth(a.path(), 20, 9);
+    synth(b.path(), 20, 9);
+    let ds = load(a.path()).unwrap();
+    assert_eq!(ds.names, vec!["circle", "square", "triangle"]);
+    assert_eq!(ds.split("train").unwrap().len(), 16);
+    assert_eq!(ds.split("val").unwrap().len(), 4);
+    assert!(
+        ds.split("val")
+            .unwrap()
+            .iter()
+            .all(|s| !s.labels.is_empty())
+    );
+    let err = ds.split("test").unwrap_err().to_string();
+    assert!(
+        err.contains("no split 'test'") && err.contains("(splits: train, val)"),
+        "{err}"
+    );
+    for rel in [
+        "images/val/000016.png",
+        "labels/val/000016.txt",
+        "images/train/000003.png",
+    ] {
+        assert_eq!(
+            std::fs::read(a.path().join(rel)).unwrap(),
+            std::fs::read(b.path().join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn every_bad_label_is_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 10, 1);
+    std::fs::write(
+        dir.path().join("labels/val/000008.txt"),
+        "0 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.1 0.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("labels/train/000001.txt"),
+        "1 0.5 0.5 0.2\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("labels/train/orphan.txt"),
+        "0 0.5 0.5 0.2 0.2\n",
+    )
+    .unwrap();
+    let err = load(dir.path()).unwrap_err();
+    let DataError::Labels(issues) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("labels/val/000008.txt:2: class 9 is unknown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("labels/train/000001.txt:1: expected 5 fields"),
+        "{text}"
+    );
+    assert!(text.contains("labels/train/orphan.txt: no image"), "{text}");
+}
+
+fn zip_of(path: &Path, entries: &[(&str, &[u8])]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+#[test]
+fn a_zipped_dataset_opens_like_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("set"), 10, 2);
+    let archive = dir.path().join("set.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&archive).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all("set", dir.path().join("set")).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let ds = open(&archive, scratch.path(), ArchiveLimits::default()).unwrap();
+    assert_eq!(ds.split("val").unwrap().len(), 2);
+    assert_eq!(ds.split("train").unwrap().len(), 8);
+}
+
+fn refused(archive: &Path, limits: ArchiveLimits) -> (ArchiveError, f64, bool) {
+    let dest = archive.with_extension("out");
+    let start = Instant::now();
+    let err = extract(archive, &dest, limits).unwrap_err();
+    (err, start.elapsed().as_secs_f64(), dest.exists())
+}
+
+#[test]
+fn a_zip_bomb_is_refused_before_it_fills_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.zip");
+    let zeros = vec![0u8; 64 << 20];
+    zip_of(
+        &bomb,
+        &[("data.yaml", b"names: [a]"), ("images/train/a.png", &zeros)],
+    );
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+    let (err, seconds, left) = refused(&bomb, ArchiveLimits::default());
+    assert!(matches!(err, ArchiveError::RatioExceeded { .. }), "{err}");
+    assert!(err.to_string().contains("decompression bomb"));
+    assert!(seconds < 5.0 && !left, "{seconds}s, left behind: {left}");
+}
+
+#[test]
+fn path_traversal_is_refused_in_zip_and_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = dir.path().join("evil.zip");
+    zip_of(&z, &[("../escape.txt", b"x")]);
+    let (err, _, _) = refused(&z, ArchiveLimits::default());
+    assert!(
+        matches!(err, ArchiveError::PathTraversal(ref n) if n == "../escape.txt"),
+        "{err}"
+    );
+    assert!(!dir.path().parent().unwrap().join("escape.txt").exists());
+
+    let t = dir.path().join("evil.tar");
+    let mut data = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut data);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        // Write the raw name to get past the builder's own checks.
+        h.as_gnu_mut().unwrap().name[..14].copy_from_slice(b"../../evil.txt");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    std::fs::write(&t, data).unwrap();
+    let (err, _, _) = refused(&t, ArchiveLimits::default());
+    assert!(matches!(err, ArchiveError::PathTraversal(_)), "{err}");
+}
+
+#[test]
+fn links_and_device_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("links.tar");
+    let mut data = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut data);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "images/train/a.png", "/etc/passwd")
+            .unwrap();
+        b.finish().unwrap();
+    }
+    std::fs::write(&t, &data).unwrap();
+    let (err, _, _) = refused(&t, ArchiveLimits::default());
+    assert!(matches!(err, ArchiveError::Link(_)), "{err}");
+
+    let d = dir.path().join("device.tar");
+    let mut data = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut data);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_size(0);
+        h.set_path("images/train/tty").unwrap();
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        b.finish().unwrap();
+    }
+    std::fs::write(&d, &data).unwrap();
+    let (err, _, _) = refused(&d, ArchiveLimits::default());
+    assert!(matches!(err, ArchiveError::SpecialFile(_)), "{err}");
+}
+
+#[test]
+fn an_archive_of_100_000_files_is_refused_from_its_directory_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = dir.path().join("many.zip");
+    {
+        let mut w =
+            zip::ZipWriter::new(std::io::BufWriter::new(std::fs::File::create(&z).unwrap()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for i in 0..100_000 {
+            w.start_file(format!("labels/train/{i}.txt"), opts).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let (err, seconds, left) = refused(&z, ArchiveLimits::default());
+    assert!(
+        matches!(err, ArchiveError::TooManyEntries { limit: 50_000 }),
+        "{err}"
+    );
+    assert!(seconds < 5.0 && !left, "{seconds}s");
+}
