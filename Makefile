@@ -9,12 +9,15 @@ EFFP_CACHE ?= $(HOME)/.cache/effp
 export EFFP_CACHE
 
 PYTHON_ENV := .venv/bin/python
-FIXTURES = $$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" | tail -n 1)
+EFFP_DEBUG := target/debug/effp
+# The fixture script trains a small detector on data made by `effp synth`.
+FIXTURES = $$(cargo build --quiet --bin effp && \
+	$(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" --effp "$(EFFP_DEBUG)" | tail -n 1)
 # Each clone builds in its own target/: cargo keys path crates by their place in the
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-venv
+.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -37,8 +40,8 @@ lint: venv ## rustfmt and clippy, warnings as errors
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)
 	@scripts/bootstrap-python.sh
 
-fixtures: venv ## Export the Ultralytics ONNX fixtures (cached by script hash)
-	@$(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" >/dev/null
+fixtures: venv ## Export the Ultralytics ONNX fixtures and train the small detector (cached)
+	@echo $(FIXTURES) >/dev/null
 
 build: venv ## Build the release binary
 	cargo build --release --bin effp
@@ -59,3 +62,8 @@ bench-runtime: bench-venv fixtures ## Runtime vs PyTorch eager, pruned ORT laten
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_runtime.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/runtime.json"
+
+bench-eval: fixtures ## effp eval vs Ultralytics val throughput on the trained detector
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  $(PYTHON_ENV) scripts/bench_eval.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/eval.json"
