@@ -232,3 +232,140 @@ fn an_archive_of_100_000_files_is_refused_from_its_directory_alone() {
     );
     assert!(seconds < 5.0 && !left, "{seconds}s");
 }
+
+/// Writes the YOLO set at `yolo` as a COCO dataset at `coco` (images copied).
+fn yolo_to_coco(yolo: &Path, coco: &Path) {
+    let ds = load(yolo).unwrap();
+    std::fs::create_dir_all(coco.join("annotations")).unwrap();
+    for (split, samples) in &ds.splits {
+        let dir = coco.join("images").join(split);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut images = Vec::new();
+        let mut annotations = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            let name = s.image.file_name().unwrap().to_str().unwrap().to_string();
+            std::fs::copy(&s.image, dir.join(&name)).unwrap();
+            images.push(
+                serde_json::json!({ "id": i + 10, "file_name": name, "width": 64, "height": 64 }),
+            );
+            for l in &s.labels {
+                let b = l.to_pixels(64, 64);
+                annotations.push(serde_json::json!({ "id": annotations.len() + 1, "image_id": i + 10, "category_id": l.class + 7,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0, "area": (b[2] - b[0]) * (b[3] - b[1]) }));
+            }
+        }
+        let categories: Vec<_> = ds
+            .names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| serde_json::json!({ "id": k + 7, "name": n }))
+            .collect();
+        let doc = serde_json::json!({ "images": images, "annotations": annotations, "categories": categories });
+        std::fs::write(
+            coco.join("annotations")
+                .join(format!("instances_{split}.json")),
+            doc.to_string(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_coco_dataset_reads_like_its_yolo_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("yolo"), 10, 5);
+    yolo_to_coco(&dir.path().join("yolo"), &dir.path().join("coco"));
+    let yolo = load(&dir.path().join("yolo")).unwrap();
+    let coco = load(&dir.path().join("coco")).unwrap();
+    assert_eq!(coco.names, yolo.names);
+    for split in ["train", "val"] {
+        let (a, b) = (yolo.split(split).unwrap(), coco.split(split).unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.labels.len(), y.labels.len());
+            for (p, q) in x.labels.iter().zip(&y.labels) {
+                assert_eq!(p.class, q.class);
+                assert!(
+                    (p.cx - q.cx).abs() < 1e-5 && (p.w - q.w).abs() < 1e-5,
+                    "{p:?} vs {q:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn coco_problems_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("yolo"), 5, 6);
+    let coco = dir.path().join("coco");
+    yolo_to_coco(&dir.path().join("yolo"), &coco);
+    let path = coco.join("annotations/instances_val.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let anns = doc["annotations"].as_array_mut().unwrap();
+    anns[0]["category_id"] = serde_json::json!(99);
+    anns.push(
+        serde_json::json!({ "id": 500, "image_id": 12345, "category_id": 7, "bbox": [1, 1, 2, 2] }),
+    );
+    anns.push(serde_json::json!({ "id": 501, "image_id": 10, "category_id": 7, "bbox": [50, 50, 40, 40] }));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let err = load(&coco).unwrap_err();
+    let DataError::Labels(issues) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("annotations/instances_val.json: annotation 1: category_id 99"),
+        "{text}"
+    );
+    assert!(
+        text.contains("annotation 500: image_id 12345 is not in images"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "annotation 501: bbox [50.0, 50.0, 40.0, 40.0] is empty or outside its 64x64 image"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn training_batches_are_stacked_tensors_and_repeat_for_the_same_seed() {
+    use effp_engine::data::augment::Augment;
+    use effp_engine::data::loader::{LoaderOptions, epoch};
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 25, 3);
+    let ds = load(dir.path()).unwrap();
+    let train = ds.split("train").unwrap();
+    let options = LoaderOptions {
+        batch: 8,
+        imgsz: 64,
+        seed: 1,
+        augment: Some(Augment::default()),
+    };
+    let a: Vec<_> = epoch(train, options, 0).map(Result::unwrap).collect();
+    assert_eq!(a.len(), 3, "20 images in batches of 8");
+    assert_eq!(a[0].images.size(), [8, 3, 64, 64]);
+    assert_eq!(a[2].images.size(), [4, 3, 64, 64]);
+    for b in &a {
+        let t = Vec::<f32>::try_from(b.targets.flatten(0, -1)).unwrap();
+        assert!(
+            t.chunks(6)
+                .all(|r| r[2..].iter().all(|&v| (0.0..=1.0).contains(&v)) && r[1] < 3.0)
+        );
+    }
+    let again: Vec<_> = epoch(train, options, 0).map(Result::unwrap).collect();
+    assert!(
+        a.iter()
+            .zip(&again)
+            .all(|(x, y)| x.images.equal(&y.images) && x.targets.equal(&y.targets))
+    );
+    let next: Vec<_> = epoch(train, options, 1).map(Result::unwrap).collect();
+    assert!(
+        !a[0].images.equal(&next[0].images),
+        "another epoch, another order"
+    );
+}

@@ -69,10 +69,14 @@ impl Dataset {
 
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp"];
 
-/// Reads a dataset in the YOLO layout. Every label problem in every file is collected
+/// Reads a dataset in the YOLO layout (or, without a `data.yaml`, COCO JSON; see
+/// [`super::coco`]). Every label problem in every file is collected
 /// and reported together as `file:line: what is wrong`.
 pub fn load(root: &Path) -> Result<Dataset, DataError> {
     let yaml_path = root.join("data.yaml");
+    if !yaml_path.is_file() && !super::coco::annotation_files(root).is_empty() {
+        return super::coco::load(root);
+    }
     let text = std::fs::read_to_string(&yaml_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::Layout(format!(
             "{} has no data.yaml (it names the classes: `names: [cat, dog]`)",
@@ -190,7 +194,9 @@ pub fn open(
     }
     let dest = scratch.join("dataset");
     super::archive::extract(path, &dest, limits)?;
-    if dest.join("data.yaml").is_file() {
+    let is_dataset =
+        |d: &Path| d.join("data.yaml").is_file() || !super::coco::annotation_files(d).is_empty();
+    if is_dataset(&dest) {
         return load(&dest);
     }
     let dirs: Vec<PathBuf> = std::fs::read_dir(&dest)
@@ -199,7 +205,7 @@ pub fn open(
         .filter(|p| p.is_dir())
         .collect();
     match dirs.as_slice() {
-        [only] if only.join("data.yaml").is_file() => load(only),
+        [only] if is_dataset(only) => load(only),
         _ => Err(DataError::Layout(format!(
             "{} has no data.yaml at its top or in one top-level folder",
             path.display()

@@ -1,9 +1,13 @@
-//! Detection datasets: the YOLO layout on disk or in archives, image preprocessing,
+//! Detection datasets: the YOLO layout and COCO JSON, on disk or in archives, image
+//! preprocessing,
 //! and synthetic data for tests and benchmarks.
 
 pub mod archive;
+pub mod augment;
+pub mod coco;
 pub mod dataset;
 pub mod letterbox;
+pub mod loader;
 pub mod synth;
 
 pub use dataset::{Dataset, Label, Sample};
