@@ -17,6 +17,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn eval_json(model: &Path, data: &Path) -> serde_json::Value {
+    // Batch 1: the re-wired YOLOv5 head below holds a batch-1 constant.
     let out = effp(&[
         "eval",
         model.to_str().unwrap(),
@@ -24,6 +25,8 @@ fn eval_json(model: &Path, data: &Path) -> serde_json::Value {
         data.to_str().unwrap(),
         "--device",
         "cpu",
+        "--batch",
+        "1",
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -185,4 +188,104 @@ fn eval_explains_what_is_wrong_with_the_inputs() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The trained detector re-wired to the classic YOLOv5 layout: `[1, A, 5 + nc]` with
+/// objectness 1, so its detections, and its mAP, must equal the original's.
+fn as_yolov5_layout(original: &Path, out: &Path) {
+    use effp_testkit::builder::ints;
+    use onnx_protobuf::Message;
+    let mut m =
+        onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(original).unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let out_name = g.output[0].name.clone();
+    let anchors = 336i64; // 128×128 input: 16² + 8² + 4²
+    let tensor = |name: &str, dims: &[i64], data: Vec<u8>, data_type: i32| {
+        let mut t = onnx_protobuf::TensorProto::new();
+        t.name = name.into();
+        t.dims = dims.to_vec();
+        t.data_type = data_type;
+        t.raw_data = data;
+        t
+    };
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    g.initializer.push(tensor(
+        "v5_ones",
+        &[1, anchors, 1],
+        (0..anchors).flat_map(|_| 1f32.to_le_bytes()).collect(),
+        1,
+    ));
+    for (name, v) in [
+        ("v5_s0", [0i64]),
+        ("v5_e4", [4]),
+        ("v5_s4", [4]),
+        ("v5_end", [i64::MAX]),
+        ("v5_axis", [2]),
+    ] {
+        g.initializer.push(tensor(name, &[1], i64s(&v), 7));
+    }
+    let node = |op: &str, inputs: &[&str], output: &str| {
+        let mut n = onnx_protobuf::NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("v5_{output}");
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![output.into()];
+        n
+    };
+    let mut t = node("Transpose", &[&out_name], "v5_t");
+    t.attribute.push(ints("perm", &[0, 2, 1]));
+    g.node.push(t);
+    g.node.push(node(
+        "Slice",
+        &["v5_t", "v5_s0", "v5_e4", "v5_axis"],
+        "v5_boxes",
+    ));
+    g.node.push(node(
+        "Slice",
+        &["v5_t", "v5_s4", "v5_end", "v5_axis"],
+        "v5_scores",
+    ));
+    let mut cat = node(
+        "Concat",
+        &["v5_boxes", "v5_ones", "v5_scores"],
+        "yolov5_output",
+    );
+    cat.attribute.push(effp_testkit::builder::int("axis", 2));
+    g.node.push(cat);
+    g.output[0].name = "yolov5_output".into();
+    g.output[0].type_.clear();
+    std::fs::write(out, m.write_to_bytes().unwrap()).unwrap();
+}
+
+#[test]
+fn the_yolov5_decoder_scores_the_same_detections_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v5 = tmp.path().join("v5.onnx");
+    as_yolov5_layout(&fixtures::path("trained.onnx"), &v5);
+    let data = fixtures::dir().join("synth");
+    let original = eval_json(&fixtures::path("trained.onnx"), &data);
+    let rewired = eval_json(&v5, &data);
+    assert_eq!(
+        rewired["report"]["layout"], "yolov5",
+        "detected from the shape"
+    );
+    for key in ["map50_95", "map50"] {
+        let (a, b) = (
+            original["report"]["metrics"][key].as_f64().unwrap(),
+            rewired["report"]["metrics"][key].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{key}: {a} vs {b}");
+    }
+    // Forcing the wrong decoder is refused rather than misread.
+    let out = effp(&[
+        "eval",
+        v5.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--decoder",
+        "ultralytics",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
 }

@@ -247,7 +247,7 @@ impl Network {
                     let y = input.f_silu().map_err(|e| EngineError::Torch {
                         node: node.name.clone(),
                         op: "Mul(x, Sigmoid(x))".into(),
-                        message: e.to_string(),
+                        message: torch_message(&e),
                     })?;
                     values[node.outputs[0].0] = Some(y);
                     self.release(&mut values, index);
@@ -273,7 +273,7 @@ impl Network {
                 ops::run(&ctx, node, &args, gate.as_ref()).map_err(|e| EngineError::Torch {
                     node: node.name.clone(),
                     op: node.op.op_type().to_string(),
-                    message: e.to_string(),
+                    message: torch_message(&e),
                 })?;
             for (&id, t) in node.outputs.iter().zip(outputs) {
                 values[id.0] = Some(t);
@@ -299,4 +299,15 @@ impl Network {
             })
             .collect()
     }
+}
+
+/// libtorch's message without the C++ backtrace it appends.
+fn torch_message(e: &tch::TchError) -> String {
+    let text = e.to_string();
+    let text = text.strip_prefix("Internal torch error: ").unwrap_or(&text);
+    text.split("\nException raised from")
+        .next()
+        .unwrap_or(text)
+        .trim()
+        .to_string()
 }
