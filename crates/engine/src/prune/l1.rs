@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use effp_graph::channels::cost::ActiveChannels;
 use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::cost::NodeCost;
 use effp_graph::ir::{Graph, NodeId, Op, ValueId};
 
 use super::{PruneError, Target};
@@ -42,46 +43,16 @@ pub fn l1_mask(
 ) -> Result<Mask, PruneError> {
     target.validate()?;
     let importance = group_importance(graph, analysis);
-    let mut chunks = removal_chunks(analysis, &importance, options.round_to.max(1));
-    let score = |chunk: &Vec<usize>| {
-        let imp: f64 = chunk.iter().map(|&g| importance[g]).sum();
-        let macs: u64 = chunk.iter().map(|&g| analysis.groups[g].macs).sum();
-        imp / macs.max(1) as f64
-    };
-    chunks.sort_by(|a, b| score(a).total_cmp(&score(b)));
-
-    let mut counts = ActiveChannels::all(graph, analysis);
-    let original = counts.cost();
-    let floor = |v: effp_graph::ir::ValueId| {
-        let n = analysis.channels(v).unwrap_or(1);
-        options
-            .min_channels
-            .max((options.min_fraction * n as f64).ceil() as usize)
-            .min(n)
-    };
-    let mut mask = Mask::all_active(analysis.groups.len());
-    for chunk in chunks {
-        if target.is_met(original, counts.cost()) {
-            return Ok(mask);
-        }
-        let mut per_value: std::collections::HashMap<usize, usize> =
-            std::collections::HashMap::new();
-        for &g in &chunk {
-            for &(v, _) in &analysis.groups[g].members {
-                *per_value.entry(v.0).or_default() += 1;
-            }
-        }
-        let allowed = per_value.iter().all(|(&v, &n)| {
-            counts.active(effp_graph::ir::ValueId(v)) >= n + floor(effp_graph::ir::ValueId(v))
-        });
-        if allowed {
-            for g in chunk {
-                counts.switch(analysis, g, false);
-                mask.set(g, false);
-            }
-        }
-    }
-    let best = counts.cost();
+    let original = ActiveChannels::all(graph, analysis).cost();
+    let start = Mask::all_active(analysis.groups.len());
+    let (mask, best) = select(
+        graph,
+        analysis,
+        &importance,
+        &start,
+        |c| target.is_met(original, c),
+        options,
+    );
     if target.is_met(original, best) {
         return Ok(mask);
     }
@@ -93,6 +64,61 @@ pub fn l1_mask(
     })
 }
 
+/// Switches off active groups of `start`, least important per MAC first (in chunks
+/// of `round_to` per layer), until `done` accepts the cost or nothing more may go.
+/// Returns the mask and its cost.
+pub fn select(
+    graph: &Graph,
+    analysis: &ChannelAnalysis,
+    importance: &[f64],
+    start: &Mask,
+    done: impl Fn(NodeCost) -> bool,
+    options: L1Options,
+) -> (Mask, NodeCost) {
+    let active: Vec<usize> = (0..analysis.groups.len())
+        .filter(|&g| start.is_active(g))
+        .collect();
+    let mut chunks = removal_chunks(analysis, &active, importance, options.round_to.max(1));
+    let score = |chunk: &Vec<usize>| {
+        let imp: f64 = chunk.iter().map(|&g| importance[g]).sum();
+        let macs: u64 = chunk.iter().map(|&g| analysis.groups[g].macs).sum();
+        imp / macs.max(1) as f64
+    };
+    chunks.sort_by(|a, b| score(a).total_cmp(&score(b)));
+
+    let mut counts = ActiveChannels::for_mask(graph, analysis, start);
+    let floor = |v: ValueId| {
+        let n = analysis.channels(v).unwrap_or(1);
+        options
+            .min_channels
+            .max((options.min_fraction * n as f64).ceil() as usize)
+            .min(n)
+    };
+    let mut mask = start.clone();
+    for chunk in chunks {
+        if done(counts.cost()) {
+            break;
+        }
+        let mut per_value: std::collections::HashMap<usize, usize> =
+            std::collections::HashMap::new();
+        for &g in &chunk {
+            for &(v, _) in &analysis.groups[g].members {
+                *per_value.entry(v.0).or_default() += 1;
+            }
+        }
+        let allowed = per_value
+            .iter()
+            .all(|(&v, &n)| counts.active(ValueId(v)) >= n + floor(ValueId(v)));
+        if allowed {
+            for g in chunk {
+                counts.switch(analysis, g, false);
+                mask.set(g, false);
+            }
+        }
+    }
+    (mask, counts.cost())
+}
+
 /// Sets of groups removed together. Groups produced by the same filters and flowing
 /// through the same feature maps (one conv's output channels, one half of a Split,
 /// or the convs tied by a residual chain) form a family; a family
@@ -100,12 +126,13 @@ pub fn l1_mask(
 /// remainder so that what stays is a multiple of `round_to`.
 fn removal_chunks(
     analysis: &ChannelAnalysis,
+    candidates: &[usize],
     importance: &[f64],
     round_to: usize,
 ) -> Vec<Vec<usize>> {
     type Family = (Vec<NodeId>, Vec<ValueId>);
     let mut families: BTreeMap<Family, Vec<usize>> = BTreeMap::new();
-    for group in &analysis.groups {
+    for group in candidates.iter().map(|&g| &analysis.groups[g]) {
         let mut producers: Vec<NodeId> = group.producers.iter().map(|&(n, _)| n).collect();
         producers.sort();
         producers.dedup();
@@ -131,14 +158,21 @@ fn removal_chunks(
     chunks
 }
 
-/// Mean normalised filter norm of each group's producers.
+/// Mean normalised filter norm of each group's producers, from the model's weights.
 fn group_importance(graph: &Graph, analysis: &ChannelAnalysis) -> Vec<f64> {
+    importance_from_norms(analysis, |node| filter_norms(graph, node))
+}
+
+/// Mean normalised filter norm of each group's producers; `norms` gives the L2 norm
+/// of every output filter of a producer node (from stored or live weights).
+pub fn importance_from_norms(
+    analysis: &ChannelAnalysis,
+    filter_norms: impl Fn(NodeId) -> Vec<f64>,
+) -> Vec<f64> {
     let mut norms: std::collections::HashMap<NodeId, Vec<f64>> = std::collections::HashMap::new();
     for group in &analysis.groups {
         for &(node, _) in &group.producers {
-            norms
-                .entry(node)
-                .or_insert_with(|| filter_norms(graph, node));
+            norms.entry(node).or_insert_with(|| filter_norms(node));
         }
     }
     let max: std::collections::HashMap<NodeId, f64> = norms

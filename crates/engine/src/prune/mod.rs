@@ -3,5 +3,5 @@
 mod l1;
 mod target;
 
-pub use l1::{L1Options, l1_mask};
+pub use l1::{L1Options, importance_from_norms, l1_mask, select};
 pub use target::{PruneError, Target};
