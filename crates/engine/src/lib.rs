@@ -6,6 +6,7 @@ mod error;
 pub mod eval;
 pub mod prune;
 pub mod runtime;
+pub mod train;
 pub mod verify;
 
 pub use error::EngineError;

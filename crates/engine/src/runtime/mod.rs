@@ -175,6 +175,39 @@ impl Network {
         &self.model
     }
 
+    /// The device tensor of a float constant (a weight, bias or other parameter).
+    pub fn constant(&self, value: ValueId) -> Option<&Tensor> {
+        self.constants[value.0].as_ref()
+    }
+
+    /// The model with its trainable weights replaced by this network's current values.
+    pub fn export(&self) -> Result<Model, EngineError> {
+        let mut model = self.model.clone();
+        for &id in &self.trainable {
+            let Some(t) = &self.constants[id.0] else {
+                continue;
+            };
+            let dims: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let values = Vec::<f32>::try_from(
+                t.detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1),
+            )
+            .map_err(|e| EngineError::Input(e.to_string()))?;
+            let stored = model.graph.values[id.0]
+                .constant
+                .as_ref()
+                .map(|c| c.dtype());
+            if stored != Some(effp_graph::ir::DataType::Float32) {
+                continue; // other precisions keep their stored values
+            }
+            model.graph.values[id.0].constant =
+                Some(effp_graph::ir::Tensor::from_f32(dims, &values));
+        }
+        Ok(model)
+    }
+
     /// The trainable weight tensors (they require gradients).
     pub fn trainable(&self) -> Vec<&Tensor> {
         self.trainable
