@@ -4,12 +4,18 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use effp_engine::data::archive::ArchiveLimits;
+use effp_engine::data::dataset::Dataset;
+use effp_engine::eval::run::{EvalOptions, evaluate_network};
 use effp_engine::prune::{L1Options, Target, l1_mask};
-use effp_engine::runtime::DeviceChoice;
+use effp_engine::runtime::{DeviceChoice, Network};
+use effp_engine::train::effp::{EffpOptions, StepRecord};
 use effp_engine::verify::{Equivalence, equivalence};
 use effp_graph::channels::{ChannelAnalysis, CompactionReport, compact};
 use effp_graph::cost::graph_cost;
+use effp_graph::ir::Model;
 use effp_graph::shape::InputSize;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::table::{si, thousands};
@@ -20,6 +26,8 @@ use super::table::{si, thousands};
 pub enum Method {
     /// One-shot: remove the filters with the smallest L2 norm per FLOP.
     L1,
+    /// Masked training with gradual pruning and regrowing (needs --data).
+    Effp,
 }
 
 /// Arguments of `effp prune`.
@@ -61,6 +69,28 @@ pub struct PruneArgs {
     /// Skip checking that the pruned model computes what the masked original computes.
     #[arg(long)]
     pub no_verify: bool,
+    /// Images from the model's domain (YOLO or COCO layout, folder or archive): the
+    /// training images for effp, and the labels for mAP before/after.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// effp: optimiser steps in all.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// effp: steps between mask updates.
+    #[arg(long, default_value_t = 5)]
+    pub interval: usize,
+    /// effp: initial fraction of switched-off groups considered for regrowing (0 = off).
+    #[arg(long, default_value_t = 0.3)]
+    pub regrow: f64,
+    /// effp: images per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// effp: peak learning rate (AdamW, warm-up then cosine).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// effp: seed for shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Largest relative difference between masked and compacted outputs that is accepted.
@@ -81,7 +111,28 @@ pub struct PruneReport {
     params_ratio: f64,
     groups_total: usize,
     equivalence: Option<Equivalence>,
+    /// mAP of the original and of the pruned model on the data's validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<Accuracy>,
+    /// effp: loss and FLOPs over the steps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    curve: Vec<StepRecord>,
+    /// Seconds from start to the written model.
+    wall_seconds: f64,
     compaction: CompactionReport,
+}
+
+#[derive(Debug, Serialize)]
+struct Accuracy {
+    split: String,
+    before: Scores,
+    after: Scores,
+}
+
+#[derive(Debug, Serialize)]
+struct Scores {
+    map50_95: f64,
+    map50: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,14 +165,68 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         min_fraction: args.min_fraction,
         round_to: args.round_to as usize,
     };
-    let mask = match args.method {
-        Method::L1 => l1_mask(&model.graph, &analysis, target, options)?,
+    let started = std::time::Instant::now();
+    let device = args.device.resolve()?;
+    let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+    let dataset = match &args.data {
+        Some(path) => Some(
+            effp_engine::data::dataset::open(path, scratch.path(), ArchiveLimits::default())
+                .with_context(|| format!("cannot read the dataset '{}'", path.display()))?,
+        ),
+        None => None,
     };
+    let (trained, mask, curve) = match args.method {
+        Method::L1 => (
+            model.clone(),
+            l1_mask(&model.graph, &analysis, target, options)?,
+            Vec::new(),
+        ),
+        Method::Effp => {
+            let Some(ds) = &dataset else {
+                anyhow::bail!(
+                    "--method effp trains on images from the model's domain: pass --data DIR|ARCHIVE"
+                );
+            };
+            let effp_options = EffpOptions {
+                steps: args.steps,
+                interval: args.interval,
+                regrow: args.regrow,
+                batch: args.batch,
+                lr: args.lr,
+                seed: args.seed,
+                limits: options,
+                ..EffpOptions::default()
+            };
+            let bar = ProgressBar::new(args.steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} effp {bar:25} {pos}/{len} {msg} eta {eta}")
+                    .expect("a valid template"),
+            );
+            let result = effp_engine::train::effp::run(
+                &model,
+                &analysis,
+                ds.split("train")?,
+                target,
+                &effp_options,
+                device,
+                |r| {
+                    bar.set_position(r.step as u64 + 1);
+                    bar.set_message(format!(
+                        "loss {:.4} FLOPs {:.3}/{:.3} active {} regrown {}",
+                        r.loss, r.flops_ratio, r.budget, r.active_groups, r.regrown
+                    ));
+                },
+            )?;
+            bar.finish_and_clear();
+            (result.model, result.mask, result.history)
+        }
+    };
+    let model_before = model;
+    let model = trained;
     let (pruned, compaction) = compact(&model, &analysis, &mask)?;
     let checked = if args.no_verify {
         None
     } else {
-        let device = args.device.resolve()?;
         let e = equivalence(&model, &analysis, &mask, &pruned, device, 2)?;
         if e.max_relative_error > EQUIVALENCE_TOLERANCE {
             anyhow::bail!(
@@ -133,6 +238,21 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         Some(e)
     };
     effp_graph::onnx::save_file(&pruned, &args.out)?;
+    let accuracy = match &dataset {
+        Some(ds)
+            if ds
+                .splits
+                .get("val")
+                .is_some_and(|v| v.iter().any(|s| !s.labels.is_empty())) =>
+        {
+            Some(Accuracy {
+                split: "val".into(),
+                before: score(&model_before, ds, device)?,
+                after: score(&pruned, ds, device)?,
+            })
+        }
+        _ => None,
+    };
 
     let before = graph_cost(&model.graph);
     let after = graph_cost(&pruned.graph);
@@ -156,6 +276,9 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         params_ratio: after.params as f64 / before.params.max(1) as f64,
         groups_total: analysis.groups.len(),
         equivalence: checked,
+        accuracy,
+        curve,
+        wall_seconds: started.elapsed().as_secs_f64(),
         compaction,
     };
     if let Some(path) = &args.report {
@@ -180,6 +303,12 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         thousands(after.params),
         100.0 * report.params_ratio
     );
+    if let Some(a) = &report.accuracy {
+        println!(
+            "mAP50-95 {:.4} → {:.4}, mAP50 {:.4} → {:.4} ({} split)",
+            a.before.map50_95, a.after.map50_95, a.before.map50, a.after.map50, a.split
+        );
+    }
     if let Some(e) = &report.equivalence {
         println!(
             "checked masked == compacted on {} ({:.1e} relative)",
@@ -188,4 +317,20 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
     }
     println!("wrote   {}", args.out.display());
     Ok(0)
+}
+
+/// mAP of a model on the dataset's validation split.
+fn score(model: &Model, ds: &Dataset, device: effp_engine::tch::Device) -> anyhow::Result<Scores> {
+    let net = Network::new(model, device)?;
+    let report = evaluate_network(
+        &net,
+        ds.split("val")?,
+        ds.names.len(),
+        &EvalOptions::default(),
+        |_| {},
+    )?;
+    Ok(Scores {
+        map50_95: report.metrics.map50_95,
+        map50: report.metrics.map50,
+    })
 }

@@ -231,13 +231,26 @@ pub fn run(
     })
 }
 
-/// Sum over outputs of the squared error over the teacher's mean square: each output
-/// counts the same whatever its units (pixels for boxes, probabilities for scores).
+/// Scale-free distillation: for every output and every channel of it (axis 1), the
+/// squared error over the teacher's mean square, averaged over channels and summed
+/// over outputs. Per channel, because detectors put box coordinates in pixels and
+/// class scores in [0, 1] in one tensor: normalised as a whole, the boxes would drown
+/// the scores.
 pub fn distillation_loss(student: &[Tensor], teacher: &[Tensor]) -> Tensor {
     student
         .iter()
         .zip(teacher)
-        .map(|(s, t)| (s - t).square().mean(Kind::Float) / (t.square().mean(Kind::Float) + 1e-12))
+        .map(|(s, t)| {
+            if t.dim() < 2 {
+                return (s - t).square().mean(Kind::Float) / (t.square().mean(Kind::Float) + 1e-12);
+            }
+            let dims: Vec<i64> = (0..t.dim() as i64).filter(|&d| d != 1).collect();
+            let error = (s - t)
+                .square()
+                .mean_dim(dims.as_slice(), false, Kind::Float);
+            let power = t.square().mean_dim(dims.as_slice(), false, Kind::Float) + 1e-12;
+            (error / power).mean(Kind::Float)
+        })
         .fold(
             Tensor::zeros([], (Kind::Float, student[0].device())),
             |acc, l| acc + l,
