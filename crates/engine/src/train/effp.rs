@@ -189,8 +189,14 @@ pub fn run(
         let budget_now = budget(step, prune_steps, goal);
         if step < prune_steps && step % options.interval.max(1) == options.interval.max(1) - 1 {
             let fraction = regrow_fraction(step, prune_steps, options.regrow);
-            regrown += regrow(&mut mask, &benefit, fraction)?;
-            let importance = live_importance(&student, analysis);
+            let revived = regrow(&mut mask, &benefit, fraction)?;
+            regrown += revived.len();
+            let mut importance = live_importance(&student, analysis);
+            // Revived groups are traded for weaker active ones, not pruned again at once
+            // (they were off precisely because this criterion ranked them low).
+            for &g in &revived {
+                importance[g] = f64::INFINITY;
+            }
             let limit = (budget_now * original.flops() as f64).floor() as u64;
             let before = mask.pruned();
             let (next, _) = select(
@@ -257,25 +263,27 @@ pub fn distillation_loss(student: &[Tensor], teacher: &[Tensor]) -> Tensor {
         )
 }
 
-/// Switches on the `fraction` of switched-off groups with the largest benefit.
-fn regrow(mask: &mut Mask, benefit: &Tensor, fraction: f64) -> Result<usize, EngineError> {
+/// Switches on the `fraction` of switched-off groups with the largest benefit and
+/// returns them.
+fn regrow(mask: &mut Mask, benefit: &Tensor, fraction: f64) -> Result<Vec<usize>, EngineError> {
     let off: Vec<usize> = (0..mask.len()).filter(|&g| !mask.is_active(g)).collect();
     let count = (off.len() as f64 * fraction).floor() as usize;
     if count == 0 {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let scores = Vec::<f32>::try_from(benefit.to_device(Device::Cpu))
         .map_err(|e| EngineError::Input(e.to_string()))?;
     let mut ranked = off;
     ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    for &g in ranked.iter().take(count).filter(|&&g| scores[g] > 0.0) {
+    let revived: Vec<usize> = ranked
+        .into_iter()
+        .take(count)
+        .filter(|&g| scores[g] > 0.0)
+        .collect();
+    for &g in &revived {
         mask.set(g, true);
     }
-    Ok(ranked
-        .iter()
-        .take(count)
-        .filter(|&&g| scores[g] > 0.0)
-        .count())
+    Ok(revived)
 }
 
 /// Group importance from the student's current filters.
