@@ -5,10 +5,11 @@ use std::sync::mpsc;
 
 use tch::Tensor;
 
-use super::DataError;
 use super::augment::{Augment, augment};
 use super::dataset::Sample;
 use super::letterbox::letterbox;
+use super::rng::SplitMix;
+use super::{DataError, read_rgb};
 
 /// How batches are made.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,12 +70,7 @@ fn make_batch(
     let mut targets: Vec<f32> = Vec::new();
     for (b, &i) in chunk.iter().enumerate() {
         let sample = &samples[i];
-        let img = image::open(&sample.image)
-            .map_err(|e| DataError::Image {
-                path: sample.image.clone(),
-                reason: e.to_string(),
-            })?
-            .to_rgb8();
+        let img = read_rgb(&sample.image)?;
         let (img, labels) = match &o.augment {
             Some(a) => augment(&img, &sample.labels, a, || rng.unit()),
             None => (img, sample.labels.clone()),
@@ -103,19 +99,4 @@ fn make_batch(
         images: Tensor::from_slice(&pixels).reshape([n, 3, s as i64, s as i64]),
         targets: Tensor::from_slice(&targets).reshape([-1, 6]),
     })
-}
-
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }

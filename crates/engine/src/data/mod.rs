@@ -8,6 +8,7 @@ pub mod coco;
 pub mod dataset;
 pub mod letterbox;
 pub mod loader;
+mod rng;
 pub mod synth;
 
 pub use dataset::{Dataset, Label, Sample};
@@ -54,4 +55,14 @@ pub(crate) fn io(
         path,
         source,
     }
+}
+
+/// Decodes an image file as 8-bit RGB.
+pub fn read_rgb(path: &std::path::Path) -> Result<image::RgbImage, DataError> {
+    image::open(path)
+        .map(|img| img.to_rgb8())
+        .map_err(|e| DataError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
+use super::rng::SplitMix as Rng;
 use super::{DataError, io};
 
 /// Class names of the synthetic set.
@@ -19,28 +20,6 @@ pub struct SynthOptions {
     pub seed: u64,
     /// Square image size in pixels.
     pub imgsz: u32,
-}
-
-/// SplitMix64: small, fast and identical everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Writes the dataset to `out` (`data.yaml`, `images/{train,val}`, `labels/{train,val}`).

@@ -155,12 +155,7 @@ fn load_batch(chunk: &[Sample], start: usize, h: u32, w: u32) -> Result<Batch, D
     let mut data = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
     let mut placements = Vec::with_capacity(chunk.len());
     for sample in chunk {
-        let img = image::open(&sample.image)
-            .map_err(|e| DataError::Image {
-                path: sample.image.clone(),
-                reason: e.to_string(),
-            })?
-            .to_rgb8();
+        let img = crate::data::read_rgb(&sample.image)?;
         let (pixels, placement) = letterbox(&img, h, w, false);
         data.extend_from_slice(&pixels);
         placements.push(placement);
