@@ -1,20 +1,12 @@
 //! `effp eval` and `effp synth` as a user runs them, against Ultralytics' own `val`.
 
+mod common;
+
+use common::{effp, text};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use effp_testkit::fixtures;
-
-fn effp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_effp"))
-        .args(args)
-        .output()
-        .expect("effp runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn eval_json(model: &Path, data: &Path) -> serde_json::Value {
     // Batch 1: the re-wired YOLOv5 head below holds a batch-1 constant.

@@ -1,20 +1,11 @@
 //! `effp inspect` as a user runs it: exit codes, tables, JSON and error messages.
 
+mod common;
+
+use common::{effp, text};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use effp_testkit::{builder::ModelBuilder, fixtures, zoo};
-
-fn effp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_effp"))
-        .args(args)
-        .output()
-        .expect("effp runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
@@ -322,72 +313,5 @@ fn groups_flag_reports_prunable_groups_and_why_the_rest_is_frozen() {
         text(&table.stdout).contains("frozen because"),
         "{}",
         text(&table.stdout)
-    );
-}
-
-#[test]
-fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("effp.onnx");
-    let report = tmp.path().join("effp.json");
-    let data = fixtures::dir().join("synth");
-    let run = effp(&[
-        "prune",
-        fixtures::path("trained.onnx").to_str().unwrap(),
-        "--method",
-        "effp",
-        "--target-flops",
-        "0.7",
-        "--data",
-        data.to_str().unwrap(),
-        "--steps",
-        "16",
-        "--interval",
-        "2",
-        "--batch",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    assert!(
-        text(&run.stdout).contains("mAP50-95 "),
-        "{}",
-        text(&run.stdout)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r["method"], "effp");
-    let curve = r["curve"].as_array().unwrap();
-    assert_eq!(curve.len(), 16);
-    assert!(curve.last().unwrap()["flops_ratio"].as_f64().unwrap() <= 0.7);
-    assert!(r["accuracy"]["before"]["map50_95"].as_f64().unwrap() > 0.3);
-    assert!(r["accuracy"]["after"]["map50_95"].as_f64().is_some());
-    assert!(
-        (0.68..=0.7).contains(&r["flops_ratio"].as_f64().unwrap()),
-        "{}",
-        r["flops_ratio"]
-    );
-
-    // Without images effp has nothing to train on.
-    let run = effp(&[
-        "prune",
-        fixtures::path("trained.onnx").to_str().unwrap(),
-        "--method",
-        "effp",
-        "--target-flops",
-        "0.7",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(run.status.code(), Some(1));
-    assert!(
-        text(&run.stderr).contains("pass --data"),
-        "{}",
-        text(&run.stderr)
     );
 }

@@ -50,6 +50,10 @@ pub fn run() -> ExitCode {
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
+        Err(err) if err.downcast_ref::<prune::Interrupted>().is_some() => {
+            eprintln!("interrupted: {err:#}");
+            ExitCode::from(prune::EXIT_INTERRUPTED)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_FAILURE)

@@ -1,6 +1,8 @@
 //! `effp prune`: choose channel groups to remove and write the smaller model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -9,7 +11,11 @@ use effp_engine::data::dataset::Dataset;
 use effp_engine::eval::run::{EvalOptions, evaluate_network};
 use effp_engine::prune::{L1Options, Target, l1_mask};
 use effp_engine::runtime::{DeviceChoice, Network};
-use effp_engine::train::effp::{EffpOptions, StepRecord};
+use effp_engine::train::checkpoint::Checkpoint;
+use effp_engine::train::distill::Distill;
+use effp_engine::train::session::{
+    Control, Criterion, Method as TrainMethod, Problem, StepRecord, TrainOptions, TrainRun,
+};
 use effp_engine::verify::{Equivalence, equivalence};
 use effp_graph::channels::{ChannelAnalysis, CompactionReport, compact};
 use effp_graph::cost::graph_cost;
@@ -24,10 +30,30 @@ use super::table::{si, thousands};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// One-shot: remove the filters with the smallest L2 norm per FLOP.
+    /// One-shot: remove the filters with the smallest L2 norm per FLOP; with --data,
+    /// then fine-tune for --steps.
     L1,
     /// Masked training with gradual pruning and regrowing (needs --data).
     Effp,
+    /// Soft filter pruning: zero the weakest filters, keep training them, choose again
+    /// every epoch (needs --data).
+    Sfp,
+    /// Hard pruning in --stages stages with fine-tuning between them (needs --data).
+    Progressive,
+    /// A random mask of the target's size, then fine-tuning (needs --data).
+    Random,
+}
+
+impl Method {
+    fn trained(self) -> TrainMethod {
+        match self {
+            Method::L1 => TrainMethod::L1,
+            Method::Effp => TrainMethod::Effp,
+            Method::Sfp => TrainMethod::Sfp,
+            Method::Progressive => TrainMethod::Progressive,
+            Method::Random => TrainMethod::Random,
+        }
+    }
 }
 
 /// Arguments of `effp prune`.
@@ -48,7 +74,7 @@ pub struct PruneArgs {
     /// Where to write the pruned ONNX model.
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Where to write the JSON report (per-layer channels and kept indices).
+    /// Where to write the JSON report (per-layer channels and kept indices, curve).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Channels every feature map keeps at least.
@@ -63,34 +89,80 @@ pub struct PruneArgs {
     /// Image input size as HxW; defaults to the size the model declares.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
-    /// Where to run the equivalence check: auto (CUDA when available), cpu, cuda, cuda:N.
+    /// Where to train and check: auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Skip checking that the pruned model computes what the masked original computes.
     #[arg(long)]
     pub no_verify: bool,
     /// Images from the model's domain (YOLO or COCO layout, folder or archive): the
-    /// training images for effp, and the labels for mAP before/after.
+    /// training images, and the labels for mAP before/after.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// effp: optimiser steps in all.
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+/// Settings of the trained methods.
+#[derive(Debug, Args)]
+pub struct TrainingArgs {
+    /// Optimiser steps in all, pruning phase and fine-tuning (0 with l1: no fine-tuning).
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
+    /// Share of the steps in which masks change; the rest fine-tune the final mask.
+    #[arg(long, default_value_t = 0.7)]
+    pub prune_share: f64,
     /// effp: steps between mask updates.
-    #[arg(long, default_value_t = 5)]
-    pub interval: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: u64,
     /// effp: initial fraction of switched-off groups considered for regrowing (0 = off).
     #[arg(long, default_value_t = 0.3)]
     pub regrow: f64,
-    /// effp: images per step.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// effp: peak learning rate (AdamW, warm-up then cosine).
+    /// effp: how active groups are ranked for pruning.
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub criterion: CriterionArg,
+    /// progressive: number of prune-then-fine-tune stages.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stages: u64,
+    /// What the student learns to reproduce: the outputs, or also the prediction layers.
+    #[arg(long, value_enum, default_value = "heads")]
+    pub distill: DistillArg,
+    /// Images per step.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// effp: seed for shuffling and augmentation.
+    /// Seed for shuffling, augmentation and random masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where the training state is saved (default: the output path + .ckpt).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints (0: only on Ctrl-C).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run from its checkpoint (same model and settings).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+}
+
+/// Pruning criteria, as spelled on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CriterionArg {
+    /// First-order Taylor estimate of the loss increase (gate gradients).
+    Taylor,
+    /// Filter norm relative to the layer's largest.
+    Magnitude,
+}
+
+/// Distillation targets, as spelled on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DistillArg {
+    /// The outputs and the prediction layers' raw outputs.
+    Heads,
+    /// The outputs only.
+    Outputs,
 }
 
 /// Largest relative difference between masked and compacted outputs that is accepted.
@@ -114,7 +186,10 @@ pub struct PruneReport {
     /// mAP of the original and of the pruned model on the data's validation split.
     #[serde(skip_serializing_if = "Option::is_none")]
     accuracy: Option<Accuracy>,
-    /// effp: loss and FLOPs over the steps.
+    /// Settings and totals of the training, for the trained methods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    training: Option<TrainingSummary>,
+    /// Loss, FLOPs, budget and mask changes over the steps.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     curve: Vec<StepRecord>,
     /// Seconds from start to the written model.
@@ -175,51 +250,26 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         ),
         None => None,
     };
-    let (trained, mask, curve) = match args.method {
-        Method::L1 => (
+    let trains = args.method != Method::L1 || (dataset.is_some() && args.training.steps > 0);
+    let (trained, mask, curve, training) = if trains {
+        let Some(ds) = &dataset else {
+            anyhow::bail!(
+                "--method {} trains on images from the model's domain: pass --data DIR|ARCHIVE",
+                args.method
+                    .to_possible_value()
+                    .expect("no skipped variants")
+                    .get_name()
+            );
+        };
+        let run = train(args, &model, &analysis, ds, target, options, device)?;
+        (run.0.model, run.0.mask, run.0.history, Some(run.1))
+    } else {
+        (
             model.clone(),
             l1_mask(&model.graph, &analysis, target, options)?,
             Vec::new(),
-        ),
-        Method::Effp => {
-            let Some(ds) = &dataset else {
-                anyhow::bail!(
-                    "--method effp trains on images from the model's domain: pass --data DIR|ARCHIVE"
-                );
-            };
-            let effp_options = EffpOptions {
-                steps: args.steps,
-                interval: args.interval,
-                regrow: args.regrow,
-                batch: args.batch,
-                lr: args.lr,
-                seed: args.seed,
-                limits: options,
-                ..EffpOptions::default()
-            };
-            let bar = ProgressBar::new(args.steps as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} effp {bar:25} {pos}/{len} {msg} eta {eta}")
-                    .expect("a valid template"),
-            );
-            let result = effp_engine::train::effp::run(
-                &model,
-                &analysis,
-                ds.split("train")?,
-                target,
-                &effp_options,
-                device,
-                |r| {
-                    bar.set_position(r.step as u64 + 1);
-                    bar.set_message(format!(
-                        "loss {:.4} FLOPs {:.3}/{:.3} active {} regrown {}",
-                        r.loss, r.flops_ratio, r.budget, r.active_groups, r.regrown
-                    ));
-                },
-            )?;
-            bar.finish_and_clear();
-            (result.model, result.mask, result.history)
-        }
+            None,
+        )
     };
     let model_before = model;
     let model = trained;
@@ -277,6 +327,13 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         groups_total: analysis.groups.len(),
         equivalence: checked,
         accuracy,
+        training: training.map(|mut t| {
+            if let Some(last) = curve.last() {
+                t.regrown = last.regrown;
+                t.pruned = last.pruned;
+            }
+            t
+        }),
         curve,
         wall_seconds: started.elapsed().as_secs_f64(),
         compaction,
@@ -333,4 +390,175 @@ fn score(model: &Model, ds: &Dataset, device: effp_engine::tch::Device) -> anyho
         map50_95: report.metrics.map50_95,
         map50: report.metrics.map50,
     })
+}
+
+/// Exit status of a run stopped with Ctrl-C (after saving its checkpoint).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// How a trained run was set up, for the report.
+#[derive(Debug, Serialize)]
+struct TrainingSummary {
+    steps: usize,
+    prune_share: f64,
+    interval: u64,
+    regrow: f64,
+    criterion: &'static str,
+    stages: u64,
+    distill: &'static str,
+    batch: u64,
+    lr: f64,
+    seed: u64,
+    device: String,
+    resumed_from_step: Option<usize>,
+    regrown: usize,
+    pruned: usize,
+}
+
+/// Trains with the chosen method, showing a progress bar, saving checkpoints, and
+/// stopping cleanly (checkpoint first) on Ctrl-C.
+fn train(
+    args: &PruneArgs,
+    model: &Model,
+    analysis: &ChannelAnalysis,
+    ds: &Dataset,
+    target: Target,
+    limits: L1Options,
+    device: effp_engine::tch::Device,
+) -> anyhow::Result<(TrainRun, TrainingSummary)> {
+    let t = &args.training;
+    if !(0.0..=1.0).contains(&t.regrow) {
+        anyhow::bail!("--regrow must be in [0, 1], got {}", t.regrow);
+    }
+    if !(t.prune_share > 0.0 && t.prune_share <= 1.0) {
+        anyhow::bail!("--prune-share must be in (0, 1], got {}", t.prune_share);
+    }
+    if !(t.lr > 0.0 && t.lr.is_finite()) {
+        anyhow::bail!("--lr must be a positive number, got {}", t.lr);
+    }
+    let options = TrainOptions {
+        method: args.method.trained(),
+        steps: t.steps,
+        prune_share: t.prune_share,
+        interval: t.interval as usize,
+        regrow: t.regrow,
+        criterion: match t.criterion {
+            CriterionArg::Taylor => Criterion::Taylor,
+            CriterionArg::Magnitude => Criterion::Magnitude,
+        },
+        stages: t.stages as usize,
+        distill: match t.distill {
+            DistillArg::Heads => Distill::Heads,
+            DistillArg::Outputs => Distill::Outputs,
+        },
+        batch: t.batch as usize,
+        lr: t.lr,
+        seed: t.seed,
+        limits,
+        ..TrainOptions::default()
+    };
+    let checkpoint = t.checkpoint.clone().unwrap_or_else(|| {
+        let mut p = args.out.as_os_str().to_owned();
+        p.push(".ckpt");
+        PathBuf::from(p)
+    });
+    let resume = match &t.resume {
+        Some(path) => Some(Checkpoint::load(path)?),
+        None => None,
+    };
+    let resumed_from_step = resume.as_ref().map(Checkpoint::step);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        // A second Ctrl-C while the checkpoint is written is ignored on purpose:
+        // the state must reach the disk whole.
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let control = Control {
+        checkpoint: Some(checkpoint.clone()),
+        every: t.checkpoint_every,
+        cancel: Some(&cancel),
+        resume,
+        fingerprint: fingerprint(&args.model, args.input_size)?,
+    };
+    let bar = ProgressBar::new(t.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} {bar:25} {pos}/{len} {msg} eta {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_prefix(
+        args.method
+            .to_possible_value()
+            .expect("no skipped variants")
+            .get_name()
+            .to_string(),
+    );
+    if let Some(step) = resumed_from_step {
+        bar.set_position(step as u64);
+    }
+    let train_samples = ds.split("train")?;
+    let problem = Problem {
+        model,
+        analysis,
+        samples: train_samples,
+        target,
+    };
+    let result = effp_engine::train::session::train(&problem, &options, device, control, |r| {
+        bar.set_position(r.step as u64 + 1);
+        bar.set_message(format!(
+            "loss {:.4} FLOPs {:.3}/{:.3} active {} regrown {}",
+            r.loss, r.flops_ratio, r.budget, r.active_groups, r.regrown
+        ));
+    });
+    bar.finish_and_clear();
+    let run = match result {
+        Ok(run) => run,
+        Err(effp_engine::EngineError::Cancelled(c)) => {
+            return Err(Interrupted(c.to_string()).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if t.checkpoint.is_none() {
+        // The default checkpoint only serves this run; an explicit one is the user's.
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+    let summary = TrainingSummary {
+        steps: t.steps,
+        prune_share: t.prune_share,
+        interval: t.interval,
+        regrow: t.regrow,
+        criterion: match t.criterion {
+            CriterionArg::Taylor => "taylor",
+            CriterionArg::Magnitude => "magnitude",
+        },
+        stages: t.stages,
+        distill: match t.distill {
+            DistillArg::Heads => "heads",
+            DistillArg::Outputs => "outputs",
+        },
+        batch: t.batch,
+        lr: t.lr,
+        seed: t.seed,
+        device: format!("{device:?}").to_lowercase(),
+        resumed_from_step,
+        regrown: 0,
+        pruned: 0,
+    };
+    Ok((run, summary))
+}
+
+/// A run stopped by Ctrl-C; `main` turns it into exit status 130.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(String);
+
+/// Identifies the model a checkpoint belongs to: the file's SHA-256 and the input size.
+fn fingerprint(path: &Path, size: Option<InputSize>) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    Ok(format!("sha256:{:x} input {size:?}", hasher.finalize()))
 }

@@ -37,6 +37,9 @@ pub enum EngineError {
     /// The graph itself is at fault.
     #[error(transparent)]
     Graph(#[from] effp_graph::GraphError),
+    /// The run was cancelled (its state saved where the error says).
+    #[error(transparent)]
+    Cancelled(#[from] crate::train::session::Cancelled),
     /// The dataset is at fault.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

@@ -39,7 +39,7 @@ pub fn epoch(
     samples: &[Sample],
     options: LoaderOptions,
     epoch: u64,
-) -> impl Iterator<Item = Result<TrainBatch, DataError>> {
+) -> impl Iterator<Item = Result<TrainBatch, DataError>> + use<> {
     let samples = samples.to_vec();
     let (tx, rx) = mpsc::sync_channel(2);
     std::thread::spawn(move || {

@@ -8,7 +8,7 @@ pub mod coco;
 pub mod dataset;
 pub mod letterbox;
 pub mod loader;
-mod rng;
+pub(crate) mod rng;
 pub mod synth;
 
 pub use dataset::{Dataset, Label, Sample};

@@ -232,6 +232,19 @@ impl Network {
         inputs: &[Tensor],
         gates: Option<&Tensor>,
     ) -> Result<Vec<Tensor>, EngineError> {
+        self.forward_tapped(inputs, gates, &[])
+            .map(|(outputs, _)| outputs)
+    }
+
+    /// Like [`Network::forward`], also returning the intermediate values `taps` (in
+    /// their order): what distillation compares besides the graph outputs.
+    pub fn forward_tapped(
+        &self,
+        inputs: &[Tensor],
+        gates: Option<&Tensor>,
+        taps: &[ValueId],
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), EngineError> {
+        let mut tapped: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
         let g = &self.model.graph;
         if inputs.len() != g.inputs.len() {
             return Err(EngineError::Input(format!(
@@ -309,11 +322,27 @@ impl Network {
                     message: torch_message(&e),
                 })?;
             for (&id, t) in node.outputs.iter().zip(outputs) {
+                if let Some(k) = taps.iter().position(|&v| v == id) {
+                    tapped[k] = Some(t.shallow_clone());
+                }
                 values[id.0] = Some(t);
             }
             self.release(&mut values, index);
         }
-        g.outputs
+        let tapped = tapped
+            .into_iter()
+            .zip(taps)
+            .map(|(t, &v)| {
+                t.ok_or_else(|| {
+                    EngineError::Input(format!(
+                        "value '{}' is not computed by a node and cannot be tapped",
+                        g.value(v).name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = g
+            .outputs
             .iter()
             .map(|io| {
                 values[io.value.0]
@@ -330,7 +359,48 @@ impl Network {
                         ))
                     })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((outputs, tapped))
+    }
+
+    /// Multiplies every gated consumer's weight columns by `gates` in place: the
+    /// channels of switched-off groups get zero weights but keep training (soft
+    /// filter pruning), unlike gating in `forward`, which also stops their gradient.
+    pub fn zero_gated_columns(&self, gates: &Tensor) -> Result<(), EngineError> {
+        let Some(map) = &self.gates else {
+            return Ok(());
+        };
+        let g = &self.model.graph;
+        tch::no_grad(|| {
+            for (index, node) in g.nodes.iter().enumerate() {
+                let Some(gate) = map.node_gate(NodeId(index), gates) else {
+                    continue;
+                };
+                let Some(w) = node.input(1).and_then(|v| self.constants[v.0].as_ref()) else {
+                    continue;
+                };
+                let shape: Vec<i64> = match &node.op {
+                    Op::Gemm { trans_b: true, .. } => vec![1, -1],
+                    Op::Gemm { .. } => vec![-1, 1],
+                    Op::ConvTranspose(_) => {
+                        let mut s = vec![1i64; w.dim()];
+                        s[0] = -1;
+                        s
+                    }
+                    _ => {
+                        let mut s = vec![1i64; w.dim()];
+                        s[1] = -1;
+                        s
+                    }
+                };
+                let mut w = w.shallow_clone();
+                let _ = w.f_mul_(&gate.f_reshape(&shape)?)?;
+            }
+            Ok::<(), tch::TchError>(())
+        })
+        .map_err(|e| {
+            EngineError::Input(format!("cannot zero gated weights: {}", torch_message(&e)))
+        })
     }
 }
 

@@ -1,5 +1,11 @@
-//! Training with masks: the optimiser, the schedules, and EFFP's prune/regrow loop.
+//! Training with masks: the loop all trained methods share, EFFP's prune/regrow
+//! update and the baselines', the distillation loss, the optimiser, the schedules,
+//! and checkpoints.
 
-pub mod effp;
+pub(crate) mod baselines;
+pub mod checkpoint;
+pub mod distill;
+pub(crate) mod effp;
 pub mod optim;
 pub mod schedule;
+pub mod session;

@@ -32,6 +32,26 @@ impl AdamW {
         }
     }
 
+    /// The first and second moments of every parameter, in parameter order.
+    pub fn moments(&self) -> impl Iterator<Item = (&Tensor, &Tensor)> {
+        self.m.iter().zip(&self.v)
+    }
+
+    /// Every parameter with its moments, for restoring a saved state in place.
+    pub fn params_and_moments(&self) -> impl Iterator<Item = (&Tensor, (&Tensor, &Tensor))> {
+        self.params.iter().zip(self.m.iter().zip(&self.v))
+    }
+
+    /// Updates taken so far (the bias correction depends on it).
+    pub fn steps(&self) -> i32 {
+        self.steps
+    }
+
+    /// Sets the update count of a restored state.
+    pub fn set_steps(&mut self, steps: i32) {
+        self.steps = steps;
+    }
+
     /// Clears the gradients of every parameter.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {

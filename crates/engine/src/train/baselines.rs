@@ -1,0 +1,128 @@
+//! The budgets and mask updates of the baseline methods (and the budget EFFP follows),
+//! run through the same training loop as EFFP so that they compare at equal cost.
+
+use effp_graph::channels::Mask;
+
+use super::effp::live_importance;
+use super::schedule::budget;
+use super::session::{MaskChange, MaskContext, Method};
+use crate::data::rng::SplitMix;
+use crate::error::EngineError;
+use crate::prune::select;
+
+/// The budget (fraction of the original) a method's mask must meet after `step`.
+pub(crate) fn budget_at(ctx: &MaskContext<'_>, step: usize) -> f64 {
+    let goal = ctx.budget.goal;
+    match ctx.options.method {
+        Method::Effp => budget(step, ctx.prune_steps, goal),
+        Method::Progressive => {
+            let stages = ctx.options.stages.max(1);
+            let done = stage_of(step, ctx.prune_steps, stages) + 1;
+            1.0 - (1.0 - goal) * done as f64 / stages as f64
+        }
+        Method::L1 | Method::Random | Method::Sfp => goal,
+    }
+}
+
+/// The stage (0-based) a step of the pruning phase belongs to.
+fn stage_of(step: usize, prune_steps: usize, stages: usize) -> usize {
+    (step * stages / prune_steps.max(1)).min(stages - 1)
+}
+
+/// The mask training starts from: the target's mask for one-shot methods (l1,
+/// random) and SFP's first choice; everything on for the gradual ones.
+pub(crate) fn initial_mask(ctx: &MaskContext<'_>) -> Result<Option<Mask>, EngineError> {
+    let importance = match ctx.options.method {
+        Method::L1 | Method::Sfp => live_importance(ctx.student, ctx.analysis),
+        Method::Random => {
+            let mut rng = SplitMix(ctx.options.seed ^ 0x005e_ed0f_7a4d_0e11);
+            (0..ctx.analysis.groups.len()).map(|_| rng.unit()).collect()
+        }
+        Method::Effp | Method::Progressive => return Ok(None),
+    };
+    // Random order, not random-per-FLOP: scale by the cost so that `select`'s
+    // division by it leaves a uniform ranking.
+    let importance: Vec<f64> = if ctx.options.method == Method::Random {
+        importance
+            .iter()
+            .zip(&ctx.analysis.groups)
+            .map(|(r, g)| r * g.macs.max(1) as f64)
+            .collect()
+    } else {
+        importance
+    };
+    let mask = select_to(
+        ctx,
+        &importance,
+        &Mask::all_active(ctx.analysis.groups.len()),
+        ctx.budget.goal,
+    );
+    if !ctx.budget.holds(mask.1, ctx.budget.goal) {
+        return Err(EngineError::Input(format!(
+            "the target cannot be reached within the per-layer limits (the smallest mask keeps {:.3} of the original); \
+             lower --min-channels or --min-fraction, or choose a higher target",
+            if ctx.budget.by_params {
+                mask.1.params as f64 / ctx.budget.original.params.max(1) as f64
+            } else {
+                mask.1.flops() as f64 / ctx.budget.original.flops().max(1) as f64
+            }
+        )));
+    }
+    Ok(Some(mask.0))
+}
+
+/// Progressive pruning: at the first step of every stage, switch off the weakest
+/// active groups (live filter norms) down to that stage's budget.
+pub(crate) fn progressive_update(ctx: &MaskContext<'_>, mask: &Mask, step: usize) -> MaskChange {
+    let stages = ctx.options.stages.max(1);
+    let starts_stage = step == 0
+        || stage_of(step, ctx.prune_steps, stages) != stage_of(step - 1, ctx.prune_steps, stages);
+    if !starts_stage {
+        return MaskChange::default();
+    }
+    let importance = live_importance(ctx.student, ctx.analysis);
+    let (next, _) = select_to(ctx, &importance, mask, budget_at(ctx, step));
+    MaskChange {
+        pruned: next.pruned().saturating_sub(mask.pruned()),
+        regrown: 0,
+        mask: Some(next),
+    }
+}
+
+/// Soft filter pruning: at every new epoch, choose again among all groups by their
+/// live filter norms (zeroed filters that training grew back can return).
+pub(crate) fn sfp_update(ctx: &MaskContext<'_>, mask: &Mask, _next_step: usize) -> MaskChange {
+    if !ctx.new_epoch {
+        return MaskChange::default();
+    }
+    let importance = live_importance(ctx.student, ctx.analysis);
+    let all = Mask::all_active(mask.len());
+    let (next, _) = select_to(ctx, &importance, &all, ctx.budget.goal);
+    let regrown = (0..mask.len())
+        .filter(|&g| !mask.is_active(g) && next.is_active(g))
+        .count();
+    let pruned = (0..mask.len())
+        .filter(|&g| mask.is_active(g) && !next.is_active(g))
+        .count();
+    MaskChange {
+        mask: Some(next),
+        regrown,
+        pruned,
+    }
+}
+
+fn select_to(
+    ctx: &MaskContext<'_>,
+    importance: &[f64],
+    start: &Mask,
+    ratio: f64,
+) -> (Mask, effp_graph::cost::NodeCost) {
+    select(
+        &ctx.model.graph,
+        ctx.analysis,
+        importance,
+        start,
+        |c| ctx.budget.holds(c, ratio),
+        ctx.options.limits,
+    )
+}

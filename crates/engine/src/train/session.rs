@@ -1,0 +1,617 @@
+//! The masked training loop every trained method shares: the student runs with its
+//! mask and learns from the frozen original; the method decides, between optimiser
+//! steps, how the mask moves toward the budget. Same data, loss, optimiser and step
+//! budget for every method, so their results compare.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use effp_graph::channels::cost::ActiveChannels;
+use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::cost::NodeCost;
+use effp_graph::ir::{Model, ValueId};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress};
+use super::distill::{Distill, distillation_loss, prediction_taps};
+use super::optim::AdamW;
+use super::schedule::learning_rate;
+use super::{baselines, effp};
+use crate::data::Sample;
+use crate::data::augment::Augment;
+use crate::data::loader::{LoaderOptions, TrainBatch, epoch};
+use crate::error::EngineError;
+use crate::prune::{L1Options, Target};
+use crate::runtime::Network;
+
+/// How the mask is chosen and moved during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Gradual pruning on a cubic budget with regrowing of switched-off groups.
+    Effp,
+    /// One-shot magnitude pruning before training, then fine-tuning.
+    L1,
+    /// Soft filter pruning: the weakest filters are zeroed but keep training, and are
+    /// chosen again every epoch; the last choice is kept for fine-tuning.
+    Sfp,
+    /// Hard pruning in a few stages, each followed by fine-tuning; nothing comes back.
+    Progressive,
+    /// A random mask of the target's size before training, then fine-tuning.
+    Random,
+}
+
+/// How the importance of an active group is judged when pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// Norm of the group's filters, relative to the largest in their layer.
+    Magnitude,
+    /// First-order Taylor estimate of the loss increase when the group's gate closes
+    /// (running mean of the squared gate gradient).
+    #[default]
+    Taylor,
+}
+
+/// The settings of a training run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainOptions {
+    /// The method.
+    pub method: Method,
+    /// Optimiser steps in all (pruning phase plus fine-tuning).
+    pub steps: usize,
+    /// Share of the steps in which the mask may change; the rest fine-tune it.
+    pub prune_share: f64,
+    /// Steps between mask updates (EFFP).
+    pub interval: usize,
+    /// Fraction of switched-off groups considered for regrowing at the start
+    /// (decays to zero); 0 disables regrowing (EFFP).
+    pub regrow: f64,
+    /// Importance of active groups when pruning (EFFP).
+    pub criterion: Criterion,
+    /// Pruning stages (progressive).
+    pub stages: usize,
+    /// What the student is taught to reproduce.
+    pub distill: Distill,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Seed of shuffling, augmentation and random masks.
+    pub seed: u64,
+    /// Augmentations of the training images.
+    pub augment: Option<Augment>,
+    /// Per-layer limits of every pruning step.
+    pub limits: L1Options,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            method: Method::Effp,
+            steps: 300,
+            prune_share: 0.7,
+            interval: 5,
+            regrow: 0.3,
+            criterion: Criterion::default(),
+            stages: 4,
+            distill: Distill::default(),
+            lr: 1e-3,
+            weight_decay: 5e-4,
+            warmup: 10,
+            batch: 8,
+            seed: 0,
+            augment: Some(Augment::default()),
+            limits: L1Options::default(),
+        }
+    }
+}
+
+/// One step of the training curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    /// Step number (0-based).
+    pub step: usize,
+    /// Distillation loss.
+    pub loss: f64,
+    /// FLOPs of the masked network over the original's.
+    pub flops_ratio: f64,
+    /// Budget at this step, as a fraction of the original (FLOPs or parameters, as
+    /// the target says).
+    pub budget: f64,
+    /// Groups switched on.
+    pub active_groups: usize,
+    /// Groups revived so far.
+    pub regrown: usize,
+    /// Groups switched off so far (counting every switch-off).
+    pub pruned: usize,
+}
+
+/// Where and when a run saves its state, and how it is told to stop.
+#[derive(Debug, Default)]
+pub struct Control<'a> {
+    /// Where checkpoints go; `None` saves none.
+    pub checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints (0: only when cancelled).
+    pub every: usize,
+    /// Set from outside (Ctrl-C, a cancelled job) to stop after the current step.
+    pub cancel: Option<&'a AtomicBool>,
+    /// A checkpoint to continue from.
+    pub resume: Option<Checkpoint>,
+    /// Identifies the model being pruned; a checkpoint of another model is refused.
+    pub fingerprint: String,
+}
+
+/// The outcome of a training run.
+#[derive(Debug)]
+pub struct TrainRun {
+    /// The final mask.
+    pub mask: Mask,
+    /// The model with the student's trained weights (masked filters included).
+    pub model: Model,
+    /// Every step's record.
+    pub history: Vec<StepRecord>,
+}
+
+/// The error a cancelled run ends with, after saving its checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("training was cancelled before step {step}{}", .checkpoint.as_ref().map(|p| format!("; its state is in '{}': continue with --resume {}", p.display(), p.display())).unwrap_or_default())]
+pub struct Cancelled {
+    /// The first step not run.
+    pub step: usize,
+    /// Where the state was saved.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// The budget a run's mask must meet: which quantity, its original amount, the goal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub by_params: bool,
+    pub original: NodeCost,
+    /// Fraction of the original to keep at the end.
+    pub goal: f64,
+}
+
+impl Budget {
+    fn new(target: Target, original: NodeCost) -> Result<Self, EngineError> {
+        target
+            .validate()
+            .map_err(|e| EngineError::Input(e.to_string()))?;
+        let (by_params, goal) = match target {
+            Target::FlopsRatio(r) => (false, r),
+            Target::Flops(f) => (false, f as f64 / original.flops().max(1) as f64),
+            Target::ParamsRatio(r) => (true, r),
+        };
+        if goal >= 1.0 {
+            return Err(EngineError::Input(format!(
+                "the target ({}) is not below the model's {} ({}): nothing to prune",
+                match target {
+                    Target::Flops(f) => f.to_string(),
+                    _ => goal.to_string(),
+                },
+                if by_params { "parameters" } else { "FLOPs" },
+                if by_params {
+                    original.params
+                } else {
+                    original.flops()
+                }
+            )));
+        }
+        Ok(Self {
+            by_params,
+            original,
+            goal,
+        })
+    }
+
+    /// Whether `cost` is within `ratio` of the original.
+    pub fn holds(&self, cost: NodeCost, ratio: f64) -> bool {
+        if self.by_params {
+            cost.params as f64 <= (ratio * self.original.params as f64).floor()
+        } else {
+            cost.flops() as f64 <= (ratio * self.original.flops() as f64).floor()
+        }
+    }
+}
+
+/// What a method may look at when it moves the mask.
+pub(crate) struct MaskContext<'a> {
+    pub model: &'a Model,
+    pub analysis: &'a ChannelAnalysis,
+    pub student: &'a Network,
+    pub options: &'a TrainOptions,
+    pub budget: Budget,
+    /// Running mean of −∂loss/∂gate: how much switching a group on would help.
+    pub benefit: Tensor,
+    /// Running mean of (∂loss/∂gate)²: how much switching a group off would hurt.
+    pub sensitivity: Tensor,
+    /// Steps of the pruning phase.
+    pub prune_steps: usize,
+    /// Whether the loader has just started a new epoch.
+    pub new_epoch: bool,
+}
+
+/// What a method did to the mask.
+#[derive(Debug, Default)]
+pub(crate) struct MaskChange {
+    pub mask: Option<Mask>,
+    pub regrown: usize,
+    pub pruned: usize,
+}
+
+/// What a run prunes: the model (shapes inferred), its channel groups, the images it
+/// trains on, and the target its mask must meet.
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    /// The model.
+    pub model: &'a Model,
+    /// The channel groups of its graph.
+    pub analysis: &'a ChannelAnalysis,
+    /// Training images.
+    pub samples: &'a [Sample],
+    /// The target.
+    pub target: Target,
+}
+
+/// Runs `options.method` on a problem: trains the student on its images until the
+/// mask meets its target, then fine-tunes.
+pub fn train(
+    problem: &Problem<'_>,
+    options: &TrainOptions,
+    device: Device,
+    mut control: Control<'_>,
+    mut progress: impl FnMut(&StepRecord),
+) -> Result<TrainRun, EngineError> {
+    let Problem {
+        model,
+        analysis,
+        samples,
+        target,
+    } = *problem;
+    if samples.is_empty() {
+        return Err(EngineError::Input(
+            "training needs images: the dataset's training split is empty".into(),
+        ));
+    }
+    if options.steps == 0 {
+        return Err(EngineError::Input(
+            "training needs at least one step".into(),
+        ));
+    }
+    let g = &model.graph;
+    let original = ActiveChannels::all(g, analysis).cost();
+    let budget = Budget::new(target, original)?;
+    let imgsz = g
+        .inputs
+        .first()
+        .and_then(|io| g.shape(io.value))
+        .and_then(|s| s.get(2))
+        .copied()
+        .unwrap_or(640) as u32;
+    let teacher = Network::new(model, device)?;
+    let student = Network::new(model, device)?.with_gates(analysis);
+    let taps: Vec<ValueId> = match options.distill {
+        Distill::Outputs => Vec::new(),
+        Distill::Heads => prediction_taps(g, analysis),
+    };
+    let params: Vec<Tensor> = student
+        .trainable()
+        .into_iter()
+        .map(Tensor::shallow_clone)
+        .collect();
+    let mut optimizer = AdamW::new(params, options.weight_decay);
+    let groups = analysis.groups.len();
+    let gate_map = student.gate_map().expect("gates were added");
+    let mut gates = Tensor::ones([groups as i64], (Kind::Float, device)).set_requires_grad(true);
+    let mut benefit = Tensor::zeros([groups as i64], (Kind::Float, device));
+    let mut sensitivity = Tensor::zeros([groups as i64], (Kind::Float, device));
+    let prune_steps =
+        ((options.steps as f64 * options.prune_share).round() as usize).clamp(1, options.steps);
+    let loader = LoaderOptions {
+        batch: options.batch,
+        imgsz,
+        seed: options.seed,
+        augment: options.augment,
+    };
+    let settings = format!("{options:?} target {target:?}");
+    let mut state = Progress {
+        schema: CHECKPOINT_SCHEMA.into(),
+        fingerprint: control.fingerprint.clone(),
+        settings: settings.clone(),
+        step: 0,
+        epoch: 0,
+        batches_in_epoch: 0,
+        mask: vec![true; groups],
+        regrown: 0,
+        pruned: 0,
+        optimizer_steps: 0,
+        history: Vec::with_capacity(options.steps),
+    };
+
+    if let Some(saved) = control.resume.take() {
+        restore(
+            &saved,
+            &mut state,
+            &mut optimizer,
+            &mut benefit,
+            &mut sensitivity,
+        )
+        .map_err(|e| EngineError::Input(e.to_string()))?;
+    }
+    let mut mask = Mask::from_flags(state.mask.clone());
+    // Shares the statistics' storage: they are updated in place below.
+    let mut ctx = MaskContext {
+        model,
+        analysis,
+        student: &student,
+        options,
+        budget,
+        benefit: benefit.shallow_clone(),
+        sensitivity: sensitivity.shallow_clone(),
+        prune_steps,
+        new_epoch: true,
+    };
+    if state.step == 0
+        && let Some(first) = baselines::initial_mask(&ctx)?
+    {
+        state.pruned += first.pruned();
+        mask = first;
+    }
+    let soft = |step: usize| options.method == Method::Sfp && step < prune_steps;
+    // A resumed run's weights are restored as they were: nothing to zero again.
+    let resumed = state.step > 0;
+    set_gates(
+        &gates,
+        gate_map.gates_for(&mask, device),
+        &student,
+        soft(state.step),
+        !resumed,
+    )?;
+
+    let mut batches = skip(epoch(samples, loader, state.epoch), state.batches_in_epoch)?;
+    for step in state.step..options.steps {
+        if control.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            state.step = step;
+            state.mask = flags(&mask);
+            let path = control.checkpoint.clone();
+            if let Some(p) = &path {
+                snapshot(&state, &student, &optimizer, &benefit, &sensitivity)
+                    .save(p)
+                    .map_err(|e| EngineError::Input(e.to_string()))?;
+            }
+            return Err(EngineError::Cancelled(Cancelled {
+                step,
+                checkpoint: path,
+            }));
+        }
+        let mut new_epoch = false;
+        let batch: TrainBatch = match batches.next() {
+            Some(b) => b?,
+            None => {
+                state.epoch += 1;
+                state.batches_in_epoch = 0;
+                new_epoch = true;
+                batches = Box::new(epoch(samples, loader, state.epoch));
+                batches
+                    .next()
+                    .ok_or_else(|| EngineError::Input("no training batch".into()))??
+            }
+        };
+        state.batches_in_epoch += 1;
+        let x = batch.images.to_device(device);
+        let (t_out, t_taps) =
+            tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, &taps))?;
+        let (s_out, s_taps) = student.forward_tapped(&[x], Some(&gates), &taps)?;
+        let student_all: Vec<Tensor> = s_out.into_iter().chain(s_taps).collect();
+        let teacher_all: Vec<Tensor> = t_out.into_iter().chain(t_taps).collect();
+        let loss = distillation_loss(&student_all, &teacher_all);
+        optimizer.zero_grad();
+        gates.zero_grad();
+        loss.backward();
+        tch::no_grad(|| {
+            let grad = gates.grad();
+            if grad.defined() {
+                let _ = benefit.g_mul_scalar_(0.9).g_sub_(&(&grad * 0.1));
+                let _ = sensitivity
+                    .g_mul_scalar_(0.9)
+                    .g_add_(&(grad.square() * 0.1));
+            }
+        });
+        let lr = learning_rate(step, options.steps, options.warmup, options.lr);
+        optimizer
+            .step(lr)
+            .map_err(|e| EngineError::Input(e.to_string()))?;
+
+        let mut budget_now = budget.goal;
+        if step < prune_steps {
+            ctx.new_epoch = new_epoch;
+            budget_now = baselines::budget_at(&ctx, step);
+            let change = match options.method {
+                Method::Effp => effp::update(&ctx, &mask, step)?,
+                Method::Progressive => baselines::progressive_update(&ctx, &mask, step),
+                Method::Sfp => baselines::sfp_update(&ctx, &mask, step + 1),
+                Method::L1 | Method::Random => MaskChange::default(),
+            };
+            state.regrown += change.regrown;
+            state.pruned += change.pruned;
+            if let Some(next) = change.mask {
+                mask = next;
+                // Soft-pruned groups are zeroed when chosen and then train on until
+                // the next choice.
+                set_gates(
+                    &gates,
+                    gate_map.gates_for(&mask, device),
+                    &student,
+                    soft(step + 1),
+                    true,
+                )?;
+            }
+            if step + 1 == prune_steps && soft(step) {
+                // The pruning phase ends: the last soft choice becomes real gates.
+                set_gates(
+                    &gates,
+                    gate_map.gates_for(&mask, device),
+                    &student,
+                    false,
+                    false,
+                )?;
+            }
+        }
+        let flops = ActiveChannels::for_mask(g, analysis, &mask).cost().flops();
+        let record = StepRecord {
+            step,
+            loss: loss.double_value(&[]),
+            flops_ratio: flops as f64 / original.flops().max(1) as f64,
+            budget: budget_now,
+            active_groups: groups - mask.pruned(),
+            regrown: state.regrown,
+            pruned: state.pruned,
+        };
+        progress(&record);
+        state.history.push(record);
+        state.step = step + 1;
+        if let Some(p) = &control.checkpoint
+            && control.every > 0
+            && state.step.is_multiple_of(control.every)
+            && state.step < options.steps
+        {
+            state.mask = flags(&mask);
+            snapshot(&state, &student, &optimizer, &benefit, &sensitivity)
+                .save(p)
+                .map_err(|e| EngineError::Input(e.to_string()))?;
+        }
+    }
+    // The gates also carry gradients for the criteria; the exported student does not.
+    let _ = gates.detach_();
+    Ok(TrainRun {
+        mask,
+        model: student.export()?,
+        history: state.history,
+    })
+}
+
+/// Puts a mask's values into the gate vector. Soft masks leave every gate open and
+/// (when `zero`) zero the switched-off groups' weights instead.
+fn set_gates(
+    gates: &Tensor,
+    values: Tensor,
+    student: &Network,
+    soft: bool,
+    zero: bool,
+) -> Result<(), EngineError> {
+    if soft && zero {
+        student.zero_gated_columns(&values)?;
+    }
+    let values = if soft { values.ones_like() } else { values };
+    tch::no_grad(|| {
+        let mut g = gates.shallow_clone();
+        g.copy_(&values);
+    });
+    Ok(())
+}
+
+type Batches = Box<dyn Iterator<Item = Result<TrainBatch, crate::data::DataError>>>;
+
+/// The loader's batches after the first `n` (a resumed run continues mid-epoch).
+fn skip(
+    batches: impl Iterator<Item = Result<TrainBatch, crate::data::DataError>> + 'static,
+    n: usize,
+) -> Result<Batches, EngineError> {
+    let mut batches: Batches = Box::new(batches);
+    for _ in 0..n {
+        if let Some(b) = batches.next() {
+            b?;
+        }
+    }
+    Ok(batches)
+}
+
+fn flags(mask: &Mask) -> Vec<bool> {
+    (0..mask.len()).map(|g| mask.is_active(g)).collect()
+}
+
+fn snapshot(
+    state: &Progress,
+    student: &Network,
+    optimizer: &AdamW,
+    benefit: &Tensor,
+    sensitivity: &Tensor,
+) -> Checkpoint {
+    let mut tensors = std::collections::HashMap::new();
+    let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
+    for (i, w) in student.trainable().into_iter().enumerate() {
+        tensors.insert(format!("weight.{i}"), cpu(w));
+    }
+    for (i, (m, v)) in optimizer.moments().enumerate() {
+        tensors.insert(format!("adam.m.{i}"), cpu(m));
+        tensors.insert(format!("adam.v.{i}"), cpu(v));
+    }
+    tensors.insert("benefit".into(), cpu(benefit));
+    tensors.insert("sensitivity".into(), cpu(sensitivity));
+    let mut progress = state.clone();
+    progress.optimizer_steps = optimizer.steps();
+    Checkpoint { progress, tensors }
+}
+
+/// Loads a checkpoint's state into a freshly built run, after checking it belongs to
+/// the same model and settings.
+fn restore(
+    saved: &Checkpoint,
+    state: &mut Progress,
+    optimizer: &mut AdamW,
+    benefit: &mut Tensor,
+    sensitivity: &mut Tensor,
+) -> Result<(), CheckpointError> {
+    let p = &saved.progress;
+    if p.fingerprint != state.fingerprint {
+        return Err(CheckpointError::Mismatch {
+            what: "model",
+            saved: p.fingerprint.clone(),
+            now: state.fingerprint.clone(),
+        });
+    }
+    if p.settings != state.settings {
+        return Err(CheckpointError::Mismatch {
+            what: "settings",
+            saved: p.settings.clone(),
+            now: state.settings.clone(),
+        });
+    }
+    if p.mask.len() != state.mask.len() {
+        return Err(CheckpointError::Mismatch {
+            what: "channel groups",
+            saved: p.mask.len().to_string(),
+            now: state.mask.len().to_string(),
+        });
+    }
+    let copy = |dst: &Tensor, name: &str| -> Result<(), CheckpointError> {
+        let src = saved.tensor(name)?;
+        if src.size() != dst.size() {
+            return Err(CheckpointError::Mismatch {
+                what: "tensor shapes",
+                saved: format!("{name} {:?}", src.size()),
+                now: format!("{:?}", dst.size()),
+            });
+        }
+        tch::no_grad(|| {
+            let mut d = dst.shallow_clone();
+            d.copy_(src);
+        });
+        Ok(())
+    };
+    for (i, (w, (m, v))) in optimizer.params_and_moments().enumerate() {
+        copy(w, &format!("weight.{i}"))?;
+        copy(m, &format!("adam.m.{i}"))?;
+        copy(v, &format!("adam.v.{i}"))?;
+    }
+    copy(benefit, "benefit")?;
+    copy(sensitivity, "sensitivity")?;
+    optimizer.set_steps(p.optimizer_steps);
+    *state = p.clone();
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Masked training on the trained fixture detector: EFFP and the baselines reach the
+//! target through their schedules, train the weights, and their final masks compact
+//! into networks that compute what the masked students compute; an interrupted run
+//! resumed from its checkpoint ends exactly like an uninterrupted one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use effp_engine::EngineError;
+use effp_engine::data::dataset::{Dataset, load};
+use effp_engine::prune::Target;
+use effp_engine::runtime::Network;
+use effp_engine::tch::{self, Device, Kind, Tensor};
+use effp_engine::train::checkpoint::Checkpoint;
+use effp_engine::train::session::{Control, Method, Problem, TrainOptions, TrainRun, train};
+use effp_graph::channels::{ChannelAnalysis, Mask, compact};
+use effp_graph::ir::Model;
+use effp_graph::onnx::load_file;
+use effp_graph::shape::infer_shapes;
+use effp_testkit::fixtures;
+
+fn setup() -> (Model, ChannelAnalysis, Dataset) {
+    let mut model = load_file(&fixtures::path("trained.onnx")).unwrap();
+    infer_shapes(&mut model, None).unwrap();
+    let analysis = ChannelAnalysis::new(&model.graph);
+    let data = load(&fixtures::dir().join("synth")).unwrap();
+    (model, analysis, data)
+}
+
+fn run(
+    (model, analysis, data): &(Model, ChannelAnalysis, Dataset),
+    target: f64,
+    options: &TrainOptions,
+    control: Control<'_>,
+) -> Result<TrainRun, EngineError> {
+    let problem = Problem {
+        model,
+        analysis,
+        samples: data.split("train").unwrap(),
+        target: Target::FlopsRatio(target),
+    };
+    train(&problem, options, Device::Cpu, control, |_| {})
+}
+
+fn flags(mask: &Mask) -> Vec<bool> {
+    (0..mask.len()).map(|g| mask.is_active(g)).collect()
+}
+
+/// Largest relative difference between the masked student and its compaction.
+fn masked_vs_compacted(result: &TrainRun, analysis: &ChannelAnalysis) -> f64 {
+    let masked = Network::new(&result.model, Device::Cpu)
+        .unwrap()
+        .with_gates(analysis);
+    let gates = masked
+        .gate_map()
+        .unwrap()
+        .gates_for(&result.mask, Device::Cpu);
+    let (small, _) = compact(&result.model, analysis, &result.mask).unwrap();
+    let compacted = Network::new(&small, Device::Cpu).unwrap();
+    let x = Tensor::rand([2, 3, 128, 128], (Kind::Float, Device::Cpu));
+    let a = tch::no_grad(|| masked.forward(&[x.shallow_clone()], Some(&gates))).unwrap();
+    let b = tch::no_grad(|| compacted.forward(&[x], None)).unwrap();
+    (&a[0] - &b[0]).abs().max().double_value(&[]) / b[0].abs().max().double_value(&[])
+}
+
+#[test]
+fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
+    let fx = setup();
+    let options = TrainOptions {
+        steps: 40,
+        interval: 4,
+        batch: 8,
+        ..TrainOptions::default()
+    };
+    let result = run(&fx, 0.5, &options, Control::default()).unwrap();
+    let h = &result.history;
+    assert_eq!(h.len(), 40);
+    assert!(h.iter().all(|r| r.loss.is_finite()));
+    let last = h.last().unwrap();
+    assert!(
+        last.flops_ratio <= 0.5 && last.flops_ratio >= 0.48,
+        "{}",
+        last.flops_ratio
+    );
+    assert!(
+        h[3].budget < 1.0 && h[3].flops_ratio <= h[3].budget + 1e-9,
+        "the mask follows the budget"
+    );
+    assert!(last.regrown > 0, "some groups were revived");
+    assert!(
+        h.windows(2).all(|w| w[1].budget <= w[0].budget),
+        "the budget only falls"
+    );
+
+    // The trained weights differ from the original ones.
+    let (trained, original) = (&result.model.graph, &fx.0.graph);
+    let conv = original
+        .nodes
+        .iter()
+        .find(|n| n.op.op_type() == "Conv")
+        .unwrap();
+    let w = conv.input(1).unwrap();
+    assert_ne!(
+        trained.constant(w).unwrap().to_f32_vec(),
+        original.constant(w).unwrap().to_f32_vec()
+    );
+    let diff = masked_vs_compacted(&result, &fx.1);
+    assert!(diff <= 1e-4, "{diff}");
+}
+
+#[test]
+fn without_regrowing_nothing_is_revived() {
+    let fx = setup();
+    let options = TrainOptions {
+        steps: 12,
+        interval: 3,
+        batch: 4,
+        regrow: 0.0,
+        ..TrainOptions::default()
+    };
+    let result = run(&fx, 0.7, &options, Control::default()).unwrap();
+    assert_eq!(result.history.last().unwrap().regrown, 0);
+}
+
+#[test]
+fn every_baseline_meets_the_budget_its_own_way_and_compacts_exactly() {
+    let fx = setup();
+    let steps = 16;
+    for method in [Method::L1, Method::Random, Method::Progressive, Method::Sfp] {
+        let options = TrainOptions {
+            method,
+            steps,
+            batch: 4,
+            stages: 2,
+            ..TrainOptions::default()
+        };
+        let result = run(&fx, 0.6, &options, Control::default()).unwrap();
+        let h = &result.history;
+        assert_eq!(h.len(), steps, "{method:?}");
+        let last = h.last().unwrap();
+        assert!(
+            (0.58..=0.6).contains(&last.flops_ratio),
+            "{method:?}: {}",
+            last.flops_ratio
+        );
+        match method {
+            // One-shot: the target's mask from the first step on, never changed.
+            Method::L1 | Method::Random => {
+                assert!(h.iter().all(|r| r.flops_ratio <= 0.6), "{method:?}");
+                assert!(h.iter().all(|r| r.active_groups == last.active_groups));
+                assert_eq!(last.regrown, 0);
+            }
+            // Two stages: 0.8 first, then 0.6; nothing comes back.
+            Method::Progressive => {
+                assert!(
+                    (0.78..=0.8).contains(&h[0].flops_ratio),
+                    "{}",
+                    h[0].flops_ratio
+                );
+                assert!(
+                    h.windows(2)
+                        .all(|w| w[1].active_groups <= w[0].active_groups)
+                );
+                assert_eq!(last.regrown, 0);
+            }
+            Method::Sfp | Method::Effp => {}
+        }
+        let diff = masked_vs_compacted(&result, &fx.1);
+        assert!(diff <= 1e-4, "{method:?}: {diff}");
+    }
+
+    // L1 and random start from different masks.
+    let mask_of = |method| {
+        let options = TrainOptions {
+            method,
+            steps: 1,
+            batch: 2,
+            ..TrainOptions::default()
+        };
+        flags(&run(&fx, 0.6, &options, Control::default()).unwrap().mask)
+    };
+    assert_ne!(mask_of(Method::L1), mask_of(Method::Random));
+}
+
+#[test]
+fn soft_pruning_zeroes_the_weakest_columns_but_keeps_training_them() {
+    let fx = setup();
+    // The whole run is the pruning phase: groups are zeroed, not gated.
+    let options = TrainOptions {
+        method: Method::Sfp,
+        steps: 6,
+        batch: 4,
+        prune_share: 1.0,
+        ..TrainOptions::default()
+    };
+    let result = run(&fx, 0.6, &options, Control::default()).unwrap();
+    let off = (0..result.mask.len())
+        .find(|&g| !result.mask.is_active(g))
+        .unwrap();
+    // Some consumer of that group reads it with weights that moved away from zero
+    // after the zeroing (they keep training), so ungated output differs from gated.
+    let open = Network::new(&result.model, Device::Cpu).unwrap();
+    let gated = Network::new(&result.model, Device::Cpu)
+        .unwrap()
+        .with_gates(&fx.1);
+    let gates = gated
+        .gate_map()
+        .unwrap()
+        .gates_for(&result.mask, Device::Cpu);
+    let x = Tensor::rand([1, 3, 128, 128], (Kind::Float, Device::Cpu));
+    let a = tch::no_grad(|| open.forward(&[x.shallow_clone()], None)).unwrap();
+    let b = tch::no_grad(|| gated.forward(&[x], Some(&gates))).unwrap();
+    let moved = (&a[0] - &b[0]).abs().max().double_value(&[]);
+    assert!(moved > 0.0, "group {off}: zeroed weights trained on");
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_masks_as_an_uninterrupted_one() {
+    let fx = setup();
+    let options = TrainOptions {
+        steps: 14,
+        interval: 2,
+        batch: 4,
+        seed: 7,
+        ..TrainOptions::default()
+    };
+    let fingerprint = "the fixture".to_string();
+    let whole = run(
+        &fx,
+        0.6,
+        &options,
+        Control {
+            fingerprint: fingerprint.clone(),
+            ..Control::default()
+        },
+    )
+    .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("run.ckpt");
+    let cancel = AtomicBool::new(false);
+    let problem = Problem {
+        model: &fx.0,
+        analysis: &fx.1,
+        samples: fx.2.split("train").unwrap(),
+        target: Target::FlopsRatio(0.6),
+    };
+    let interrupted = train(
+        &problem,
+        &options,
+        Device::Cpu,
+        Control {
+            checkpoint: Some(path.clone()),
+            every: 4,
+            cancel: Some(&cancel),
+            resume: None,
+            fingerprint: fingerprint.clone(),
+        },
+        // Ctrl-C arrives during step 6 (mid-epoch, between checkpoints).
+        |r| {
+            if r.step == 6 {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        },
+    );
+    match interrupted {
+        Err(EngineError::Cancelled(c)) => {
+            assert_eq!(c.step, 7);
+            assert_eq!(c.checkpoint.as_deref(), Some(path.as_path()));
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    let saved = Checkpoint::load(&path).unwrap();
+    assert_eq!(saved.step(), 7);
+    let resumed = run(
+        &fx,
+        0.6,
+        &options,
+        Control {
+            resume: Some(saved),
+            fingerprint: fingerprint.clone(),
+            ..Control::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(flags(&resumed.mask), flags(&whole.mask));
+    assert_eq!(resumed.history.len(), whole.history.len());
+    for (a, b) in resumed.history.iter().zip(&whole.history) {
+        assert_eq!(
+            (a.active_groups, a.regrown, a.pruned),
+            (b.active_groups, b.regrown, b.pruned)
+        );
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+            "step {}",
+            a.step
+        );
+    }
+
+    // A checkpoint only continues the run it came from.
+    let other = TrainOptions {
+        lr: 2e-3,
+        ..options
+    };
+    let err = run(
+        &fx,
+        0.6,
+        &other,
+        Control {
+            resume: Some(Checkpoint::load(&path).unwrap()),
+            fingerprint: fingerprint.clone(),
+            ..Control::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different settings"), "{err}");
+    let err = run(
+        &fx,
+        0.6,
+        &options,
+        Control {
+            resume: Some(Checkpoint::load(&path).unwrap()),
+            fingerprint: "another model".into(),
+            ..Control::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different model"), "{err}");
+
+    // Anything else is refused as not a checkpoint.
+    let junk = tmp.path().join("junk.ckpt");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    let err = Checkpoint::load(&junk).unwrap_err().to_string();
+    assert!(err.contains("is not an effp checkpoint"), "{err}");
+}

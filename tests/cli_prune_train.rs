@@ -1,0 +1,240 @@
+//! `effp prune` with the trained methods, as a user runs it: EFFP and the baselines
+//! through one command line, their reports, Ctrl-C that checkpoints, and --resume.
+
+mod common;
+
+use common::{effp, text};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use effp_testkit::fixtures;
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `effp prune` on the trained fixture with the synthetic data, plus `extra`.
+fn prune(dir: &Path, name: &str, extra: &[&str]) -> (Output, std::path::PathBuf) {
+    let out = dir.join(format!("{name}.onnx"));
+    let json = dir.join(format!("{name}.json"));
+    let data = fixtures::dir().join("synth");
+    let model = fixtures::path("trained.onnx");
+    let mut args = vec![
+        "prune",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    (effp(&args), json)
+}
+
+#[test]
+fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, json) = prune(
+        tmp.path(),
+        "effp",
+        &[
+            "--method",
+            "effp",
+            "--target-flops",
+            "0.7",
+            "--steps",
+            "16",
+            "--interval",
+            "2",
+            "--batch",
+            "4",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("mAP50-95 "),
+        "{}",
+        text(&run.stdout)
+    );
+    let r = report(&json);
+    assert_eq!(r["method"], "effp");
+    let curve = r["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 16);
+    assert!(curve.last().unwrap()["flops_ratio"].as_f64().unwrap() <= 0.7);
+    assert!(r["accuracy"]["before"]["map50_95"].as_f64().unwrap() > 0.3);
+    assert!(r["accuracy"]["after"]["map50_95"].as_f64().is_some());
+    assert!(
+        (0.68..=0.7).contains(&r["flops_ratio"].as_f64().unwrap()),
+        "{}",
+        r["flops_ratio"]
+    );
+}
+
+#[test]
+fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    for method in ["sfp", "progressive", "random", "l1"] {
+        let (run, json) = prune(
+            tmp.path(),
+            method,
+            &[
+                "--method",
+                method,
+                "--target-flops",
+                "0.7",
+                "--steps",
+                "6",
+                "--batch",
+                "2",
+                "--stages",
+                "2",
+            ],
+        );
+        assert!(run.status.success(), "{method}: {}", text(&run.stderr));
+        let r = report(&json);
+        assert_eq!(r["method"], method);
+        assert_eq!(r["training"]["steps"], 6, "{method}");
+        assert_eq!(r["curve"].as_array().unwrap().len(), 6, "{method}");
+        let ratio = r["flops_ratio"].as_f64().unwrap();
+        assert!((0.68..=0.7).contains(&ratio), "{method}: {ratio}");
+        assert!(r["accuracy"]["after"]["map50_95"].as_f64().is_some());
+        assert!(
+            !tmp.path().join(format!("{method}.onnx.ckpt")).exists(),
+            "{method}: the default checkpoint is removed after success"
+        );
+    }
+    // l1 without fine-tuning trains nothing.
+    let (run, json) = prune(
+        tmp.path(),
+        "oneshot",
+        &["--method", "l1", "--target-flops", "0.7", "--steps", "0"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(report(&json).get("training").is_none());
+
+    // The trained methods need images.
+    for method in ["effp", "sfp"] {
+        let run = effp(&[
+            "prune",
+            fixtures::path("trained.onnx").to_str().unwrap(),
+            "--method",
+            method,
+            "--target-flops",
+            "0.7",
+            "--out",
+            tmp.path().join("x.onnx").to_str().unwrap(),
+        ]);
+        assert_eq!(run.status.code(), Some(1));
+        let stderr = text(&run.stderr);
+        assert!(
+            stderr.contains(&format!("--method {method} trains on images"))
+                && stderr.contains("pass --data"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_resume_finishes_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("effp.onnx");
+    let ckpt = tmp.path().join("effp.ckpt");
+    let json = tmp.path().join("effp.json");
+    let data = fixtures::dir().join("synth");
+    let model = fixtures::path("trained.onnx");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "prune",
+            model.to_str().unwrap(),
+            "--method",
+            "effp",
+            "--target-flops",
+            "0.6",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "120",
+            "--batch",
+            "2",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            json.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(args(&[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ckpt.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(
+        stopped.status.code(),
+        Some(130),
+        "{}",
+        text(&stopped.stderr)
+    );
+    let stderr = text(&stopped.stderr);
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(!out.exists(), "an interrupted run writes no model");
+
+    // Other settings do not continue this run.
+    let wrong = effp(
+        &args(&["--resume", ckpt.to_str().unwrap(), "--lr", "0.01"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong.stderr).contains("different settings"),
+        "{}",
+        text(&wrong.stderr)
+    );
+
+    // Resuming finishes it: the curve is whole and the step it resumed from is reported.
+    let resume = args(&["--resume", ckpt.to_str().unwrap()]);
+    let done = effp(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let r = report(&json);
+    let from = r["training"]["resumed_from_step"].as_u64().unwrap();
+    assert!(from >= 2, "{from}");
+    let curve = r["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 120);
+    assert!(curve.iter().enumerate().all(|(i, c)| c["step"] == i));
+    assert!(out.exists());
+    assert!(
+        ckpt.exists(),
+        "an explicit checkpoint is the user's to delete"
+    );
+}
