@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-venv
+.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -67,3 +67,14 @@ bench-eval: fixtures ## effp eval vs Ultralytics val throughput on the trained d
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_eval.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/eval.json"
+
+bench-prune: fixtures ## Every pruning method at 0.7/0.5/0.3 FLOPs: mAP, size, ORT latency, wall time
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  $(PYTHON_ENV) scripts/bench_prune.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/prune.json" $(BENCH_ARGS)
+
+bench-step: fixtures ## Gate overhead: a masked training step against a plain one
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  "$(EFFP_BIN)" bench step "$$fixtures/trained.onnx" --batch 8 --json "$(EFFP_CACHE)/bench/step-trained.json" && \
+	  "$(EFFP_BIN)" bench step "$$fixtures/yolov8n.onnx" --batch 1 --iters 10 --json "$(EFFP_CACHE)/bench/step-yolov8n.json"

@@ -238,3 +238,37 @@ fn ctrl_c_checkpoints_and_resume_finishes_the_same_run() {
         "an explicit checkpoint is the user's to delete"
     );
 }
+
+#[test]
+fn bench_step_times_a_masked_training_step_against_a_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("step.json");
+    let run = effp(&[
+        "bench",
+        "step",
+        fixtures::path("yolov8t.onnx").to_str().unwrap(),
+        "--batch",
+        "2",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.contains("masked step") && stdout.contains("masked / plain"),
+        "{stdout}"
+    );
+    let r = report(&json);
+    let timings = r["timings"].as_array().unwrap();
+    assert_eq!(timings.len(), 2);
+    assert!(
+        timings
+            .iter()
+            .all(|t| t["median_ms"].as_f64().unwrap() > 0.0)
+    );
+    assert!(r["masked_over_plain"].as_f64().unwrap() > 0.0);
+}

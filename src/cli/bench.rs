@@ -5,8 +5,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use effp_engine::prune::{L1Options, Target, l1_mask};
 use effp_engine::runtime::{DeviceChoice, Network};
 use effp_engine::tch::{self, Kind, Tensor};
+use effp_engine::train::distill::prediction_taps;
+use effp_engine::train::optim::AdamW;
+use effp_engine::train::session::{Gating, distill_step};
 use effp_graph::channels::ChannelAnalysis;
 use serde::Serialize;
 
@@ -25,6 +29,35 @@ enum BenchCommand {
     Runtime(RuntimeArgs),
     /// Time to build the channel dependency groups of a model.
     Groups(GroupsArgs),
+    /// A masked training step against a plain one of the same network (gate overhead).
+    Step(StepArgs),
+}
+
+#[derive(Debug, Args)]
+struct StepArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    /// FLOPs the mask of the masked step keeps (L1 mask).
+    #[arg(long, default_value_t = 0.5)]
+    mask_flops: f64,
+    /// Timed iterations of each kind (after warm-up), interleaved.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed warm-up iterations.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Intra-op threads for libtorch.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +109,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let (label, timings, json) = match &args.what {
         BenchCommand::Runtime(a) => (a.model.display().to_string(), runtime(a)?, a.json.clone()),
         BenchCommand::Groups(a) => (a.model.display().to_string(), groups(a)?, a.json.clone()),
+        BenchCommand::Step(a) => (a.model.display().to_string(), step(a)?, a.json.clone()),
     };
     let mut table = new_table(&["measure", "median ms", "min ms", "iters"], &[1, 2, 3]);
     for t in &timings {
@@ -87,11 +121,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         ]);
     }
     println!("{label}\n{table}");
+    let ratio = match timings.as_slice() {
+        [plain, masked] if plain.name == "plain step" => {
+            let r = masked.median_ms / plain.median_ms;
+            println!("masked / plain: {r:.3}×");
+            Some(r)
+        }
+        _ => None,
+    };
     if let Some(path) = json {
         std::fs::write(
             &path,
             serde_json::to_string_pretty(
-                &serde_json::json!({ "model": label, "timings": timings }),
+                &serde_json::json!({ "model": label, "timings": timings, "masked_over_plain": ratio }),
             )?,
         )
         .with_context(|| format!("cannot write '{}'", path.display()))?;
@@ -114,13 +156,7 @@ fn time(
         f()?;
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    samples.sort_by(f64::total_cmp);
-    Ok(Timing {
-        name,
-        median_ms: samples[samples.len() / 2],
-        min_ms: samples[0],
-        iters,
-    })
+    Ok(summary(name, samples))
 }
 
 fn runtime(a: &RuntimeArgs) -> anyhow::Result<Vec<Timing>> {
@@ -186,4 +222,99 @@ fn groups(a: &GroupsArgs) -> anyhow::Result<Vec<Timing>> {
         Ok(())
     })?;
     Ok(vec![shapes, analysis, both])
+}
+
+/// Times a plain training step and a masked one of the same network, interleaved so
+/// that both see the same machine state.
+fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
+    tch::set_num_threads(a.threads);
+    let device = a.device.resolve()?;
+    let (model, _) = effp_graph::analyse_file(&a.model, None)?;
+    let analysis = ChannelAnalysis::new(&model.graph);
+    let mask = l1_mask(
+        &model.graph,
+        &analysis,
+        Target::FlopsRatio(a.mask_flops),
+        L1Options::default(),
+    )?;
+    let teacher = Network::new(&model, device)?;
+    let plain = Network::new(&model, device)?;
+    let masked = Network::new(&model, device)?.with_gates(&analysis);
+    let taps = prediction_taps(&model.graph, &analysis);
+    let optimizer = |net: &Network| {
+        AdamW::new(
+            net.trainable()
+                .into_iter()
+                .map(Tensor::shallow_clone)
+                .collect(),
+            5e-4,
+        )
+    };
+    let (mut opt_plain, mut opt_masked) = (optimizer(&plain), optimizer(&masked));
+    let gates = masked
+        .gate_map()
+        .expect("gates were added")
+        .gates_for(&mask, device)
+        .set_requires_grad(true);
+    let groups = analysis.groups.len() as i64;
+    let mut benefit = Tensor::zeros([groups], (Kind::Float, device));
+    let mut sensitivity = Tensor::zeros([groups], (Kind::Float, device));
+    let g = &model.graph;
+    let mut shape: Vec<i64> = g
+        .shape(g.inputs[0].value)
+        .unwrap_or(&[])
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
+    shape[0] = a.batch;
+    tch::manual_seed(0);
+    let x = Tensor::rand(&shape, (Kind::Float, device));
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut plain_ms = Vec::new();
+    let mut masked_ms = Vec::new();
+    for i in 0..a.warmup + a.iters {
+        let start = Instant::now();
+        distill_step(&teacher, &plain, &taps, &x, &mut opt_plain, 1e-4, None)?;
+        sync();
+        let t_plain = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+        let gating = Gating {
+            gates: &gates,
+            benefit: &mut benefit,
+            sensitivity: &mut sensitivity,
+        };
+        distill_step(
+            &teacher,
+            &masked,
+            &taps,
+            &x,
+            &mut opt_masked,
+            1e-4,
+            Some(gating),
+        )?;
+        sync();
+        let t_masked = start.elapsed().as_secs_f64() * 1e3;
+        if i >= a.warmup {
+            plain_ms.push(t_plain);
+            masked_ms.push(t_masked);
+        }
+    }
+    Ok(vec![
+        summary("plain step", plain_ms),
+        summary("masked step", masked_ms),
+    ])
+}
+
+fn summary(name: &'static str, mut samples: Vec<f64>) -> Timing {
+    samples.sort_by(f64::total_cmp);
+    Timing {
+        name,
+        median_ms: samples[samples.len() / 2],
+        min_ms: samples[0],
+        iters: samples.len(),
+    }
 }

@@ -404,28 +404,21 @@ pub fn train(
         };
         state.batches_in_epoch += 1;
         let x = batch.images.to_device(device);
-        let (t_out, t_taps) =
-            tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, &taps))?;
-        let (s_out, s_taps) = student.forward_tapped(&[x], Some(&gates), &taps)?;
-        let student_all: Vec<Tensor> = s_out.into_iter().chain(s_taps).collect();
-        let teacher_all: Vec<Tensor> = t_out.into_iter().chain(t_taps).collect();
-        let loss = distillation_loss(&student_all, &teacher_all);
-        optimizer.zero_grad();
-        gates.zero_grad();
-        loss.backward();
-        tch::no_grad(|| {
-            let grad = gates.grad();
-            if grad.defined() {
-                let _ = benefit.g_mul_scalar_(0.9).g_sub_(&(&grad * 0.1));
-                let _ = sensitivity
-                    .g_mul_scalar_(0.9)
-                    .g_add_(&(grad.square() * 0.1));
-            }
-        });
         let lr = learning_rate(step, options.steps, options.warmup, options.lr);
-        optimizer
-            .step(lr)
-            .map_err(|e| EngineError::Input(e.to_string()))?;
+        let gating = Gating {
+            gates: &gates,
+            benefit: &mut benefit,
+            sensitivity: &mut sensitivity,
+        };
+        let loss = distill_step(
+            &teacher,
+            &student,
+            &taps,
+            &x,
+            &mut optimizer,
+            lr,
+            Some(gating),
+        )?;
 
         let mut budget_now = budget.goal;
         if step < prune_steps {
@@ -465,7 +458,7 @@ pub fn train(
         let flops = ActiveChannels::for_mask(g, analysis, &mask).cost().flops();
         let record = StepRecord {
             step,
-            loss: loss.double_value(&[]),
+            loss,
             flops_ratio: flops as f64 / original.flops().max(1) as f64,
             budget: budget_now,
             active_groups: groups - mask.pruned(),
@@ -493,6 +486,59 @@ pub fn train(
         model: student.export()?,
         history: state.history,
     })
+}
+
+/// The gates of a masked step and the gate-gradient statistics it updates.
+pub struct Gating<'a> {
+    /// One gate per group (requires grad).
+    pub gates: &'a Tensor,
+    /// Running mean of −∂loss/∂gate.
+    pub benefit: &'a mut Tensor,
+    /// Running mean of (∂loss/∂gate)².
+    pub sensitivity: &'a mut Tensor,
+}
+
+/// One optimiser step of `student` toward `teacher` on the images `x`, masked when
+/// `gating` is given (the unit the training loop repeats, and what the gate-overhead
+/// benchmark times with and without gates). Returns the loss before the step.
+pub fn distill_step(
+    teacher: &Network,
+    student: &Network,
+    taps: &[ValueId],
+    x: &Tensor,
+    optimizer: &mut AdamW,
+    lr: f64,
+    gating: Option<Gating<'_>>,
+) -> Result<f64, EngineError> {
+    let (t_out, t_taps) =
+        tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, taps))?;
+    let (s_out, s_taps) =
+        student.forward_tapped(&[x.shallow_clone()], gating.as_ref().map(|g| g.gates), taps)?;
+    let student_all: Vec<Tensor> = s_out.into_iter().chain(s_taps).collect();
+    let teacher_all: Vec<Tensor> = t_out.into_iter().chain(t_taps).collect();
+    let loss = distillation_loss(&student_all, &teacher_all);
+    optimizer.zero_grad();
+    if let Some(g) = &gating {
+        let mut gates = g.gates.shallow_clone();
+        gates.zero_grad();
+    }
+    loss.backward();
+    if let Some(g) = gating {
+        tch::no_grad(|| {
+            let grad = g.gates.grad();
+            if grad.defined() {
+                let _ = g.benefit.g_mul_scalar_(0.9).g_sub_(&(&grad * 0.1));
+                let _ = g
+                    .sensitivity
+                    .g_mul_scalar_(0.9)
+                    .g_add_(&(grad.square() * 0.1));
+            }
+        });
+    }
+    optimizer
+        .step(lr)
+        .map_err(|e| EngineError::Input(e.to_string()))?;
+    Ok(loss.double_value(&[]))
 }
 
 /// Puts a mask's values into the gate vector. Soft masks leave every gate open and
