@@ -28,7 +28,7 @@ enum Command {
     /// Show a model's layers, shapes, parameters and FLOPs.
     Inspect(inspect::InspectArgs),
     /// Remove channel groups until a FLOPs or parameter target holds; write the smaller ONNX.
-    Prune(prune::PruneArgs),
+    Prune(Box<prune::PruneArgs>),
     /// Score a detector on a dataset (mAP50-95, mAP50, per class).
     Eval(data::EvalArgs),
     /// Write a synthetic detection dataset in the YOLO layout.

@@ -86,6 +86,10 @@ pub struct PruneArgs {
     /// Remove channels in multiples of this per layer (8 suits CPU kernels and TensorRT).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub round_to: u32,
+    /// Groups go in order of importance / MACs^E: 1 = importance per FLOP, 0 = cost
+    /// ignored.
+    #[arg(long, value_name = "E", default_value_t = 1.0)]
+    pub cost_exponent: f64,
     /// Image input size as HxW; defaults to the size the model declares.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
@@ -119,7 +123,7 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = 0.3)]
     pub regrow: f64,
     /// effp: how active groups are ranked for pruning.
-    #[arg(long, value_enum, default_value = "taylor")]
+    #[arg(long, value_enum, default_value = "curvature")]
     pub criterion: CriterionArg,
     /// progressive: number of prune-then-fine-tune stages.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
@@ -150,6 +154,8 @@ pub struct TrainingArgs {
 /// Pruning criteria, as spelled on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CriterionArg {
+    /// Second-order estimate of the loss increase (gate gradients and curvature).
+    Curvature,
     /// First-order Taylor estimate of the loss increase (gate gradients).
     Taylor,
     /// Filter norm relative to the layer's largest.
@@ -224,6 +230,12 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         (None, Some(r)) => Target::ParamsRatio(r),
         (None, None) => unreachable!("clap requires a target"),
     };
+    if !(0.0..=2.0).contains(&args.cost_exponent) {
+        anyhow::bail!(
+            "--cost-exponent must be in [0, 2], got {}",
+            args.cost_exponent
+        );
+    }
     if !(0.0..1.0).contains(&args.min_fraction) {
         anyhow::bail!(
             "--min-fraction must be in [0, 1), got {}",
@@ -239,6 +251,7 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         min_channels: args.min_channels as usize,
         min_fraction: args.min_fraction,
         round_to: args.round_to as usize,
+        cost_exponent: args.cost_exponent,
     };
     let started = std::time::Instant::now();
     let device = args.device.resolve()?;
@@ -442,6 +455,7 @@ fn train(
         interval: t.interval as usize,
         regrow: t.regrow,
         criterion: match t.criterion {
+            CriterionArg::Curvature => Criterion::Curvature,
             CriterionArg::Taylor => Criterion::Taylor,
             CriterionArg::Magnitude => Criterion::Magnitude,
         },
@@ -528,6 +542,7 @@ fn train(
         interval: t.interval,
         regrow: t.regrow,
         criterion: match t.criterion {
+            CriterionArg::Curvature => "curvature",
             CriterionArg::Taylor => "taylor",
             CriterionArg::Magnitude => "magnitude",
         },

@@ -74,6 +74,7 @@ fn an_unreachable_target_says_how_far_pruning_can_go() {
         min_channels: 1,
         min_fraction: 0.5,
         round_to: 1,
+        ..L1Options::default()
     };
     let err = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.05), options).unwrap_err();
     assert!(matches!(err, PruneError::Unreachable { .. }), "{err}");
@@ -90,6 +91,7 @@ fn the_minimum_fraction_per_layer_is_honoured() {
         min_channels: 1,
         min_fraction: 0.25,
         round_to: 1,
+        ..L1Options::default()
     };
     let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.6), options).unwrap();
     let (_, report) = compact(&model, &analysis, &mask).unwrap();

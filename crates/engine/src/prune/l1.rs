@@ -19,6 +19,10 @@ pub struct L1Options {
     /// Remove channels of a layer in multiples of this (default 1). Kernels on CPUs
     /// and TensorRT run fastest on channel counts that are multiples of 8.
     pub round_to: usize,
+    /// How strongly a group's cost discounts its importance: groups are removed in
+    /// order of importance / MACs^exponent (default 1: importance per FLOP; 0: cost
+    /// ignored). Below 1, cheap layers are not spared just for being cheap.
+    pub cost_exponent: f64,
 }
 
 impl Default for L1Options {
@@ -27,6 +31,7 @@ impl Default for L1Options {
             min_channels: 1,
             min_fraction: 0.0,
             round_to: 1,
+            cost_exponent: 1.0,
         }
     }
 }
@@ -82,7 +87,7 @@ pub fn select(
     let score = |chunk: &Vec<usize>| {
         let imp: f64 = chunk.iter().map(|&g| importance[g]).sum();
         let macs: u64 = chunk.iter().map(|&g| analysis.groups[g].macs).sum();
-        imp / macs.max(1) as f64
+        imp / (macs.max(1) as f64).powf(options.cost_exponent)
     };
     chunks.sort_by(|a, b| score(a).total_cmp(&score(b)));
 

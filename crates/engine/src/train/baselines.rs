@@ -46,7 +46,7 @@ pub(crate) fn initial_mask(ctx: &MaskContext<'_>) -> Result<Option<Mask>, Engine
         importance
             .iter()
             .zip(&ctx.analysis.groups)
-            .map(|(r, g)| r * g.macs.max(1) as f64)
+            .map(|(r, g)| r * (g.macs.max(1) as f64).powf(ctx.options.limits.cost_exponent))
             .collect()
     } else {
         importance

@@ -154,3 +154,69 @@ impl Checkpoint {
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or(text).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Whatever a run saves, loading gives back bit for bit.
+        #[test]
+        fn a_saved_checkpoint_loads_back_identically(
+            step in 0usize..100_000,
+            epoch in 0u64..1000,
+            mask in prop::collection::vec(any::<bool>(), 0..300),
+            weights in prop::collection::vec(prop::collection::vec(-1e6f32..1e6, 1..64), 1..6),
+            losses in prop::collection::vec(0.0f64..1e3, 0..20),
+        ) {
+            let history = losses
+                .iter()
+                .enumerate()
+                .map(|(i, &loss)| StepRecord {
+                    step: i,
+                    loss,
+                    flops_ratio: 0.5,
+                    budget: 0.6,
+                    active_groups: i * 3,
+                    regrown: i,
+                    pruned: 2 * i,
+                })
+                .collect();
+            let progress = Progress {
+                schema: CHECKPOINT_SCHEMA.into(),
+                fingerprint: "sha256:ab input None".into(),
+                settings: "TrainOptions { .. }".into(),
+                step,
+                epoch,
+                batches_in_epoch: step % 7,
+                mask,
+                regrown: 3,
+                pruned: 9,
+                optimizer_steps: step as i32,
+                history,
+            };
+            let tensors: HashMap<String, Tensor> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (format!("weight.{i}"), Tensor::from_slice(w)))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("run.ckpt");
+            Checkpoint { progress: progress.clone(), tensors }.save(&path).unwrap();
+            let back = Checkpoint::load(&path).unwrap();
+            prop_assert_eq!(
+                serde_json::to_string(&back.progress).unwrap(),
+                serde_json::to_string(&progress).unwrap()
+            );
+            for (i, w) in weights.iter().enumerate() {
+                let t = back.tensor(&format!("weight.{i}")).unwrap();
+                prop_assert_eq!(Vec::<f32>::try_from(t).unwrap(), w.clone());
+            }
+            prop_assert!(!dir.path().join("run.ckpt.partial").exists());
+        }
+    }
+}

@@ -24,8 +24,7 @@ pub(crate) fn update(
     mask: &Mask,
     step: usize,
 ) -> Result<MaskChange, EngineError> {
-    let interval = ctx.options.interval.max(1);
-    if step % interval != interval - 1 {
+    if !updates_at(step, ctx.options.interval) {
         return Ok(MaskChange::default());
     }
     let mut mask = mask.clone();
@@ -34,6 +33,11 @@ pub(crate) fn update(
     let mut importance = match ctx.options.criterion {
         Criterion::Magnitude => live_importance(ctx.student, ctx.analysis),
         Criterion::Taylor => to_vec(&ctx.sensitivity)?,
+        Criterion::Curvature => {
+            // Closing a gate moves it by −1: Δloss ≈ −∂loss/∂g + ½·curvature.
+            let change = &ctx.benefit + &ctx.curvature * 0.5;
+            to_vec(&change.clamp_min(0.0))?
+        }
     };
     for &g in &revived {
         importance[g] = f64::INFINITY;
@@ -53,6 +57,12 @@ pub(crate) fn update(
         regrown: revived.len(),
         mask: Some(next),
     })
+}
+
+/// Whether EFFP moves the mask after `step`.
+pub(crate) fn updates_at(step: usize, interval: usize) -> bool {
+    let interval = interval.max(1);
+    step % interval == interval - 1
 }
 
 /// Switches on the `fraction` of switched-off groups with the largest positive

@@ -4,6 +4,7 @@
 
 pub(crate) mod baselines;
 pub mod checkpoint;
+mod curvature;
 pub mod distill;
 pub(crate) mod effp;
 pub mod optim;

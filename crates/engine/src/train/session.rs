@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress};
+use super::curvature::gate_curvature;
 use super::distill::{Distill, distillation_loss, prediction_taps};
 use super::optim::AdamW;
 use super::schedule::learning_rate;
@@ -50,8 +51,12 @@ pub enum Criterion {
     Magnitude,
     /// First-order Taylor estimate of the loss increase when the group's gate closes
     /// (running mean of the squared gate gradient).
-    #[default]
     Taylor,
+    /// Second-order estimate of the loss increase when the gate closes: the first-order
+    /// term plus half the Gauss-Newton curvature, which is informative even while the
+    /// student still equals the teacher and every gradient is zero.
+    #[default]
+    Curvature,
 }
 
 /// The settings of a training run.
@@ -230,6 +235,8 @@ pub(crate) struct MaskContext<'a> {
     pub benefit: Tensor,
     /// Running mean of (∂loss/∂gate)²: how much switching a group off would hurt.
     pub sensitivity: Tensor,
+    /// Running mean of the loss curvature along each gate (estimated at mask updates).
+    pub curvature: Tensor,
     /// Steps of the pruning phase.
     pub prune_steps: usize,
     /// Whether the loader has just started a new epoch.
@@ -310,6 +317,7 @@ pub fn train(
     let mut gates = Tensor::ones([groups as i64], (Kind::Float, device)).set_requires_grad(true);
     let mut benefit = Tensor::zeros([groups as i64], (Kind::Float, device));
     let mut sensitivity = Tensor::zeros([groups as i64], (Kind::Float, device));
+    let mut curvature = Tensor::zeros([groups as i64], (Kind::Float, device));
     let prune_steps =
         ((options.steps as f64 * options.prune_share).round() as usize).clamp(1, options.steps);
     let loader = LoaderOptions {
@@ -338,8 +346,7 @@ pub fn train(
             &saved,
             &mut state,
             &mut optimizer,
-            &mut benefit,
-            &mut sensitivity,
+            [&mut benefit, &mut sensitivity, &mut curvature],
         )
         .map_err(|e| EngineError::Input(e.to_string()))?;
     }
@@ -353,6 +360,7 @@ pub fn train(
         budget,
         benefit: benefit.shallow_clone(),
         sensitivity: sensitivity.shallow_clone(),
+        curvature: curvature.shallow_clone(),
         prune_steps,
         new_epoch: true,
     };
@@ -377,12 +385,10 @@ pub fn train(
     for step in state.step..options.steps {
         if control.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             state.step = step;
-            state.mask = flags(&mask);
             let path = control.checkpoint.clone();
             if let Some(p) = &path {
-                snapshot(&state, &student, &optimizer, &benefit, &sensitivity)
-                    .save(p)
-                    .map_err(|e| EngineError::Input(e.to_string()))?;
+                let stats = [&benefit, &sensitivity, &curvature];
+                save(p, &mut state, &mask, &student, &optimizer, stats)?;
             }
             return Err(EngineError::Cancelled(Cancelled {
                 step,
@@ -404,6 +410,7 @@ pub fn train(
         };
         state.batches_in_epoch += 1;
         let x = batch.images.to_device(device);
+        let batch_x = x.shallow_clone();
         let lr = learning_rate(step, options.steps, options.warmup, options.lr);
         let gating = Gating {
             gates: &gates,
@@ -421,6 +428,27 @@ pub fn train(
         )?;
 
         let mut budget_now = budget.goal;
+        if step < prune_steps
+            && options.method == Method::Effp
+            && options.criterion == Criterion::Curvature
+            && effp::updates_at(step, options.interval)
+        {
+            // Several probes for the first estimate, then a running mean.
+            let first = step + 1 == options.interval.max(1);
+            let probes = if first { 4 } else { 1 };
+            let mut estimate = Tensor::zeros([groups as i64], (Kind::Float, device));
+            for k in 0..probes {
+                let seed = (options.seed as i64) ^ ((step * 8 + k) as i64);
+                estimate += gate_curvature(&student, &taps, &batch_x, &gates, seed)?;
+            }
+            estimate /= probes as f64;
+            let keep = if first { 0.0 } else { 0.5 };
+            tch::no_grad(|| {
+                let _ = curvature
+                    .g_mul_scalar_(keep)
+                    .g_add_(&(estimate * (1.0 - keep)));
+            });
+        }
         if step < prune_steps {
             ctx.new_epoch = new_epoch;
             budget_now = baselines::budget_at(&ctx, step);
@@ -473,10 +501,8 @@ pub fn train(
             && state.step.is_multiple_of(control.every)
             && state.step < options.steps
         {
-            state.mask = flags(&mask);
-            snapshot(&state, &student, &optimizer, &benefit, &sensitivity)
-                .save(p)
-                .map_err(|e| EngineError::Input(e.to_string()))?;
+            let stats = [&benefit, &sensitivity, &curvature];
+            save(p, &mut state, &mask, &student, &optimizer, stats)?;
         }
     }
     // The gates also carry gradients for the criteria; the exported student does not.
@@ -577,16 +603,33 @@ fn skip(
     Ok(batches)
 }
 
+/// Names of the per-group statistics in a checkpoint, in the order they are passed.
+const STATISTICS: [&str; 3] = ["benefit", "sensitivity", "curvature"];
+
 fn flags(mask: &Mask) -> Vec<bool> {
     (0..mask.len()).map(|g| mask.is_active(g)).collect()
+}
+
+/// Records the mask in the state and writes the checkpoint.
+fn save(
+    path: &std::path::Path,
+    state: &mut Progress,
+    mask: &Mask,
+    student: &Network,
+    optimizer: &AdamW,
+    statistics: [&Tensor; 3],
+) -> Result<(), EngineError> {
+    state.mask = flags(mask);
+    snapshot(state, student, optimizer, statistics)
+        .save(path)
+        .map_err(|e| EngineError::Input(e.to_string()))
 }
 
 fn snapshot(
     state: &Progress,
     student: &Network,
     optimizer: &AdamW,
-    benefit: &Tensor,
-    sensitivity: &Tensor,
+    statistics: [&Tensor; 3],
 ) -> Checkpoint {
     let mut tensors = std::collections::HashMap::new();
     let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
@@ -597,8 +640,9 @@ fn snapshot(
         tensors.insert(format!("adam.m.{i}"), cpu(m));
         tensors.insert(format!("adam.v.{i}"), cpu(v));
     }
-    tensors.insert("benefit".into(), cpu(benefit));
-    tensors.insert("sensitivity".into(), cpu(sensitivity));
+    for (name, t) in STATISTICS.iter().zip(statistics) {
+        tensors.insert((*name).into(), cpu(t));
+    }
     let mut progress = state.clone();
     progress.optimizer_steps = optimizer.steps();
     Checkpoint { progress, tensors }
@@ -610,8 +654,7 @@ fn restore(
     saved: &Checkpoint,
     state: &mut Progress,
     optimizer: &mut AdamW,
-    benefit: &mut Tensor,
-    sensitivity: &mut Tensor,
+    statistics: [&mut Tensor; 3],
 ) -> Result<(), CheckpointError> {
     let p = &saved.progress;
     if p.fingerprint != state.fingerprint {
@@ -655,8 +698,9 @@ fn restore(
         copy(m, &format!("adam.m.{i}"))?;
         copy(v, &format!("adam.v.{i}"))?;
     }
-    copy(benefit, "benefit")?;
-    copy(sensitivity, "sensitivity")?;
+    for (name, t) in STATISTICS.iter().zip(statistics) {
+        copy(t, name)?;
+    }
     optimizer.set_steps(p.optimizer_steps);
     *state = p.clone();
     Ok(())

@@ -1,0 +1,70 @@
+//! How much the distillation loss would rise if a group's gate closed, to second
+//! order: the diagonal of the loss's Gauss-Newton curvature with respect to the gates.
+//!
+//! At the start of training the student equals the teacher, the loss and every
+//! gradient are zero, and a first-order criterion ranks all groups equal. The
+//! curvature is not zero there: it says how strongly each group moves the outputs
+//! the student must reproduce. It is estimated with a random probe (Hutchinson):
+//! for P = Σ w·r·s with r ~ N(0, 1) and s the student's distilled tensors, the squared
+//! gate gradient of P has the Gauss-Newton diagonal as its expectation.
+
+use effp_graph::ir::ValueId;
+use tch::{Kind, Tensor};
+
+use crate::error::EngineError;
+use crate::runtime::Network;
+
+/// One probe's estimate of the curvature diagonal (one entry per group) on `x`,
+/// with probe noise drawn from `seed`. Leaves gradients in the student's weights,
+/// which the next optimiser step clears.
+pub(crate) fn gate_curvature(
+    student: &Network,
+    taps: &[ValueId],
+    x: &Tensor,
+    gates: &Tensor,
+    seed: i64,
+) -> Result<Tensor, EngineError> {
+    let (out, tapped) = student.forward_tapped(&[x.shallow_clone()], Some(gates), taps)?;
+    let all: Vec<Tensor> = out.into_iter().chain(tapped).collect();
+    let count = all.len().max(1) as f64;
+    tch::manual_seed(seed);
+    let mut terms = Vec::with_capacity(all.len());
+    for s in &all {
+        if s.dim() < 2 {
+            continue;
+        }
+        let dims: Vec<i64> = (0..s.dim() as i64).filter(|&d| d != 1).collect();
+        let channels = s.size()[1];
+        let per_channel = (s.numel() as i64 / channels.max(1)).max(1);
+        // The loss weighs each channel's squared error by 1 / (elements · spread);
+        // the same spread as the loss (of the student, which tracks the teacher).
+        let spread = tch::no_grad(|| {
+            s.var_dim(dims.as_slice(), false, false)
+                + s.square().mean_dim(dims.as_slice(), false, Kind::Float) * 1e-6
+                + 1e-12
+        });
+        let mut shape = vec![1i64; s.dim()];
+        shape[1] = channels;
+        let weight = (spread * (count * channels as f64 * per_channel as f64) / 2.0)
+            .reciprocal()
+            .sqrt()
+            .reshape(&shape);
+        let noise = s.randn_like();
+        terms.push((s * noise * weight).sum(Kind::Float));
+    }
+    if terms.is_empty() {
+        return Ok(gates.zeros_like().detach());
+    }
+    let probe = Tensor::stack(&terms, 0).sum(Kind::Float);
+    let mut g = gates.shallow_clone();
+    g.zero_grad();
+    probe.backward();
+    let grad = gates.grad();
+    let curvature = if grad.defined() {
+        grad.square()
+    } else {
+        gates.zeros_like()
+    };
+    g.zero_grad();
+    Ok(curvature.detach())
+}
