@@ -57,8 +57,8 @@ def main() -> int:
     parser.add_argument("--fixtures", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--targets", default="0.7,0.5,0.3")
-    parser.add_argument("--methods", default=",".join(m for m, _ in METHODS),
-                        help="comma-separated row labels to run")
+    parser.add_argument("--methods", default=";".join(m for m, _ in METHODS),
+                        help="semicolon-separated row labels to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out")
@@ -67,7 +67,7 @@ def main() -> int:
     model = args.fixtures / "trained.onnx"
     data = args.fixtures / "synth"
     targets = [float(t) for t in args.targets.split(",")]
-    wanted = args.methods.split(",")
+    wanted = [m.strip() for m in args.methods.split(";")]
 
     rows: list[dict] = []
     if args.resume and args.out.exists():
