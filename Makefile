@@ -22,9 +22,10 @@ EFFP_BIN := target/release/effp
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-run: venv fixtures ## Start effp (for now: inspect the YOLOv8n fixture)
+run: venv ## Start the service on the embedded default (SQLite + local directory); prints its URL
 	@cargo build --release --quiet --bin effp
-	@fixtures=$(FIXTURES); "$(EFFP_BIN)" inspect "$$fixtures/yolov8n.onnx"
+	@set -a; [ ! -f .env ] || . ./.env; set +a; \
+	  EFFP_DATA_DIR="$${EFFP_DATA_DIR:-$(EFFP_CACHE)/data}" "$(EFFP_BIN)" serve
 
 test: venv fixtures ## Run every test
 	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \

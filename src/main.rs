@@ -1,6 +1,7 @@
 //! The effp binary: one executable for inspecting, pruning and serving.
 
 mod cli;
+mod service;
 
 use std::process::ExitCode;
 

@@ -35,6 +35,8 @@ enum Command {
     Synth(data::SynthArgs),
     /// Benchmarks of effp's own machinery (runtime, dependency analysis).
     Bench(bench::BenchArgs),
+    /// Run the pruning service (HTTP API) on the embedded default: SQLite and a local directory.
+    Serve(Box<crate::service::ServeArgs>),
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -47,6 +49,7 @@ pub fn run() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Eval(args) => data::eval(&args),
         Command::Synth(args) => data::synth(&args),
+        Command::Serve(args) => crate::service::run(&args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

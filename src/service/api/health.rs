@@ -1,0 +1,26 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::service::AppState;
+use crate::service::problem::Problem;
+
+/// The process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The process can serve: its job store answers.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
+    state.jobs.ping().await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the job store does not answer: {e}"),
+        )
+    })?;
+    Ok(Json(json!({ "status": "ready" })))
+}

@@ -1,0 +1,29 @@
+//! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
+
+mod health;
+mod models;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use super::AppState;
+use super::problem::Problem;
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/models", get(models::list).post(models::upload))
+        .route("/v1/models/{id}", get(models::show).delete(models::delete))
+        .route("/v1/models/{id}/file", get(models::download))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such endpoint; the API lives under /v1",
+            )
+        })
+        .with_state(state)
+}

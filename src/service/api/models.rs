@@ -1,0 +1,269 @@
+//! `/v1/models`: upload, list, show, download and delete detector models.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::service::AppState;
+use crate::service::auth::Tenant;
+use crate::service::problem::Problem;
+use crate::service::store::{ModelRecord, StoreError};
+
+/// Query of an upload.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// A name to show for the model (default: "model.onnx").
+    name: Option<String>,
+}
+
+/// Paging of a list.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::TooLarge { limit } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
+        ),
+        StoreError::Body(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-body", m),
+        StoreError::Backend(m) => Problem::internal("storage failed", m),
+    }
+}
+
+/// `POST /v1/models`: the raw ONNX file as the body (`curl --data-binary @m.onnx`).
+pub async fn upload(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let limit = state.max_upload_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(store_problem(StoreError::TooLarge { limit }));
+    }
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/"))
+    {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the ONNX file as the raw body (curl --data-binary @model.onnx); multipart uploads are not accepted yet",
+        ));
+    }
+    let name = query.name.unwrap_or_else(|| "model.onnx".into());
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-name",
+            "name must be 1–255 characters without control characters",
+        ));
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let object = state
+        .objects
+        .put(Box::pin(stream), limit)
+        .await
+        .map_err(store_problem)?;
+    if let Some(existing) = state
+        .jobs
+        .model_by_hash(&tenant, &object.sha256)
+        .await
+        .map_err(store_problem)?
+    {
+        return Ok((StatusCode::OK, Json(existing)).into_response());
+    }
+    let inspect = match inspect_object(&state, &object.sha256).await {
+        Ok(v) => v,
+        Err(problem) => {
+            // Nothing is kept of a file that is not a model.
+            if state.jobs.references(&object.sha256).await.unwrap_or(1) == 0 {
+                let _ = state.objects.delete(&object.sha256).await;
+            }
+            return Err(problem);
+        }
+    };
+    let record = ModelRecord {
+        id: format!("mdl_{}", uuid::Uuid::new_v4().simple()),
+        tenant,
+        name,
+        sha256: object.sha256,
+        size: object.size,
+        created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        inspect,
+    };
+    state
+        .jobs
+        .insert_model(&record)
+        .await
+        .map_err(store_problem)?;
+    let location = format!("/v1/models/{}", record.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(record),
+    )
+        .into_response())
+}
+
+/// Reads the stored file as ONNX: the inspect report without the per-node list,
+/// plus a summary of the channel groups; 422 when it is not a model effp can read.
+async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Value, Problem> {
+    let path = state
+        .objects
+        .local_file(sha256, &state.scratch)
+        .await
+        .map_err(store_problem)?;
+    tokio::task::spawn_blocking(move || {
+        let (model, report) = effp_graph::analyse_file(&path, None).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-model",
+                format!("the upload is not an ONNX model effp can read: {e}"),
+            )
+        })?;
+        let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph);
+        let mut value = serde_json::to_value(&report).map_err(|e| Problem::internal("cannot encode the report", e))?;
+        if let Some(object) = value.as_object_mut() {
+            object.remove("nodes");
+            object.insert(
+                "channel_groups".into(),
+                json!({ "prunable": analysis.groups.len(), "frozen_classes": analysis.frozen.len() }),
+            );
+        }
+        Ok(value)
+    })
+    .await
+    .map_err(|e| Problem::internal("inspecting the model failed", e))?
+}
+
+/// `GET /v1/models`: the tenant's models, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-query",
+            "limit must be between 1 and 500",
+        );
+        p.errors.push(crate::service::problem::FieldError {
+            path: "/limit".into(),
+            message: format!("{limit} is not in 1..=500"),
+        });
+        return Err(p);
+    }
+    let offset = page.offset.unwrap_or(0);
+    let items = state
+        .jobs
+        .models(&tenant, limit, offset)
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(
+        json!({ "items": items, "limit": limit, "offset": offset }),
+    ))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<ModelRecord>, Problem> {
+    state
+        .jobs
+        .model(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("model", &id))
+}
+
+/// `GET /v1/models/{id}/file`: the ONNX file, streamed, with its SHA-256 as ETag.
+pub async fn download(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let model = state
+        .jobs
+        .model(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::not_found("model", &id))?;
+    let etag = format!("\"{}\"", model.sha256);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let stream = state
+        .objects
+        .get(&model.sha256)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::internal("the model's file is missing", &model.sha256))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, model.size.to_string()),
+            (header::ETAG, etag),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", model.name.replace('"', "")),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/models/{id}`: the record, and the file when nothing else uses it.
+pub async fn delete(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let model = state
+        .jobs
+        .delete_model(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::not_found("model", &id))?;
+    if state
+        .jobs
+        .references(&model.sha256)
+        .await
+        .map_err(store_problem)?
+        == 0
+    {
+        state
+            .objects
+            .delete(&model.sha256)
+            .await
+            .map_err(store_problem)?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

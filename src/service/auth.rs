@@ -1,0 +1,103 @@
+//! Bearer API keys, each scoped to a tenant. Keys are kept only as SHA-256 hashes.
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::problem::Problem;
+
+/// Tenant of every request when no keys are configured (loopback only).
+pub const LOCAL_TENANT: &str = "local";
+
+/// The configured keys: hash of the key → tenant.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_hash: HashMap<[u8; 32], String>,
+}
+
+impl ApiKeys {
+    /// Parses `tenant:key[,tenant:key…]` (as in `EFFP_API_KEYS`).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((tenant, key)) = entry.split_once(':') else {
+                return Err(format!(
+                    "API key entry '{}…' is not tenant:key",
+                    entry.chars().take(8).collect::<String>()
+                ));
+            };
+            let (tenant, key) = (tenant.trim(), key.trim());
+            if tenant.is_empty() || key.len() < 16 {
+                return Err(format!(
+                    "API key of tenant '{tenant}': the tenant must be named and the key at least 16 characters"
+                ));
+            }
+            by_hash.insert(hash(key), tenant.to_string());
+        }
+        Ok(Self { by_hash })
+    }
+
+    /// Whether any key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    fn tenant(&self, key: &str) -> Option<&str> {
+        self.by_hash.get(&hash(key)).map(String::as_str)
+    }
+}
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The tenant a request acts for.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+/// A refused credential: 401 with a problem document.
+pub struct Unauthorized(&'static str);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let mut response =
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", self.0).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = Unauthorized;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.keys.is_empty() {
+            return Ok(Tenant(LOCAL_TENANT.into()));
+        }
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(Unauthorized(
+                "this server needs an API key: send 'Authorization: Bearer <key>'",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token.and_then(|t| state.keys.tenant(t)) {
+            Some(tenant) => Ok(Tenant(tenant.to_string())),
+            None => Err(Unauthorized("the API key is not valid")),
+        }
+    }
+}

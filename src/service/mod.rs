@@ -1,0 +1,127 @@
+//! `effp serve`: the pruning service on the embedded default (SQLite job store, a
+//! local object directory), reachable over HTTP.
+
+mod api;
+mod auth;
+mod problem;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use auth::ApiKeys;
+use store::local::LocalObjects;
+use store::sqlite::SqliteStore;
+use store::{JobStore, ObjectStore};
+
+/// Arguments (and environment) of `effp serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "EFFP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database and the stored objects.
+    #[arg(long, env = "EFFP_DATA_DIR", default_value = "effp-data")]
+    pub data_dir: PathBuf,
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "EFFP_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
+    pub max_upload_bytes: u64,
+    /// API keys as tenant:key[,tenant:key…]; without keys only loopback is served.
+    #[arg(
+        long,
+        env = "EFFP_API_KEYS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub api_keys: String,
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    jobs: Arc<dyn JobStore>,
+    objects: Arc<dyn ObjectStore>,
+    keys: Arc<ApiKeys>,
+    max_upload_bytes: u64,
+    scratch: PathBuf,
+}
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
+    let keys = ApiKeys::parse(&args.api_keys).map_err(anyhow::Error::msg)?;
+    if keys.is_empty() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without API keys: set EFFP_API_KEYS=tenant:key (keys of at least 16 characters) \
+             or listen on a loopback address",
+            args.listen
+        );
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory '{}'",
+            args.data_dir.display()
+        )
+    })?;
+    let jobs = SqliteStore::open(&args.data_dir.join("effp.sqlite3"))?;
+    let objects = LocalObjects::open(&args.data_dir.join("objects"))?;
+    let scratch = args.data_dir.join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let state = AppState {
+        jobs: Arc::new(jobs),
+        objects: Arc::new(objects),
+        keys: Arc::new(keys),
+        max_upload_bytes: args.max_upload_bytes,
+        scratch,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, state))
+}
+
+async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!(
+        "effp serving on http://{address} (data in {})",
+        args.data_dir.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the server failed")?;
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,350 @@
+//! `effp serve` over real HTTP on loopback: model uploads, listing, download and
+//! deletion, problem documents for bad input, tenants and API keys.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use effp_testkit::fixtures;
+
+/// A running `effp serve` with its own data directory; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_effp"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .env_remove("EFFP_API_KEYS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        Self { child, url, data }
+    }
+
+    fn objects(&self) -> Vec<PathBuf> {
+        let dir = self.data.path().join("objects").join("objects");
+        std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What came back.
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an RFC 9457 problem document with this status and returns it.
+    fn problem(&self, status: u16) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.headers["content-type"], "application/problem+json");
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert!(p["type"].as_str().unwrap().starts_with("https://"));
+        assert!(!p["detail"].as_str().unwrap().is_empty());
+        p
+    }
+}
+
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let mut req = ureq::request(method, url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = response.header(&n).unwrap_or_default().to_string();
+            (n.to_lowercase(), v)
+        })
+        .collect();
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends only the head of a POST that declares `length` body bytes; returns what
+/// the server answers before the body would follow.
+fn raw_post_head(base: &str, path: &str, length: u64) -> String {
+    use std::io::Write;
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures::path(name)).unwrap()
+}
+
+fn graph_flops(path: &Path) -> u64 {
+    let (_, report) = effp_graph::analyse_file(path, None).unwrap();
+    report.totals.flops
+}
+
+#[test]
+fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted() {
+    let server = Server::start(&[], &[]);
+    let base = &server.url;
+    let bytes = fixture_bytes("yolov8t.onnx");
+
+    let created = call(
+        "POST",
+        &format!("{base}/v1/models?name=y8t.onnx"),
+        None,
+        Some(&bytes),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let model = created.json();
+    let id = model["id"].as_str().unwrap().to_string();
+    assert_eq!(created.headers["location"], format!("/v1/models/{id}"));
+    assert_eq!(model["name"], "y8t.onnx");
+    assert_eq!(model["size"], bytes.len());
+    assert_eq!(model["inspect"]["schema"], "effp.inspect/v1");
+    assert_eq!(
+        model["inspect"]["totals"]["flops"],
+        graph_flops(&fixtures::path("yolov8t.onnx"))
+    );
+    assert!(
+        model["inspect"]["channel_groups"]["prunable"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(model["inspect"].get("nodes").is_none(), "no per-node list");
+    assert!(model.get("tenant").is_none());
+
+    // The same bytes again: the same model, nothing new stored.
+    let again = call("POST", &format!("{base}/v1/models"), None, Some(&bytes));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["id"], model["id"]);
+    assert_eq!(server.objects().len(), 1);
+
+    let listed = call("GET", &format!("{base}/v1/models"), None, None).json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["items"][0]["id"], model["id"]);
+    assert_eq!(
+        call("GET", &format!("{base}/v1/models/{id}"), None, None).json(),
+        model
+    );
+
+    let file = call("GET", &format!("{base}/v1/models/{id}/file"), None, None);
+    assert_eq!(file.status, 200);
+    assert_eq!(file.body, bytes);
+    let etag = file.headers["etag"].clone();
+    assert_eq!(etag, format!("\"{}\"", model["sha256"].as_str().unwrap()));
+    let mut req = ureq::get(&format!("{base}/v1/models/{id}/file"));
+    req = req.set("If-None-Match", &etag);
+    assert_eq!(req.call().unwrap().status(), 304);
+
+    assert_eq!(
+        call("DELETE", &format!("{base}/v1/models/{id}"), None, None).status,
+        204
+    );
+    call("GET", &format!("{base}/v1/models/{id}"), None, None).problem(404);
+    call("DELETE", &format!("{base}/v1/models/{id}"), None, None).problem(404);
+    assert!(
+        server.objects().is_empty(),
+        "the file went with its last model"
+    );
+    assert_eq!(
+        call("GET", &format!("{base}/readyz"), None, None).status,
+        200
+    );
+    assert_eq!(
+        call("GET", &format!("{base}/healthz"), None, None).status,
+        200
+    );
+}
+
+#[test]
+fn bad_input_gets_a_problem_document_and_stores_nothing() {
+    let server = Server::start(&["--max-upload-bytes", "2000000"], &[]);
+    let base = &server.url;
+    let url = format!("{base}/v1/models");
+
+    let p = call("POST", &url, None, Some(b"these bytes are not a model")).problem(422);
+    assert!(
+        p["detail"].as_str().unwrap().contains("not an ONNX model"),
+        "{p}"
+    );
+    let bytes = fixture_bytes("yolov8t.onnx");
+    call("POST", &url, None, Some(&bytes[..bytes.len() / 2])).problem(422);
+    // Too large: refused from the declared length before any byte is read …
+    let declared = raw_post_head(&server.url, "/v1/models", 2_000_001);
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    assert!(declared.contains("application/problem+json") && declared.contains("2000000"));
+    // … and, sent chunked without a length, once the stream passes the limit.
+    let big = vec![0u8; 2_000_001];
+    let chunked = ureq::post(&url).send(std::io::Cursor::new(big));
+    match chunked {
+        Err(ureq::Error::Status(413, r)) => {
+            assert_eq!(r.content_type(), "application/problem+json");
+        }
+        other => panic!("expected 413, got {other:?}"),
+    }
+    call("POST", &format!("{url}?name="), None, Some(b"small body")).problem(422);
+
+    assert!(
+        server.objects().is_empty(),
+        "nothing kept of refused uploads"
+    );
+    let listed = call("GET", &url, None, None).json();
+    assert!(listed["items"].as_array().unwrap().is_empty());
+
+    call("GET", &format!("{url}/mdl_unknown"), None, None).problem(404);
+    call("GET", &format!("{url}/mdl_unknown/file"), None, None).problem(404);
+    call("GET", &format!("{base}/v2/anything"), None, None).problem(404);
+    let p = call("GET", &format!("{url}?limit=0"), None, None).problem(422);
+    assert_eq!(p["errors"][0]["path"], "/limit");
+}
+
+#[test]
+fn tenants_see_only_their_own_models_and_keys_are_checked() {
+    let keys = "acme:acme-key-0123456789abcdef,globex:globex-key-0123456789abcdef";
+    let server = Server::start(&[], &[("EFFP_API_KEYS", keys)]);
+    let url = format!("{}/v1/models", server.url);
+    let (acme, globex) = (
+        Some("acme-key-0123456789abcdef"),
+        Some("globex-key-0123456789abcdef"),
+    );
+    let bytes = fixture_bytes("yolov8t.onnx");
+
+    // (A small body: the refusal comes before the body is read.)
+    let missing = call("POST", &url, None, Some(b"onnx bytes would follow"));
+    missing.problem(401);
+    assert_eq!(missing.headers["www-authenticate"], "Bearer");
+    call("GET", &url, Some("not-a-key-at-all-0000"), None).problem(401);
+    assert!(server.objects().is_empty());
+
+    let created = call("POST", &url, acme, Some(&bytes));
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    // Another tenant: not found, not forbidden, and nothing it does reaches acme's model.
+    call("GET", &format!("{url}/{id}"), globex, None).problem(404);
+    call("GET", &format!("{url}/{id}/file"), globex, None).problem(404);
+    call("DELETE", &format!("{url}/{id}"), globex, None).problem(404);
+    assert!(
+        call("GET", &url, globex, None).json()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(call("GET", &format!("{url}/{id}"), acme, None).status, 200);
+
+    // The same file uploaded by globex is globex's own model; deleting it keeps acme's file.
+    let theirs = call("POST", &url, globex, Some(&bytes));
+    assert_eq!(theirs.status, 201);
+    let their_id = theirs.json()["id"].as_str().unwrap().to_string();
+    assert_ne!(their_id, id);
+    assert_eq!(
+        call("DELETE", &format!("{url}/{their_id}"), globex, None).status,
+        204
+    );
+    assert_eq!(
+        call("GET", &format!("{url}/{id}/file"), acme, None).body,
+        bytes
+    );
+}
+
+#[test]
+fn without_keys_only_loopback_is_served_and_sigterm_stops_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data.path())
+        .env_remove("EFFP_API_KEYS")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("without API keys") && stderr.contains("EFFP_API_KEYS"),
+        "{stderr}"
+    );
+
+    let bad_key = Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("EFFP_API_KEYS", "acme:short")
+        .output()
+        .unwrap();
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_key.stderr).contains("at least 16 characters"));
+
+    let mut server = Server::start(&[], &[]);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+}
