@@ -3,7 +3,7 @@
 mod bench;
 mod data;
 mod inspect;
-mod prune;
+pub(crate) mod prune;
 mod table;
 
 use std::process::ExitCode;

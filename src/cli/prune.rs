@@ -183,10 +183,10 @@ pub struct PruneReport {
     schema: &'static str,
     method: Method,
     target: serde_json::Value,
-    before: Totals,
-    after: Totals,
-    flops_ratio: f64,
-    params_ratio: f64,
+    pub(crate) before: Totals,
+    pub(crate) after: Totals,
+    pub(crate) flops_ratio: f64,
+    pub(crate) params_ratio: f64,
     groups_total: usize,
     equivalence: Option<Equivalence>,
     /// mAP of the original and of the pruned model on the data's validation split.
@@ -217,13 +217,34 @@ struct Scores {
 }
 
 #[derive(Debug, Serialize)]
-struct Totals {
-    flops: u64,
-    params: u64,
+pub(crate) struct Totals {
+    pub(crate) flops: u64,
+    pub(crate) params: u64,
 }
 
-/// Runs the command.
+/// Runs the command: prunes, prints a summary; Ctrl-C checkpoints a training run.
 pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        // A second Ctrl-C while the checkpoint is written is ignored on purpose:
+        // the state must reach the disk whole.
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let report = execute(args, &cancel, &mut |_| {})?;
+    print_summary(&report, args);
+    Ok(0)
+}
+
+/// Prunes as `args` say and writes the model (and the report when asked); `cancel`
+/// stops a training run at the next step (after a checkpoint); `on_step` sees every
+/// training step. The service's worker runs jobs through this too.
+pub fn execute(
+    args: &PruneArgs,
+    cancel: &AtomicBool,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> anyhow::Result<PruneReport> {
     let target = match (args.target_flops, args.target_params) {
         (Some(r), _) if r < 1.0 => Target::FlopsRatio(r),
         (Some(f), _) => Target::Flops(f as u64),
@@ -274,7 +295,13 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
                     .get_name()
             );
         };
-        let run = train(args, &model, &analysis, ds, target, options, device)?;
+        let problem = Problem {
+            model: &model,
+            analysis: &analysis,
+            samples: ds.split("train")?,
+            target,
+        };
+        let run = train(args, &problem, options, device, cancel, on_step)?;
         (run.0.model, run.0.mask, run.0.history, Some(run.1))
     } else {
         (
@@ -355,6 +382,11 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write the report to '{}'", path.display()))?;
     }
+    Ok(report)
+}
+
+/// The few lines `effp prune` prints when it is done.
+fn print_summary(report: &PruneReport, args: &PruneArgs) {
     println!(
         "pruned {} of {} channel groups ({} layers changed)",
         report.compaction.groups_removed,
@@ -363,14 +395,14 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
     );
     println!(
         "FLOPs   {} → {} ({:.1}%)",
-        si(before.flops()),
-        si(after.flops()),
+        si(report.before.flops),
+        si(report.after.flops),
         100.0 * report.flops_ratio
     );
     println!(
         "params  {} → {} ({:.1}%)",
-        thousands(before.params),
-        thousands(after.params),
+        thousands(report.before.params),
+        thousands(report.after.params),
         100.0 * report.params_ratio
     );
     if let Some(a) = &report.accuracy {
@@ -386,7 +418,6 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
         );
     }
     println!("wrote   {}", args.out.display());
-    Ok(0)
 }
 
 /// mAP of a model on the dataset's validation split.
@@ -431,12 +462,11 @@ struct TrainingSummary {
 /// stopping cleanly (checkpoint first) on Ctrl-C.
 fn train(
     args: &PruneArgs,
-    model: &Model,
-    analysis: &ChannelAnalysis,
-    ds: &Dataset,
-    target: Target,
+    problem: &Problem<'_>,
     limits: L1Options,
     device: effp_engine::tch::Device,
+    cancel: &AtomicBool,
+    on_step: &mut dyn FnMut(&StepRecord),
 ) -> anyhow::Result<(TrainRun, TrainingSummary)> {
     let t = &args.training;
     if !(0.0..=1.0).contains(&t.regrow) {
@@ -480,18 +510,10 @@ fn train(
         None => None,
     };
     let resumed_from_step = resume.as_ref().map(Checkpoint::step);
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = Arc::clone(&cancel);
-        // A second Ctrl-C while the checkpoint is written is ignored on purpose:
-        // the state must reach the disk whole.
-        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
     let control = Control {
         checkpoint: Some(checkpoint.clone()),
         every: t.checkpoint_every,
-        cancel: Some(&cancel),
+        cancel: Some(cancel),
         resume,
         fingerprint: fingerprint(&args.model, args.input_size)?,
     };
@@ -510,14 +532,8 @@ fn train(
     if let Some(step) = resumed_from_step {
         bar.set_position(step as u64);
     }
-    let train_samples = ds.split("train")?;
-    let problem = Problem {
-        model,
-        analysis,
-        samples: train_samples,
-        target,
-    };
-    let result = effp_engine::train::session::train(&problem, &options, device, control, |r| {
+    let result = effp_engine::train::session::train(problem, &options, device, control, |r| {
+        on_step(r);
         bar.set_position(r.step as u64 + 1);
         bar.set_message(format!(
             "loss {:.4} FLOPs {:.3}/{:.3} active {} regrown {}",

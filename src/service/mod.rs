@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod problem;
 pub mod store;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use clap::Args;
 use auth::ApiKeys;
 use store::local::LocalObjects;
 use store::sqlite::SqliteStore;
-use store::{JobStore, ObjectStore};
+use store::{JobStore, ObjectStore, Queue};
 
 /// Arguments (and environment) of `effp serve`.
 #[derive(Debug, Args)]
@@ -30,6 +31,9 @@ pub struct ServeArgs {
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "EFFP_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,
+    /// Jobs run at once by the in-process worker.
+    #[arg(long, env = "EFFP_WORKERS", default_value_t = 1)]
+    pub workers: usize,
     /// API keys as tenant:key[,tenant:key…]; without keys only loopback is served.
     #[arg(
         long,
@@ -44,7 +48,10 @@ pub struct ServeArgs {
 #[derive(Clone)]
 pub struct AppState {
     jobs: Arc<dyn JobStore>,
+    queue: Arc<dyn Queue>,
     objects: Arc<dyn ObjectStore>,
+    /// Wakes idle workers when a job is submitted.
+    wake: Arc<tokio::sync::Notify>,
     keys: Arc<ApiKeys>,
     max_upload_bytes: u64,
     scratch: PathBuf,
@@ -70,8 +77,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let objects = LocalObjects::open(&args.data_dir.join("objects"))?;
     let scratch = args.data_dir.join("scratch");
     std::fs::create_dir_all(&scratch)?;
+    let jobs = Arc::new(jobs);
     let state = AppState {
-        jobs: Arc::new(jobs),
+        queue: jobs.clone(),
+        jobs,
+        wake: Arc::new(tokio::sync::Notify::new()),
         objects: Arc::new(objects),
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
@@ -95,6 +105,9 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    for index in 0..args.workers {
+        tokio::spawn(worker::run(state.clone(), index));
+    }
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -13,7 +13,7 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The process can serve: its job store answers.
+/// The process can serve: its job store and queue answer.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     state.jobs.ping().await.map_err(|e| {
         Problem::new(
@@ -22,5 +22,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Proble
             format!("the job store does not answer: {e}"),
         )
     })?;
-    Ok(Json(json!({ "status": "ready" })))
+    let depth = state.queue.depth().await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the queue does not answer: {e}"),
+        )
+    })?;
+    Ok(Json(json!({ "status": "ready", "queued_jobs": depth })))
 }

@@ -1,11 +1,12 @@
 //! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
 
 mod health;
+pub mod jobs;
 mod models;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::AppState;
 use super::problem::Problem;
@@ -18,6 +19,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list).post(models::upload))
         .route("/v1/models/{id}", get(models::show).delete(models::delete))
         .route("/v1/models/{id}/file", get(models::download))
+        .route("/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
+        .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

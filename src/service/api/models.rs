@@ -28,7 +28,8 @@ pub struct Page {
     offset: Option<u32>,
 }
 
-fn store_problem(e: StoreError) -> Problem {
+/// The problem document for a backend error.
+pub(super) fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::TooLarge { limit } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -211,7 +212,29 @@ pub async fn download(
         .await
         .map_err(store_problem)?
         .ok_or_else(|| Problem::not_found("model", &id))?;
-    let etag = format!("\"{}\"", model.sha256);
+    let content_type = "application/octet-stream";
+    stream_object(
+        &state,
+        &model.sha256,
+        model.size,
+        &model.name,
+        content_type,
+        &headers,
+    )
+    .await
+}
+
+/// Streams a stored object as a download, with its SHA-256 as ETag (304 when the
+/// client has it).
+pub(super) async fn stream_object(
+    state: &AppState,
+    sha256: &str,
+    size: u64,
+    name: &str,
+    content_type: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let etag = format!("\"{sha256}\"");
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -221,18 +244,18 @@ pub async fn download(
     }
     let stream = state
         .objects
-        .get(&model.sha256)
+        .get(sha256)
         .await
         .map_err(store_problem)?
-        .ok_or_else(|| Problem::internal("the model's file is missing", &model.sha256))?;
+        .ok_or_else(|| Problem::internal("a stored file is missing", sha256))?;
     Ok((
         [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, model.size.to_string()),
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (header::ETAG, etag),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", model.name.replace('"', "")),
+                format!("attachment; filename=\"{}\"", name.replace('"', "")),
             ),
         ],
         Body::from_stream(stream),

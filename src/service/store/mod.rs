@@ -78,7 +78,74 @@ pub struct ModelRecord {
     pub inspect: serde_json::Value,
 }
 
-/// Metadata of the service's resources (models now; datasets and jobs as they land).
+/// A pruning job and everything known about it so far.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobRecord {
+    /// Identifier (`job_…`).
+    pub id: String,
+    /// The owning tenant (not shown to clients).
+    #[serde(skip)]
+    pub tenant: String,
+    /// The validated request.
+    pub spec: serde_json::Value,
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: String,
+    /// What a running job is doing (analyse, prune, verify, store, done).
+    pub phase: String,
+    /// Fraction done, 0 to 1.
+    pub progress: f64,
+    /// Results so far (FLOPs and parameters before/after, ratios).
+    pub metrics: serde_json::Value,
+    /// Artifact name → SHA-256 and size.
+    pub artifacts: serde_json::Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Times a worker claimed it.
+    pub attempts: u32,
+    /// Whether cancellation was asked for.
+    pub cancel_requested: bool,
+    /// The client's Idempotency-Key.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    /// RFC 3339 times.
+    pub updated_at: String,
+}
+
+/// The work queue: jobs are claimed with a lease that the worker renews; a job whose
+/// lease runs out goes to the next claim, up to a limit of attempts.
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Claims the oldest claimable job for `lease`; jobs out of attempts fail.
+    async fn claim(
+        &self,
+        lease: std::time::Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JobRecord>, StoreError>;
+    /// Renews a running job's lease; returns whether cancellation was asked for.
+    async fn heartbeat(&self, id: &str, lease: std::time::Duration) -> Result<bool, StoreError>;
+    /// Records a running job's phase, progress and metrics.
+    async fn report(
+        &self,
+        id: &str,
+        phase: &str,
+        progress: f64,
+        metrics: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Ends a job: its final state, error and artifacts.
+    async fn finish(
+        &self,
+        id: &str,
+        state: &str,
+        error: Option<&str>,
+        artifacts: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Jobs waiting to be claimed.
+    async fn depth(&self) -> Result<u64, StoreError>;
+}
+
+/// Metadata of the service's resources (models and jobs; datasets as they land).
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
     /// Records a model.
@@ -101,8 +168,25 @@ pub trait JobStore: Send + Sync {
     /// Removes a tenant's model; returns it when it existed.
     async fn delete_model(&self, tenant: &str, id: &str)
     -> Result<Option<ModelRecord>, StoreError>;
-    /// How many records (any tenant) still refer to this content.
+    /// How many models and job artifacts (any tenant) still refer to this content.
     async fn references(&self, sha256: &str) -> Result<u64, StoreError>;
+    /// Records a new job (queued).
+    async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// A tenant's job by id.
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// The job a tenant created with this Idempotency-Key.
+    async fn job_by_key(&self, tenant: &str, key: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// A tenant's jobs, newest first, optionally in one state.
+    async fn jobs(
+        &self,
+        tenant: &str,
+        state: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Asks for cancellation: a queued job is cancelled at once, a running one is
+    /// flagged for its worker. Returns the job as it is now.
+    async fn cancel_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

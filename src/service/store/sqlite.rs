@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{JobStore, ModelRecord, StoreError};
+use super::{JobRecord, JobStore, ModelRecord, Queue, StoreError};
 
 /// Resource metadata in SQLite (WAL mode, one connection behind a lock; calls run
 /// on the blocking pool).
@@ -26,7 +26,63 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE INDEX IF NOT EXISTS models_by_tenant ON models (tenant, created_at);
 CREATE INDEX IF NOT EXISTS models_by_hash ON models (sha256);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    progress REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    artifacts TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL,
+    idempotency_key TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (tenant, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 ";
+
+const JOB_COLUMNS: &str = "id, tenant, spec, state, phase, progress, metrics, artifacts, error, attempts, \
+                           cancel_requested, idempotency_key, created_at, updated_at";
+
+fn json_column(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = row.get(i)?;
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        spec: json_column(row, 2)?,
+        state: row.get(3)?,
+        phase: row.get(4)?,
+        progress: row.get(5)?,
+        metrics: json_column(row, 6)?,
+        artifacts: json_column(row, 7)?,
+        error: row.get(8)?,
+        attempts: row.get(9)?,
+        cancel_requested: row.get::<_, i64>(10)? != 0,
+        idempotency_key: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
+/// Now as an RFC 3339 timestamp and as Unix milliseconds.
+pub fn now() -> (String, i64) {
+    let t = std::time::SystemTime::now();
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (humantime::format_rfc3339_millis(t).to_string(), ms)
+}
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -44,6 +100,19 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// The row of `sql` (whose parameters are a tenant and one value), if any.
+    async fn find<T: Send + 'static>(
+        &self,
+        sql: String,
+        tenant: &str,
+        value: &str,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let (tenant, value) = (tenant.to_string(), value.to_string());
+        self.with(move |c| c.query_row(&sql, params![tenant, value], map).optional())
+            .await
     }
 
     async fn with<T: Send + 'static>(
@@ -92,15 +161,12 @@ impl JobStore for SqliteStore {
     }
 
     async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError> {
-        let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND id = ?2"),
-                params![tenant, id],
-                model_row,
-            )
-            .optional()
-        })
+        self.find(
+            format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND id = ?2"),
+            tenant,
+            id,
+            model_row,
+        )
         .await
     }
 
@@ -109,15 +175,12 @@ impl JobStore for SqliteStore {
         tenant: &str,
         sha256: &str,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        let (tenant, sha) = (tenant.to_string(), sha256.to_string());
-        self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND sha256 = ?2"),
-                params![tenant, sha],
-                model_row,
-            )
-            .optional()
-        })
+        self.find(
+            format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND sha256 = ?2"),
+            tenant,
+            sha256,
+            model_row,
+        )
         .await
     }
 
@@ -161,8 +224,11 @@ impl JobStore for SqliteStore {
     async fn references(&self, sha256: &str) -> Result<u64, StoreError> {
         let sha = sha256.to_string();
         self.with(move |c| {
+            // Artifacts live in the same object store: a file a job produced is
+            // referenced too (artifacts are stored as JSON naming their hashes).
             c.query_row(
-                "SELECT COUNT(*) FROM models WHERE sha256 = ?1",
+                "SELECT (SELECT COUNT(*) FROM models WHERE sha256 = ?1) + \
+                        (SELECT COUNT(*) FROM jobs WHERE instr(artifacts, ?1) > 0)",
                 params![sha],
                 |r| r.get::<_, i64>(0),
             )
@@ -171,7 +237,194 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
+        let j = j.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    j.id, j.tenant, j.spec.to_string(), j.state, j.phase, j.progress,
+                    j.metrics.to_string(), j.artifacts.to_string(), j.error, j.attempts,
+                    j.cancel_requested as i64, j.idempotency_key, j.created_at, j.updated_at
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.find(
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND id = ?2"),
+            tenant,
+            id,
+            job_row,
+        )
+        .await
+    }
+
+    async fn job_by_key(&self, tenant: &str, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        self.with(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+                ),
+                params![tenant, key],
+                job_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn jobs(
+        &self,
+        tenant: &str,
+        state: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let (tenant, state) = (tenant.to_string(), state.map(str::to_string));
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
+            ))?;
+            let rows = stmt.query_map(params![tenant, state, limit, offset], job_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+                 cancel_requested = CASE WHEN state IN ('queued', 'running') THEN 1 ELSE cancel_requested END, \
+                 updated_at = ?3 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, ts],
+            )?;
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND id = ?2"),
+                params![tenant, id],
+                job_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for SqliteStore {
+    async fn claim(
+        &self,
+        lease: std::time::Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let (ts, ms) = now();
+        let until = ms + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = 'failed', phase = 'done', updated_at = ?1, \
+                 error = 'the job was started ' || attempts || ' times and never finished (its worker died each time)' \
+                 WHERE state = 'running' AND lease_until < ?2 AND attempts >= ?3",
+                params![ts, ms, max_attempts],
+            )?;
+            c.query_row(
+                &format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2 \
+                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?3) \
+                                 ORDER BY created_at, id LIMIT 1) \
+                     RETURNING {JOB_COLUMNS}"
+                ),
+                params![until, ts, ms],
+                job_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, id: &str, lease: std::time::Duration) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let (ts, ms) = now();
+        let until = ms + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET lease_until = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+                params![id, until, ts],
+            )?;
+            c.query_row(
+                "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                params![id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v != 0)
+        })
+        .await
+    }
+
+    async fn report(
+        &self,
+        id: &str,
+        phase: &str,
+        progress: f64,
+        metrics: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (id, phase, metrics) = (id.to_string(), phase.to_string(), metrics.to_string());
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, phase, progress, metrics, ts],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        state: &str,
+        error: Option<&str>,
+        artifacts: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (id, state, error, artifacts) = (
+            id.to_string(),
+            state.to_string(),
+            error.map(str::to_string),
+            artifacts.to_string(),
+        );
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = ?2, error = ?3, artifacts = ?4, phase = 'done', \
+                 progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END, updated_at = ?5 WHERE id = ?1",
+                params![id, state, error, artifacts, ts],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
     }
 }

@@ -1,5 +1,6 @@
 //! `effp serve` over real HTTP on loopback: model uploads, listing, download and
-//! deletion, problem documents for bad input, tenants and API keys.
+//! deletion, pruning jobs run by the in-process worker, problem documents for bad
+//! input, tenants and API keys.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -347,4 +348,201 @@ fn without_keys_only_loopback_is_served_and_sigterm_stops_cleanly() {
     assert!(stopped.success());
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+}
+
+fn wait_for_end(base: &str, id: &str, token: Option<&str>) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let job = call("GET", &format!("{base}/v1/jobs/{id}"), token, None).json();
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return job;
+        }
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "job {id} did not end: {job}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
+    let server = Server::start(&[], &[]);
+    let base = &server.url;
+    let bytes = fixture_bytes("yolov8t.onnx");
+    let model = call("POST", &format!("{base}/v1/models"), None, Some(&bytes)).json();
+    let spec = serde_json::json!({
+        "model": model["id"],
+        "method": "l1",
+        "target": { "flops_ratio": 0.5 },
+    });
+    let body = spec.to_string();
+    let mut req = ureq::post(&format!("{base}/v1/jobs"));
+    req = req.set("Idempotency-Key", "pipeline-run-17");
+    let created = req.send_string(&body).unwrap();
+    assert_eq!(created.status(), 201);
+    let location = created.header("location").unwrap().to_string();
+    let job: serde_json::Value = serde_json::from_reader(created.into_reader()).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/jobs/{id}"));
+
+    // A retried pipeline call with the same key gets the same job, not a second one.
+    let mut again = ureq::post(&format!("{base}/v1/jobs"));
+    again = again.set("Idempotency-Key", "pipeline-run-17");
+    let again = again.send_string(&body).unwrap();
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = serde_json::from_reader(again.into_reader()).unwrap();
+    assert_eq!(again["id"], job["id"]);
+    // The same key with another request is refused.
+    let mut other = ureq::post(&format!("{base}/v1/jobs"));
+    other = other.set("Idempotency-Key", "pipeline-run-17");
+    let other_spec = serde_json::json!({ "model": model["id"], "target": { "flops_ratio": 0.7 } });
+    match other.send_string(&other_spec.to_string()) {
+        Err(ureq::Error::Status(422, _)) => {}
+        r => panic!("expected 422, got {r:?}"),
+    }
+
+    let done = wait_for_end(base, &id, None);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"], 1.0);
+    let listed = call(
+        "GET",
+        &format!("{base}/v1/jobs?state=succeeded"),
+        None,
+        None,
+    )
+    .json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(
+        call("GET", &format!("{base}/v1/jobs?state=queued"), None, None).json()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The pruned ONNX, checked with the graph crate: the FLOPs the job reports.
+    let pruned = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
+        None,
+        None,
+    );
+    assert_eq!(pruned.status, 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("pruned.onnx");
+    std::fs::write(&path, &pruned.body).unwrap();
+    let before = graph_flops(&fixtures::path("yolov8t.onnx"));
+    let after = graph_flops(&path);
+    let ratio = after as f64 / before as f64;
+    assert!((0.48..=0.5).contains(&ratio), "{ratio}");
+    assert_eq!(done["metrics"]["flops_after"], after);
+    let report = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
+        None,
+        None,
+    )
+    .json();
+    assert_eq!(report["schema"], "effp.prune-report/v1");
+    assert_eq!(report["after"]["flops"], after);
+    let names = call("GET", &format!("{base}/v1/jobs/{id}/artifacts"), None, None).json();
+    assert!(names["items"]["pruned.onnx"]["sha256"].is_string());
+    call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/other.bin"),
+        None,
+        None,
+    )
+    .problem(404);
+
+    // An ended job cannot be cancelled; deleting the model keeps the job's artifacts.
+    call(
+        "POST",
+        &format!("{base}/v1/jobs/{id}/cancel"),
+        None,
+        Some(b""),
+    )
+    .problem(409);
+    let model_id = model["id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("{base}/v1/models/{model_id}"),
+            None,
+            None
+        )
+        .status,
+        204
+    );
+    let again = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
+        None,
+        None,
+    );
+    assert_eq!(again.body, pruned.body);
+}
+
+#[test]
+fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
+    let server = Server::start(&[], &[]);
+    let url = format!("{}/v1/jobs", server.url);
+    let p = call("POST", &url, None, Some(b"{not json")).problem(422);
+    assert!(!p["errors"].as_array().unwrap().is_empty());
+    let p = call(
+        "POST",
+        &url,
+        None,
+        Some(br#"{"model":"m","target":{"flops_ratio":0.5},"colour":"red"}"#),
+    )
+    .problem(422);
+    assert_eq!(p["errors"][0]["path"], "/colour");
+    let p = call(
+        "POST",
+        &url,
+        None,
+        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp"}"#),
+    )
+    .problem(422);
+    let paths: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "/target",
+        "/target/flops_ratio",
+        "/options/round_to",
+        "/device",
+        "/method",
+    ] {
+        assert!(paths.contains(&expected), "{expected} in {paths:?}");
+    }
+    let p = call(
+        "POST",
+        &url,
+        None,
+        Some(br#"{"model":"mdl_missing","target":{"flops_ratio":0.5}}"#),
+    )
+    .problem(422);
+    assert_eq!(p["errors"][0]["path"], "/model");
+    assert!(
+        call("GET", &url, None, None).json()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    call("GET", &format!("{url}?state=sleeping"), None, None).problem(422);
+    call("GET", &format!("{url}/job_unknown"), None, None).problem(404);
+    call(
+        "POST",
+        &format!("{url}/job_unknown/cancel"),
+        None,
+        Some(b""),
+    )
+    .problem(404);
 }

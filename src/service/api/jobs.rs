@@ -1,0 +1,425 @@
+//! `/v1/jobs`: submit pruning jobs, follow them, cancel them, fetch their artifacts.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::service::AppState;
+use crate::service::auth::Tenant;
+use crate::service::problem::{FieldError, Problem};
+use crate::service::store::JobRecord;
+use crate::service::store::sqlite::now;
+
+use super::models::store_problem;
+
+/// Methods a job may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobMethod {
+    /// One-shot magnitude pruning (no data needed).
+    L1,
+    /// EFFP masked training (needs a dataset).
+    Effp,
+    /// Soft filter pruning (needs a dataset).
+    Sfp,
+    /// Staged hard pruning (needs a dataset).
+    Progressive,
+    /// Random mask and fine-tuning (needs a dataset).
+    Random,
+}
+
+/// What to reach: exactly one of the three.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Fraction of the original FLOPs to keep, in (0, 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_ratio: Option<f64>,
+    /// Absolute FLOPs to keep at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops: Option<u64>,
+    /// Fraction of the original parameters to keep, in (0, 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_ratio: Option<f64>,
+}
+
+/// Per-layer limits (as `effp prune`'s flags of the same names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneOptions {
+    /// Channels every feature map keeps at least.
+    #[serde(default = "one")]
+    pub min_channels: u32,
+    /// Fraction of its channels every feature map keeps at least.
+    #[serde(default)]
+    pub min_fraction: f64,
+    /// Remove channels in multiples of this per layer.
+    #[serde(default = "one")]
+    pub round_to: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            min_channels: 1,
+            min_fraction: 0.0,
+            round_to: 1,
+        }
+    }
+}
+
+/// A job request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The model's id.
+    pub model: String,
+    /// A dataset's id (the trained methods need one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The method (default l1).
+    #[serde(default = "default_method")]
+    pub method: JobMethod,
+    /// The target.
+    pub target: TargetSpec,
+    /// Per-layer limits.
+    #[serde(default)]
+    pub options: PruneOptions,
+    /// Image size as HxW (default: the model's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<String>,
+    /// auto, cpu, cuda or cuda:N (default cpu).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_method() -> JobMethod {
+    JobMethod::L1
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+fn invalid(errors: Vec<FieldError>) -> Problem {
+    let mut p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-job",
+        "the job request is not valid: see errors",
+    );
+    p.errors = errors;
+    p
+}
+
+fn field(path: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses and checks a request body; every problem found is reported at once.
+fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let spec: JobSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let pointer = if path == "." {
+            String::new()
+        } else {
+            format!("/{}", path.replace('.', "/"))
+        };
+        invalid(vec![field(&pointer, e.inner().to_string())])
+    })?;
+    let mut errors = Vec::new();
+    let t = &spec.target;
+    let given = [
+        t.flops_ratio.is_some(),
+        t.flops.is_some(),
+        t.params_ratio.is_some(),
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count();
+    if given != 1 {
+        errors.push(field(
+            "/target",
+            "give exactly one of flops_ratio, flops, params_ratio",
+        ));
+    }
+    for (name, r) in [
+        ("flops_ratio", t.flops_ratio),
+        ("params_ratio", t.params_ratio),
+    ] {
+        if let Some(r) = r
+            && !(r > 0.0 && r < 1.0)
+        {
+            errors.push(field(
+                &format!("/target/{name}"),
+                format!("{r} is not between 0 and 1 (exclusive)"),
+            ));
+        }
+    }
+    if t.flops == Some(0) {
+        errors.push(field("/target/flops", "must be positive"));
+    }
+    let o = &spec.options;
+    if o.min_channels == 0 {
+        errors.push(field("/options/min_channels", "must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&o.min_fraction) {
+        errors.push(field("/options/min_fraction", "must be in [0, 1)"));
+    }
+    if !(1..=256).contains(&o.round_to) {
+        errors.push(field("/options/round_to", "must be in 1..=256"));
+    }
+    if let Some(size) = &spec.input_size
+        && size.parse::<effp_graph::shape::InputSize>().is_err()
+    {
+        errors.push(field(
+            "/input_size",
+            format!("'{size}' is not HxW, e.g. 640x640"),
+        ));
+    }
+    if spec
+        .device
+        .parse::<effp_engine::runtime::DeviceChoice>()
+        .is_err()
+    {
+        errors.push(field("/device", "must be auto, cpu, cuda or cuda:N"));
+    }
+    if spec.method != JobMethod::L1 {
+        errors.push(field(
+            "/method",
+            "this method trains on images from the model's domain, and this server does not take dataset uploads yet; use l1",
+        ));
+    }
+    if spec.dataset.is_some() {
+        errors.push(field(
+            "/dataset",
+            "this server does not take dataset uploads yet",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(invalid(errors))
+    }
+}
+
+/// `POST /v1/jobs`.
+pub async fn submit(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad-idempotency-key",
+                        "Idempotency-Key must be 1–255 visible ASCII characters",
+                    )
+                })
+        })
+        .transpose()?;
+    let spec = parse_spec(&body)?;
+    let spec_value =
+        serde_json::to_value(&spec).map_err(|e| Problem::internal("cannot encode the job", e))?;
+    if let Some(k) = &key
+        && let Some(existing) = state
+            .jobs
+            .job_by_key(&tenant, k)
+            .await
+            .map_err(store_problem)?
+    {
+        if existing.spec != spec_value {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                format!(
+                    "Idempotency-Key '{k}' was used for job {} with a different request",
+                    existing.id
+                ),
+            ));
+        }
+        return Ok((StatusCode::OK, Json(existing)).into_response());
+    }
+    if state
+        .jobs
+        .model(&tenant, &spec.model)
+        .await
+        .map_err(store_problem)?
+        .is_none()
+    {
+        return Err(invalid(vec![field(
+            "/model",
+            format!("no model with id '{}'", spec.model),
+        )]));
+    }
+    let (ts, _) = now();
+    let job = JobRecord {
+        id: format!("job_{}", uuid::Uuid::new_v4().simple()),
+        tenant,
+        spec: spec_value,
+        state: "queued".into(),
+        phase: "queued".into(),
+        progress: 0.0,
+        metrics: json!({}),
+        artifacts: json!({}),
+        error: None,
+        attempts: 0,
+        cancel_requested: false,
+        idempotency_key: key,
+        created_at: ts.clone(),
+        updated_at: ts,
+    };
+    state.jobs.insert_job(&job).await.map_err(store_problem)?;
+    state.wake.notify_waiters();
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
+}
+
+/// Filter and paging of `GET /v1/jobs`.
+#[derive(Debug, Deserialize)]
+pub struct JobQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// `GET /v1/jobs`.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let limit = q.limit.unwrap_or(50);
+    let mut errors = Vec::new();
+    if !(1..=500).contains(&limit) {
+        errors.push(field("/limit", format!("{limit} is not in 1..=500")));
+    }
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.as_str())
+    {
+        errors.push(field(
+            "/state",
+            format!("'{s}' is not one of {}", STATES.join(", ")),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let items = state
+        .jobs
+        .jobs(&tenant, q.state.as_deref(), limit, offset)
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(
+        json!({ "items": items, "limit": limit, "offset": offset }),
+    ))
+}
+
+async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, Problem> {
+    state
+        .jobs
+        .job(tenant, id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::not_found("job", id))
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, Problem> {
+    find(&state, &tenant, &id).await.map(Json)
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let job = find(&state, &tenant, &id).await?;
+    if !matches!(job.state.as_str(), "queued" | "running") {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "job-finished",
+            format!("job {id} has already ended ({})", job.state),
+        ));
+    }
+    let job = state
+        .jobs
+        .cancel_job(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::not_found("job", &id))?;
+    let status = if job.state == "cancelled" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(job)).into_response())
+}
+
+/// `GET /v1/jobs/{id}/artifacts`.
+pub async fn artifacts(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let job = find(&state, &tenant, &id).await?;
+    Ok(Json(json!({ "items": job.artifacts })))
+}
+
+/// `GET /v1/jobs/{id}/artifacts/{name}`: streamed, with its SHA-256 as ETag.
+pub async fn artifact(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let job = find(&state, &tenant, &id).await?;
+    let Some(entry) = job.artifacts.get(&name) else {
+        return Err(Problem::not_found("artifact", &format!("{id}/{name}")));
+    };
+    let sha = entry["sha256"].as_str().unwrap_or_default().to_string();
+    let size = entry["size"].as_u64().unwrap_or(0);
+    let content_type = if name.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    super::models::stream_object(&state, &sha, size, &name, content_type, &headers).await
+}
+
+/// What the worker writes for a job's artifact list.
+pub fn artifact_entry(sha256: &str, size: u64) -> serde_json::Value {
+    json!({ "sha256": sha256, "size": size })
+}
