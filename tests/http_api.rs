@@ -350,6 +350,39 @@ fn without_keys_only_loopback_is_served_and_sigterm_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
 
+/// One Server-Sent Event.
+#[derive(Debug)]
+struct Sse {
+    id: i64,
+    kind: String,
+    data: serde_json::Value,
+}
+
+/// Reads an event stream to its end.
+fn sse(url: &str, last_event_id: Option<i64>) -> Vec<Sse> {
+    let mut req = ureq::get(url).set("Accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.set("Last-Event-ID", &id.to_string());
+    }
+    let response = req.call().unwrap();
+    assert_eq!(response.content_type(), "text/event-stream");
+    let text = response.into_string().unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            Some(Sse {
+                id: field("id:")?.parse().ok()?,
+                kind: field("event:")?,
+                data: serde_json::from_str(&field("data:")?).ok()?,
+            })
+        })
+        .collect()
+}
+
 fn wait_for_end(base: &str, id: &str, token: Option<&str>) -> serde_json::Value {
     let started = std::time::Instant::now();
     loop {
@@ -405,6 +438,23 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
         r => panic!("expected 422, got {r:?}"),
     }
 
+    // Followed over Server-Sent Events: the stream ends with the job's success.
+    let events = sse(&format!("{base}/v1/jobs/{id}/events"), None);
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "state")
+        .map(|e| e.data["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "{events:?}");
+    assert!(events.iter().any(|e| e.kind == "progress"));
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let last = events.last().unwrap();
+    assert!(last.data["artifacts"]["pruned.onnx"]["sha256"].is_string());
+    // Resumed with Last-Event-ID: only what came after.
+    let rest = sse(&format!("{base}/v1/jobs/{id}/events"), Some(events[1].id));
+    assert_eq!(rest.len(), events.len() - 2);
+    assert_eq!(rest[0].id, events[2].id);
+
     let done = wait_for_end(base, &id, None);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["progress"], 1.0);
@@ -457,6 +507,20 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
         None,
     )
     .problem(404);
+
+    // Prometheus metrics count the job and time the requests by route.
+    let metrics =
+        String::from_utf8(call("GET", &format!("{base}/metrics"), None, None).body).unwrap();
+    assert!(
+        metrics.contains("effp_jobs{state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("effp_queue_depth 0"), "{metrics}");
+    assert!(
+        metrics.contains("effp_job_duration_seconds_count{method=\"l1\",state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("route=\"/v1/jobs/{id}\""), "{metrics}");
 
     // An ended job cannot be cancelled; deleting the model keeps the job's artifacts.
     call(

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod metrics;
 mod problem;
 pub mod store;
 mod worker;
@@ -50,6 +51,7 @@ pub struct AppState {
     jobs: Arc<dyn JobStore>,
     queue: Arc<dyn Queue>,
     objects: Arc<dyn ObjectStore>,
+    metrics: metrics::Metrics,
     /// Wakes idle workers when a job is submitted.
     wake: Arc<tokio::sync::Notify>,
     keys: Arc<ApiKeys>,
@@ -82,6 +84,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         queue: jobs.clone(),
         jobs,
         wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: metrics::Metrics::new(),
         objects: Arc::new(objects),
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,

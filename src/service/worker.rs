@@ -64,6 +64,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
             }
         })
     };
+    let started = std::time::Instant::now();
     let outcome = execute(state, &job, &cancel).await;
     heartbeat.abort();
     let (final_state, error, artifacts) = match outcome {
@@ -71,6 +72,12 @@ async fn run_job(state: &AppState, job: JobRecord) {
         Err(_) if cancel.load(Ordering::SeqCst) => ("cancelled", None, json!({})),
         Err(e) => ("failed", Some(format!("{e:#}")), json!({})),
     };
+    let method = job.spec["method"].as_str().unwrap_or("unknown").to_string();
+    state
+        .metrics
+        .jobs_seconds
+        .with_label_values(&[method.as_str(), final_state])
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = state
         .queue
         .finish(&job.id, final_state, error.as_deref(), &artifacts)

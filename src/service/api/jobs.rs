@@ -4,6 +4,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -422,4 +426,71 @@ pub async fn artifact(
 /// What the worker writes for a job's artifact list.
 pub fn artifact_entry(sha256: &str, size: u64) -> serde_json::Value {
     json!({ "sha256": sha256, "size": size })
+}
+
+/// `GET /v1/jobs/{id}/events`: Server-Sent Events, one per state change or progress
+/// report, each with its sequence number as id; `Last-Event-ID` resumes after it. The
+/// stream ends once the job has ended and every event was sent.
+pub async fn events(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Problem> {
+    find(&state, &tenant, &id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let start = Follow {
+        state,
+        tenant,
+        id,
+        after,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(e) = f.pending.pop_front() {
+                f.after = e.seq;
+                let event = Event::default()
+                    .id(e.seq.to_string())
+                    .event(e.kind.clone())
+                    .json_data(&e.data)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable event"));
+                return Some((Ok(event), f));
+            }
+            if f.ended {
+                return None;
+            }
+            // Read the job's state before its events: an end seen here is followed
+            // by no event the read below misses.
+            let ended = match f.state.jobs.job(&f.tenant, &f.id).await {
+                Ok(Some(job)) => matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled"),
+                _ => true,
+            };
+            match f.state.jobs.events(&f.id, f.after).await {
+                Ok(batch) if !batch.is_empty() => f.pending.extend(batch),
+                Ok(_) if ended => f.ended = true,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                Err(e) => {
+                    tracing::warn!(%e, job = %f.id, "cannot read job events");
+                    f.ended = true;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Where an event stream stands.
+struct Follow {
+    state: AppState,
+    tenant: String,
+    id: String,
+    after: i64,
+    pending: VecDeque<crate::service::store::JobEvent>,
+    ended: bool,
 }

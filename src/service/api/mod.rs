@@ -16,12 +16,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::service::metrics::render))
         .route("/v1/models", get(models::list).post(models::upload))
         .route("/v1/models/{id}", get(models::show).delete(models::delete))
         .route("/v1/models/{id}/file", get(models::download))
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
         .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
         .fallback(|| async {
@@ -31,5 +33,9 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint; the API lives under /v1",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::service::metrics::track,
+        ))
         .with_state(state)
 }

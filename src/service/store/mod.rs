@@ -113,6 +113,18 @@ pub struct JobRecord {
     pub updated_at: String,
 }
 
+/// Something that happened to a job, in order: what `GET /v1/jobs/{id}/events`
+/// streams.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobEvent {
+    /// Position in the job's history (the SSE event id).
+    pub seq: i64,
+    /// `state` for a change of state, `progress` for phase and metrics.
+    pub kind: String,
+    /// The job's state, phase, progress, metrics, artifacts and error at that moment.
+    pub data: serde_json::Value,
+}
+
 /// The work queue: jobs are claimed with a lease that the worker renews; a job whose
 /// lease runs out goes to the next claim, up to a limit of attempts.
 #[async_trait::async_trait]
@@ -187,6 +199,10 @@ pub trait JobStore: Send + Sync {
     /// Asks for cancellation: a queued job is cancelled at once, a running one is
     /// flagged for its worker. Returns the job as it is now.
     async fn cancel_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// A job's events after `after` (a sequence number), oldest first.
+    async fn events(&self, job_id: &str, after: i64) -> Result<Vec<JobEvent>, StoreError>;
+    /// Jobs (all tenants) per state.
+    async fn job_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{JobRecord, JobStore, ModelRecord, Queue, StoreError};
+use super::{JobEvent, JobRecord, JobStore, ModelRecord, Queue, StoreError};
 
 /// Resource metadata in SQLite (WAL mode, one connection behind a lock; calls run
 /// on the blocking pool).
@@ -46,7 +46,26 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+CREATE TABLE IF NOT EXISTS job_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, seq);
 ";
+
+/// Appends an event carrying the job's public state as it is now.
+fn append_event(c: &Connection, job_id: &str, kind: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO job_events (job_id, kind, data) \
+         SELECT id, ?2, json_object('state', state, 'phase', phase, 'progress', progress, \
+                'metrics', json(metrics), 'artifacts', json(artifacts), 'error', error, 'attempts', attempts) \
+         FROM jobs WHERE id = ?1",
+        params![job_id, kind],
+    )
+    .map(|_| ())
+}
 
 const JOB_COLUMNS: &str = "id, tenant, spec, state, phase, progress, metrics, artifacts, error, attempts, \
                            cancel_requested, idempotency_key, created_at, updated_at";
@@ -247,8 +266,8 @@ impl JobStore for SqliteStore {
                     j.metrics.to_string(), j.artifacts.to_string(), j.error, j.attempts,
                     j.cancel_requested as i64, j.idempotency_key, j.created_at, j.updated_at
                 ],
-            )
-            .map(|_| ())
+            )?;
+            append_event(c, &j.id, "state")
         })
         .await
     }
@@ -307,12 +326,40 @@ impl JobStore for SqliteStore {
                  updated_at = ?3 WHERE tenant = ?1 AND id = ?2",
                 params![tenant, id, ts],
             )?;
+            append_event(c, &id, "state")?;
             c.query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND id = ?2"),
                 params![tenant, id],
                 job_row,
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn events(&self, job_id: &str, after: i64) -> Result<Vec<JobEvent>, StoreError> {
+        let id = job_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, kind, data FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 500",
+            )?;
+            let rows = stmt.query_map(params![id, after], |r| {
+                Ok(JobEvent {
+                    seq: r.get(0)?,
+                    kind: r.get(1)?,
+                    data: json_column(r, 2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn job_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
         })
         .await
     }
@@ -338,17 +385,22 @@ impl Queue for SqliteStore {
                  WHERE state = 'running' AND lease_until < ?2 AND attempts >= ?3",
                 params![ts, ms, max_attempts],
             )?;
-            c.query_row(
-                &format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2 \
-                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?3) \
-                                 ORDER BY created_at, id LIMIT 1) \
-                     RETURNING {JOB_COLUMNS}"
-                ),
-                params![until, ts, ms],
-                job_row,
-            )
-            .optional()
+            let job = c
+                .query_row(
+                    &format!(
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2 \
+                         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?3) \
+                                     ORDER BY created_at, id LIMIT 1) \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    params![until, ts, ms],
+                    job_row,
+                )
+                .optional()?;
+            if let Some(j) = &job {
+                append_event(c, &j.id, "state")?;
+            }
+            Ok(job)
         })
         .await
     }
@@ -385,8 +437,8 @@ impl Queue for SqliteStore {
             c.execute(
                 "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 WHERE id = ?1",
                 params![id, phase, progress, metrics, ts],
-            )
-            .map(|_| ())
+            )?;
+            append_event(c, &id, "progress")
         })
         .await
     }
@@ -410,8 +462,8 @@ impl Queue for SqliteStore {
                 "UPDATE jobs SET state = ?2, error = ?3, artifacts = ?4, phase = 'done', \
                  progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END, updated_at = ?5 WHERE id = ?1",
                 params![id, state, error, artifacts, ts],
-            )
-            .map(|_| ())
+            )?;
+            append_event(c, &id, "state")
         })
         .await
     }
