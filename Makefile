@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv
+.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -79,3 +79,6 @@ bench-step: fixtures ## Gate overhead: a masked training step against a plain on
 	@fixtures=$(FIXTURES); \
 	  "$(EFFP_BIN)" bench step "$$fixtures/trained.onnx" --batch 8 --json "$(EFFP_CACHE)/bench/step-trained.json" && \
 	  "$(EFFP_BIN)" bench step "$$fixtures/yolov8n.onnx" --batch 1 --iters 10 --json "$(EFFP_CACHE)/bench/step-yolov8n.json"
+
+openapi: ## Regenerate openapi/openapi.json from the code
+	@cargo build --quiet --bin effp && mkdir -p openapi && target/debug/effp openapi > openapi/openapi.json

@@ -610,3 +610,33 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
     )
     .problem(404);
 }
+
+#[test]
+fn the_served_openapi_document_is_the_checked_in_one() {
+    let checked_in: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_effp"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    let generated: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert!(
+        generated == checked_in,
+        "openapi/openapi.json is stale: run `make openapi` and commit it"
+    );
+    let server = Server::start(&[], &[]);
+    let served = call("GET", &format!("{}/openapi.json", server.url), None, None).json();
+    assert_eq!(served, checked_in);
+    assert_eq!(served["openapi"], "3.1.0");
+    for path in [
+        "/v1/models",
+        "/v1/models/{id}/file",
+        "/v1/jobs",
+        "/v1/jobs/{id}/events",
+    ] {
+        assert!(served["paths"].get(path).is_some(), "{path}");
+    }
+}

@@ -37,6 +37,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the pruning service (HTTP API) on the embedded default: SQLite and a local directory.
     Serve(Box<crate::service::ServeArgs>),
+    /// Print the service's OpenAPI document (what openapi/openapi.json holds).
+    Openapi,
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -50,6 +52,10 @@ pub fn run() -> ExitCode {
         Command::Eval(args) => data::eval(&args),
         Command::Synth(args) => data::synth(&args),
         Command::Serve(args) => crate::service::run(&args),
+        Command::Openapi => {
+            println!("{}", crate::service::openapi_document());
+            Ok(0)
+        }
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

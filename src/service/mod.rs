@@ -45,6 +45,11 @@ pub struct ServeArgs {
     pub api_keys: String,
 }
 
+/// The API's OpenAPI document as pretty JSON.
+pub fn openapi_document() -> String {
+    api::openapi::document()
+}
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// One invalid field of a request, by its JSON path.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FieldError {
     /// Where in the request, e.g. `/target/flops_ratio`.
     pub path: String,
@@ -14,7 +14,7 @@ pub struct FieldError {
 }
 
 /// An `application/problem+json` document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]

@@ -9,11 +9,15 @@ use crate::service::AppState;
 use crate::service::problem::Problem;
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", responses((status = 200, description = "Up", body = Object)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// The process can serve: its job store and queue answer.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Object),
+    (status = 503, description = "A backend does not answer", content_type = "application/problem+json", body = crate::service::problem::Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     state.jobs.ping().await.map_err(|e| {
         Problem::new(

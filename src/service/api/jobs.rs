@@ -21,7 +21,7 @@ use crate::service::store::sqlite::now;
 use super::models::store_problem;
 
 /// Methods a job may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobMethod {
     /// One-shot magnitude pruning (no data needed).
@@ -37,7 +37,7 @@ pub enum JobMethod {
 }
 
 /// What to reach: exactly one of the three.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// Fraction of the original FLOPs to keep, in (0, 1).
@@ -52,7 +52,7 @@ pub struct TargetSpec {
 }
 
 /// Per-layer limits (as `effp prune`'s flags of the same names).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneOptions {
     /// Channels every feature map keeps at least.
@@ -81,7 +81,7 @@ impl Default for PruneOptions {
 }
 
 /// A job request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// The model's id.
@@ -219,6 +219,17 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
 }
 
 /// `POST /v1/jobs`.
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried call return the same job")),
+    request_body = JobSpec,
+    responses(
+        (status = 201, description = "Queued", body = JobRecord),
+        (status = 200, description = "The job created before with this Idempotency-Key", body = JobRecord),
+        (status = 400, description = "Bad Idempotency-Key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Invalid request: errors lists every bad field", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -303,6 +314,17 @@ pub async fn submit(
         .into_response())
 }
 
+/// A page of jobs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    /// The jobs.
+    pub items: Vec<JobRecord>,
+    /// Page size.
+    pub limit: u32,
+    /// Jobs skipped.
+    pub offset: u32,
+}
+
 /// Filter and paging of `GET /v1/jobs`.
 #[derive(Debug, Deserialize)]
 pub struct JobQuery {
@@ -314,6 +336,15 @@ pub struct JobQuery {
 const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// `GET /v1/jobs`.
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs",
+    params(("state" = Option<String>, Query, description = "queued, running, succeeded, failed or cancelled"),
+           ("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+    responses(
+        (status = 200, description = "The tenant's jobs, newest first", body = JobList),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Invalid filter or paging", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -356,6 +387,14 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, Pro
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = JobRecord),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such job for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -365,6 +404,16 @@ pub async fn show(
 }
 
 /// `POST /v1/jobs/{id}/cancel`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Cancelled (it was queued)", body = JobRecord),
+        (status = 202, description = "Its worker will stop it", body = JobRecord),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such job for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 409, description = "The job has already ended", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -393,6 +442,14 @@ pub async fn cancel(
 }
 
 /// `GET /v1/jobs/{id}/artifacts`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", operation_id = "list_artifacts", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Artifact name → sha256 and size", body = Object),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such job for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn artifacts(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -403,6 +460,15 @@ pub async fn artifacts(
 }
 
 /// `GET /v1/jobs/{id}/artifacts/{name}`: streamed, with its SHA-256 as ETag.
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", operation_id = "download_artifact", tag = "jobs",
+    params(("id" = String, Path), ("name" = String, Path, description = "pruned.onnx or report.json")),
+    responses(
+        (status = 200, description = "The file; ETag is its SHA-256", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such job or artifact for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn artifact(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -431,6 +497,14 @@ pub fn artifact_entry(sha256: &str, size: u64) -> serde_json::Value {
 /// `GET /v1/jobs/{id}/events`: Server-Sent Events, one per state change or progress
 /// report, each with its sequence number as id; `Last-Event-ID` resumes after it. The
 /// stream ends once the job has ended and every event was sent.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "job_events", tag = "jobs",
+    params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "Server-Sent Events (event: state or progress; data: JobEvent.data)", content_type = "text/event-stream", body = String),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such job for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -3,6 +3,7 @@
 mod health;
 pub mod jobs;
 mod models;
+pub mod openapi;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -17,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::service::metrics::render))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/models", get(models::list).post(models::upload))
         .route("/v1/models/{id}", get(models::show).delete(models::delete))
         .route("/v1/models/{id}/file", get(models::download))

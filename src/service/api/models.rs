@@ -21,6 +21,17 @@ pub struct UploadQuery {
     name: Option<String>,
 }
 
+/// A page of models.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// The models.
+    pub items: Vec<ModelRecord>,
+    /// Page size.
+    pub limit: u32,
+    /// Models skipped.
+    pub offset: u32,
+}
+
 /// Paging of a list.
 #[derive(Debug, Deserialize)]
 pub struct Page {
@@ -42,6 +53,18 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
 }
 
 /// `POST /v1/models`: the raw ONNX file as the body (`curl --data-binary @m.onnx`).
+#[utoipa::path(post, path = "/v1/models", operation_id = "upload_model", tag = "models",
+    params(("name" = Option<String>, Query, description = "Name to show (default model.onnx)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX file"),
+    responses(
+        (status = 201, description = "Stored and inspected", body = ModelRecord),
+        (status = 200, description = "The same file was uploaded before", body = ModelRecord),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 415, description = "Multipart body", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Not an ONNX model effp can read", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -155,6 +178,14 @@ async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Va
 }
 
 /// `GET /v1/models`: the tenant's models, newest first.
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models",
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+    responses(
+        (status = 200, description = "The tenant's models, newest first", body = ModelList),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Invalid paging", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -185,6 +216,14 @@ pub async fn list(
 }
 
 /// `GET /v1/models/{id}`.
+#[utoipa::path(get, path = "/v1/models/{id}", operation_id = "get_model", tag = "models",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ModelRecord),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such model for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -200,6 +239,15 @@ pub async fn show(
 }
 
 /// `GET /v1/models/{id}/file`: the ONNX file, streamed, with its SHA-256 as ETag.
+#[utoipa::path(get, path = "/v1/models/{id}/file", operation_id = "download_model", tag = "models",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The ONNX file; ETag is its SHA-256", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such model for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn download(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -264,6 +312,14 @@ pub(super) async fn stream_object(
 }
 
 /// `DELETE /v1/models/{id}`: the record, and the file when nothing else uses it.
+#[utoipa::path(delete, path = "/v1/models/{id}", operation_id = "delete_model", tag = "models",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such model for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

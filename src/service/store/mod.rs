@@ -58,12 +58,13 @@ pub trait ObjectStore: Send + Sync {
 }
 
 /// A model a tenant uploaded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelRecord {
     /// Identifier (`mdl_…`).
     pub id: String,
     /// The owning tenant (not shown to clients).
     #[serde(skip)]
+    #[schema(ignore)]
     pub tenant: String,
     /// The name given at upload (file name or `?name=`).
     pub name: String,
@@ -75,18 +76,21 @@ pub struct ModelRecord {
     pub created_at: String,
     /// `effp inspect --json` of the file (schema effp.inspect/v1) without the
     /// per-node list.
+    #[schema(value_type = Object)]
     pub inspect: serde_json::Value,
 }
 
 /// A pruning job and everything known about it so far.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct JobRecord {
     /// Identifier (`job_…`).
     pub id: String,
     /// The owning tenant (not shown to clients).
     #[serde(skip)]
+    #[schema(ignore)]
     pub tenant: String,
     /// The validated request.
+    #[schema(value_type = crate::service::api::jobs::JobSpec)]
     pub spec: serde_json::Value,
     /// queued, running, succeeded, failed or cancelled.
     pub state: String,
@@ -95,8 +99,10 @@ pub struct JobRecord {
     /// Fraction done, 0 to 1.
     pub progress: f64,
     /// Results so far (FLOPs and parameters before/after, ratios).
+    #[schema(value_type = Object)]
     pub metrics: serde_json::Value,
     /// Artifact name → SHA-256 and size.
+    #[schema(value_type = Object)]
     pub artifacts: serde_json::Value,
     /// Why it failed.
     pub error: Option<String>,
@@ -106,6 +112,7 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     /// The client's Idempotency-Key.
     #[serde(skip)]
+    #[schema(ignore)]
     pub idempotency_key: Option<String>,
     /// RFC 3339 times.
     pub created_at: String,
@@ -115,13 +122,14 @@ pub struct JobRecord {
 
 /// Something that happened to a job, in order: what `GET /v1/jobs/{id}/events`
 /// streams.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct JobEvent {
     /// Position in the job's history (the SSE event id).
     pub seq: i64,
     /// `state` for a change of state, `progress` for phase and metrics.
     pub kind: String,
     /// The job's state, phase, progress, metrics, artifacts and error at that moment.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
 
