@@ -222,6 +222,18 @@ fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted() {
         call("GET", &format!("{base}/healthz"), None, None).status,
         200
     );
+    // Every response carries a request id: the client's own, or a fresh one.
+    let fresh = call("GET", &format!("{base}/healthz"), None, None);
+    assert_eq!(fresh.headers["x-request-id"].len(), 36, "a UUID");
+    let mine = ureq::get(&format!("{base}/v1/models/nope"))
+        .set("x-request-id", "pipeline-42")
+        .call();
+    match mine {
+        Err(ureq::Error::Status(404, r)) => {
+            assert_eq!(r.header("x-request-id"), Some("pipeline-42"))
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
 }
 
 #[test]

@@ -117,12 +117,31 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
     for index in 0..args.workers {
         tokio::spawn(worker::run(state.clone(), index));
     }
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = with_request_ids(api::router(state));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("the server failed")?;
     Ok(0)
+}
+
+/// Gives every request an `x-request-id` (the client's, or a new UUID), logs each
+/// request in a span carrying it, and returns it on the response.
+fn with_request_ids(app: axum::Router) -> axum::Router {
+    use axum::http::{HeaderName, Request};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let header = HeaderName::from_static("x-request-id");
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+    });
+    app.layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called,
