@@ -46,6 +46,13 @@ struct StepArgs {
     /// Timed iterations of each kind (after warm-up), interleaved.
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How a timed benchmark runs and where its figures go.
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Untimed warm-up iterations.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -70,18 +77,8 @@ struct RuntimeArgs {
     /// Timed iterations (after warm-up).
     #[arg(long, default_value_t = 20)]
     iters: usize,
-    /// Untimed warm-up iterations.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Intra-op threads for libtorch.
-    #[arg(long, default_value_t = 2)]
-    threads: i32,
-    /// Device: auto, cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// Also write the figures as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,9 +104,13 @@ struct Timing {
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let (label, timings, json) = match &args.what {
-        BenchCommand::Runtime(a) => (a.model.display().to_string(), runtime(a)?, a.json.clone()),
+        BenchCommand::Runtime(a) => (
+            a.model.display().to_string(),
+            runtime(a)?,
+            a.run.json.clone(),
+        ),
         BenchCommand::Groups(a) => (a.model.display().to_string(), groups(a)?, a.json.clone()),
-        BenchCommand::Step(a) => (a.model.display().to_string(), step(a)?, a.json.clone()),
+        BenchCommand::Step(a) => (a.model.display().to_string(), step(a)?, a.run.json.clone()),
     };
     let mut table = new_table(&["measure", "median ms", "min ms", "iters"], &[1, 2, 3]);
     for t in &timings {
@@ -160,8 +161,8 @@ fn time(
 }
 
 fn runtime(a: &RuntimeArgs) -> anyhow::Result<Vec<Timing>> {
-    tch::set_num_threads(a.threads);
-    let device = a.device.resolve()?;
+    tch::set_num_threads(a.run.threads);
+    let device = a.run.device.resolve()?;
     let (model, _) = effp_graph::analyse_file(&a.model, None)?;
     let net = Network::new(&model, device)?;
     let g = &model.graph;
@@ -179,12 +180,12 @@ fn runtime(a: &RuntimeArgs) -> anyhow::Result<Vec<Timing>> {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let forward = time("forward", a.warmup, a.iters, || {
+    let forward = time("forward", a.run.warmup, a.iters, || {
         tch::no_grad(|| net.forward(&[x.shallow_clone()], None))?;
         sync();
         Ok(())
     })?;
-    let backward = time("forward+backward", a.warmup, a.iters, || {
+    let backward = time("forward+backward", a.run.warmup, a.iters, || {
         let y = net.forward(&[x.shallow_clone()], None)?;
         let loss = y
             .iter()
@@ -227,8 +228,8 @@ fn groups(a: &GroupsArgs) -> anyhow::Result<Vec<Timing>> {
 /// Times a plain training step and a masked one of the same network, interleaved so
 /// that both see the same machine state.
 fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
-    tch::set_num_threads(a.threads);
-    let device = a.device.resolve()?;
+    tch::set_num_threads(a.run.threads);
+    let device = a.run.device.resolve()?;
     let (model, _) = effp_graph::analyse_file(&a.model, None)?;
     let analysis = ChannelAnalysis::new(&model.graph);
     let mask = l1_mask(
@@ -276,7 +277,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
     };
     let mut plain_ms = Vec::new();
     let mut masked_ms = Vec::new();
-    for i in 0..a.warmup + a.iters {
+    for i in 0..a.run.warmup + a.iters {
         let start = Instant::now();
         distill_step(&teacher, &plain, &taps, &x, &mut opt_plain, 1e-4, None)?;
         sync();
@@ -298,7 +299,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
         )?;
         sync();
         let t_masked = start.elapsed().as_secs_f64() * 1e3;
-        if i >= a.warmup {
+        if i >= a.run.warmup {
             plain_ms.push(t_plain);
             masked_ms.push(t_masked);
         }
