@@ -2,142 +2,13 @@
 //! deletion, pruning jobs run by the in-process worker, problem documents for bad
 //! input, tenants and API keys.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod service;
+
+use std::path::Path;
+use std::process::Command;
 
 use effp_testkit::fixtures;
-
-/// A running `effp serve` with its own data directory; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_effp"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .env_remove("EFFP_API_KEYS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .to_string();
-        Self { child, url, data }
-    }
-
-    fn objects(&self) -> Vec<PathBuf> {
-        let dir = self.data.path().join("objects").join("objects");
-        std::fs::read_dir(dir)
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What came back.
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Asserts an RFC 9457 problem document with this status and returns it.
-    fn problem(&self, status: u16) -> serde_json::Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(self.headers["content-type"], "application/problem+json");
-        let p = self.json();
-        assert_eq!(p["status"], status);
-        assert!(p["type"].as_str().unwrap().starts_with("https://"));
-        assert!(!p["detail"].as_str().unwrap().is_empty());
-        p
-    }
-}
-
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> Reply {
-    let mut req = ureq::request(method, url);
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let result = match body {
-        Some(b) => req.send_bytes(b),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = response.status();
-    let headers = response
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = response.header(&n).unwrap_or_default().to_string();
-            (n.to_lowercase(), v)
-        })
-        .collect();
-    let mut body = Vec::new();
-    response.into_reader().read_to_end(&mut body).unwrap();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Sends only the head of a POST that declares `length` body bytes; returns what
-/// the server answers before the body would follow.
-fn raw_post_head(base: &str, path: &str, length: u64) -> String {
-    use std::io::Write;
-    let address = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
-}
-
-fn fixture_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(fixtures::path(name)).unwrap()
-}
+use service::*;
 
 fn graph_flops(path: &Path) -> u64 {
     let (_, report) = effp_graph::analyse_file(path, None).unwrap();
@@ -186,6 +57,18 @@ fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted() {
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["id"], model["id"]);
     assert_eq!(server.objects().len(), 1);
+
+    // As a form part (`curl -F file=@y8t.onnx`): the same content, the same model.
+    let (content_type, form) = multipart("file", "y8t.onnx", &bytes);
+    let from_form = call_with(
+        "POST",
+        &format!("{base}/v1/models"),
+        None,
+        &[("Content-Type", &content_type)],
+        Some(&form),
+    );
+    assert_eq!(from_form.status, 200);
+    assert_eq!(from_form.json()["id"], model["id"]);
 
     let listed = call("GET", &format!("{base}/v1/models"), None, None).json();
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
@@ -362,57 +245,6 @@ fn without_keys_only_loopback_is_served_and_sigterm_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
 
-/// One Server-Sent Event.
-#[derive(Debug)]
-struct Sse {
-    id: i64,
-    kind: String,
-    data: serde_json::Value,
-}
-
-/// Reads an event stream to its end.
-fn sse(url: &str, last_event_id: Option<i64>) -> Vec<Sse> {
-    let mut req = ureq::get(url).set("Accept", "text/event-stream");
-    if let Some(id) = last_event_id {
-        req = req.set("Last-Event-ID", &id.to_string());
-    }
-    let response = req.call().unwrap();
-    assert_eq!(response.content_type(), "text/event-stream");
-    let text = response.into_string().unwrap();
-    text.split("\n\n")
-        .filter_map(|block| {
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            };
-            Some(Sse {
-                id: field("id:")?.parse().ok()?,
-                kind: field("event:")?,
-                data: serde_json::from_str(&field("data:")?).ok()?,
-            })
-        })
-        .collect()
-}
-
-fn wait_for_end(base: &str, id: &str, token: Option<&str>) -> serde_json::Value {
-    let started = std::time::Instant::now();
-    loop {
-        let job = call("GET", &format!("{base}/v1/jobs/{id}"), token, None).json();
-        if matches!(
-            job["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        ) {
-            return job;
-        }
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "job {id} did not end: {job}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     let server = Server::start(&[], &[]);
@@ -580,7 +412,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "POST",
         &url,
         None,
-        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp"}"#),
+        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp","training":{"batch":0,"lr":-1,"prune_share":0}}"#),
     )
     .problem(422);
     let paths: Vec<&str> = p["errors"]
@@ -594,7 +426,10 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "/target/flops_ratio",
         "/options/round_to",
         "/device",
-        "/method",
+        "/dataset",
+        "/training/batch",
+        "/training/lr",
+        "/training/prune_share",
     ] {
         assert!(paths.contains(&expected), "{expected} in {paths:?}");
     }
@@ -606,6 +441,14 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
     )
     .problem(422);
     assert_eq!(p["errors"][0]["path"], "/model");
+    let p = call(
+        "POST",
+        &url,
+        None,
+        Some(br#"{"model":"mdl_missing","dataset":"ds_missing","method":"sfp","target":{"flops_ratio":0.5}}"#),
+    )
+    .problem(422);
+    assert_eq!(p["errors"][1]["path"], "/dataset", "{p}");
     assert!(
         call("GET", &url, None, None).json()["items"]
             .as_array()
@@ -646,9 +489,46 @@ fn the_served_openapi_document_is_the_checked_in_one() {
     for path in [
         "/v1/models",
         "/v1/models/{id}/file",
+        "/v1/datasets",
+        "/v1/datasets/{id}",
         "/v1/jobs",
         "/v1/jobs/{id}/events",
     ] {
         assert!(served["paths"].get(path).is_some(), "{path}");
     }
+    // Interactive docs, with every asset served by the binary itself.
+    let page = call("GET", &format!("{}/docs/", server.url), None, None);
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8_lossy(&page.body).to_string();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("https://"),
+        "no asset from elsewhere: {html}"
+    );
+    let script = call(
+        "GET",
+        &format!("{}/docs/swagger-ui-bundle.js", server.url),
+        None,
+        None,
+    );
+    assert_eq!(script.status, 200);
+    assert!(script.body.len() > 100_000, "the Swagger UI bundle");
+    let config = call(
+        "GET",
+        &format!("{}/docs/swagger-initializer.js", server.url),
+        None,
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&config.body).contains("/docs/openapi.json"),
+        "the docs read this server's document"
+    );
+    let docs_doc = call(
+        "GET",
+        &format!("{}/docs/openapi.json", server.url),
+        None,
+        None,
+    )
+    .json();
+    assert_eq!(docs_doc, checked_in);
 }

@@ -43,6 +43,10 @@ pub struct ServeArgs {
         default_value = ""
     )]
     pub api_keys: String,
+    /// Training steps between checkpoints of a running job (a restart resumes from
+    /// the last one; shutting down always writes one).
+    #[arg(long, env = "EFFP_CHECKPOINT_EVERY", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
 }
 
 /// The API's OpenAPI document as pretty JSON.
@@ -61,7 +65,13 @@ pub struct AppState {
     wake: Arc<tokio::sync::Notify>,
     keys: Arc<ApiKeys>,
     max_upload_bytes: u64,
+    archive_limits: effp_engine::data::archive::ArchiveLimits,
     scratch: PathBuf,
+    /// Where running jobs keep their training checkpoints.
+    checkpoints: PathBuf,
+    checkpoint_every: usize,
+    /// Cancelled when the service starts shutting down.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Runs the service until SIGTERM or Ctrl-C.
@@ -82,8 +92,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     })?;
     let jobs = SqliteStore::open(&args.data_dir.join("effp.sqlite3"))?;
     let objects = LocalObjects::open(&args.data_dir.join("objects"))?;
+    // Scratch holds only what a running request or job is using, so whatever a
+    // previous process left there is garbage.
     let scratch = args.data_dir.join("scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
+    let checkpoints = args.data_dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints)?;
     let jobs = Arc::new(jobs);
     let state = AppState {
         queue: jobs.clone(),
@@ -93,7 +108,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         objects: Arc::new(objects),
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
+        archive_limits: effp_engine::data::archive::ArchiveLimits::default(),
         scratch,
+        checkpoints,
+        checkpoint_every: args.checkpoint_every as usize,
+        shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,21 +126,44 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let recovered = state.queue.recover_abandoned().await?;
+    if recovered > 0 {
+        tracing::info!(
+            jobs = recovered,
+            "jobs left running by the previous process go back to the queue"
+        );
+    }
     println!(
         "effp serving on http://{address} (data in {})",
         args.data_dir.display()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    for index in 0..args.workers {
-        tokio::spawn(worker::run(state.clone(), index));
-    }
+    let workers: Vec<_> = (0..args.workers)
+        .map(|index| tokio::spawn(worker::run(state.clone(), index)))
+        .collect();
+    let token = state.shutdown.clone();
     let app = with_request_ids(api::router(state));
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            signal.await;
+            token.cancel();
+        })
         .await
         .context("the server failed")?;
+    // Running jobs stop after their current step, write a checkpoint and go back to
+    // the queue; the next start resumes them.
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        futures_util::future::join_all(workers),
+    )
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(
+            "workers did not stop within 120 s; their jobs resume from the last checkpoint"
+        );
+    }
     Ok(0)
 }
 

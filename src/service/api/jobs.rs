@@ -80,13 +80,132 @@ impl Default for PruneOptions {
     }
 }
 
+/// How effp ranks active groups for pruning (as `effp prune --criterion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CriterionSpec {
+    /// Second-order estimate of the loss increase.
+    Curvature,
+    /// First-order Taylor estimate.
+    Taylor,
+    /// Filter norm.
+    Magnitude,
+}
+
+/// Schedule and optimiser settings of the trained methods (as `effp prune`'s flags of
+/// the same names); ignored by `l1` without a dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Optimiser steps in all, pruning phase and fine-tuning (default 300; 0 with
+    /// l1 skips fine-tuning).
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+    /// Share of the steps in which masks change, in (0, 1] (default 0.7).
+    #[serde(default = "default_prune_share")]
+    pub prune_share: f64,
+    /// effp: steps between mask updates (default 5).
+    #[serde(default = "default_interval")]
+    pub interval: u32,
+    /// effp: initial fraction of switched-off groups considered for regrowing, in
+    /// [0, 1] (default 0.3; 0 turns regrowing off).
+    #[serde(default = "default_regrow")]
+    pub regrow: f64,
+    /// effp: how active groups are ranked for pruning (default curvature).
+    #[serde(default = "default_criterion")]
+    pub criterion: CriterionSpec,
+    /// progressive: number of prune-then-fine-tune stages (default 4).
+    #[serde(default = "default_stages")]
+    pub stages: u32,
+    /// Images per step (default 8).
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    /// Peak learning rate of AdamW, in (0, 1] (default 0.001).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Seed for shuffling, augmentation and random masks (default 0).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_steps() -> u32 {
+    300
+}
+fn default_prune_share() -> f64 {
+    0.7
+}
+fn default_interval() -> u32 {
+    5
+}
+fn default_regrow() -> f64 {
+    0.3
+}
+fn default_criterion() -> CriterionSpec {
+    CriterionSpec::Curvature
+}
+fn default_stages() -> u32 {
+    4
+}
+fn default_batch() -> u32 {
+    8
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            prune_share: default_prune_share(),
+            interval: default_interval(),
+            regrow: default_regrow(),
+            criterion: default_criterion(),
+            stages: default_stages(),
+            batch: default_batch(),
+            lr: default_lr(),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainingSpec {
+    /// Every out-of-range setting, by its path in the job request.
+    fn errors(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.steps > 1_000_000 {
+            errors.push(field("/training/steps", "must be at most 1000000"));
+        }
+        if !(self.prune_share > 0.0 && self.prune_share <= 1.0) {
+            errors.push(field("/training/prune_share", "must be in (0, 1]"));
+        }
+        if self.interval == 0 {
+            errors.push(field("/training/interval", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.regrow) {
+            errors.push(field("/training/regrow", "must be in [0, 1]"));
+        }
+        if self.stages == 0 {
+            errors.push(field("/training/stages", "must be at least 1"));
+        }
+        if !(1..=1024).contains(&self.batch) {
+            errors.push(field("/training/batch", "must be in 1..=1024"));
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) {
+            errors.push(field("/training/lr", "must be in (0, 1]"));
+        }
+        errors
+    }
+}
+
 /// A job request.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// The model's id.
     pub model: String,
-    /// A dataset's id (the trained methods need one).
+    /// A dataset's id: the training images of the trained methods (which need one)
+    /// and the labels for mAP before and after (any method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
     /// The method (default l1).
@@ -97,6 +216,9 @@ pub struct JobSpec {
     /// Per-layer limits.
     #[serde(default)]
     pub options: PruneOptions,
+    /// Schedule and optimiser settings of the trained methods.
+    #[serde(default)]
+    pub training: TrainingSpec,
     /// Image size as HxW (default: the model's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_size: Option<String>,
@@ -199,18 +321,16 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
     {
         errors.push(field("/device", "must be auto, cpu, cuda or cuda:N"));
     }
-    if spec.method != JobMethod::L1 {
-        errors.push(field(
-            "/method",
-            "this method trains on images from the model's domain, and this server does not take dataset uploads yet; use l1",
-        ));
-    }
-    if spec.dataset.is_some() {
+    if spec.method != JobMethod::L1 && spec.dataset.is_none() {
         errors.push(field(
             "/dataset",
-            "this server does not take dataset uploads yet",
+            format!(
+                "method {} trains on images from the model's domain: upload them to /v1/datasets and give the dataset's id",
+                serde_json::to_value(spec.method).unwrap_or_default().as_str().unwrap_or("?")
+            ),
         ));
     }
+    errors.extend(spec.training.errors());
     if errors.is_empty() {
         Ok(spec)
     } else {
@@ -274,6 +394,7 @@ pub async fn submit(
         }
         return Ok((StatusCode::OK, Json(existing)).into_response());
     }
+    let mut missing = Vec::new();
     if state
         .jobs
         .model(&tenant, &spec.model)
@@ -281,10 +402,23 @@ pub async fn submit(
         .map_err(store_problem)?
         .is_none()
     {
-        return Err(invalid(vec![field(
+        missing.push(field(
             "/model",
             format!("no model with id '{}'", spec.model),
-        )]));
+        ));
+    }
+    if let Some(dataset) = &spec.dataset
+        && state
+            .jobs
+            .dataset(&tenant, dataset)
+            .await
+            .map_err(store_problem)?
+            .is_none()
+    {
+        missing.push(field("/dataset", format!("no dataset with id '{dataset}'")));
+    }
+    if !missing.is_empty() {
+        return Err(invalid(missing));
     }
     let (ts, _) = now();
     let job = JobRecord {
@@ -536,7 +670,7 @@ pub async fn events(
                     .unwrap_or_else(|_| Event::default().comment("unencodable event"));
                 return Some((Ok(event), f));
             }
-            if f.ended {
+            if f.ended || f.state.shutdown.is_cancelled() {
                 return None;
             }
             // Read the job's state before its events: an end seen here is followed

@@ -1,13 +1,16 @@
 //! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
 
+mod datasets;
 mod health;
 pub mod jobs;
 mod models;
 pub mod openapi;
+mod upload;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use utoipa::OpenApi;
 
 use super::AppState;
 use super::problem::Problem;
@@ -22,12 +25,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list).post(models::upload))
         .route("/v1/models/{id}", get(models::show).delete(models::delete))
         .route("/v1/models/{id}/file", get(models::download))
+        .route("/v1/datasets", get(datasets::list).post(datasets::upload))
+        .route(
+            "/v1/datasets/{id}",
+            get(datasets::show).delete(datasets::delete),
+        )
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
         .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
+        // Interactive documentation; the assets are compiled into the binary.
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/docs/openapi.json", openapi::ApiDoc::openapi()),
+        )
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -14,11 +13,22 @@ use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::{ModelRecord, StoreError};
 
+use super::upload::{Received, created, discard, receive};
+
 /// Query of an upload.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
-    /// A name to show for the model (default: "model.onnx").
-    name: Option<String>,
+    /// A name to show (default: the multipart file name, else a generic one).
+    pub name: Option<String>,
+}
+
+/// A multipart upload: the file in a part named `file`.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the request in the OpenAPI document only.
+pub struct UploadForm {
+    /// The file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
 }
 
 /// A page of models.
@@ -39,6 +49,26 @@ pub struct Page {
     offset: Option<u32>,
 }
 
+impl Page {
+    /// The page size and offset, or a problem when the size is out of range.
+    pub fn checked(&self) -> Result<(u32, u32), Problem> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-query",
+                "limit must be between 1 and 500",
+            );
+            p.errors.push(crate::service::problem::FieldError {
+                path: "/limit".into(),
+                message: format!("{limit} is not in 1..=500"),
+            });
+            return Err(p);
+        }
+        Ok((limit, self.offset.unwrap_or(0)))
+    }
+}
+
 /// The problem document for a backend error.
 pub(super) fn store_problem(e: StoreError) -> Problem {
     match e {
@@ -52,16 +82,20 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
     }
 }
 
-/// `POST /v1/models`: the raw ONNX file as the body (`curl --data-binary @m.onnx`).
+/// `POST /v1/models`: the ONNX file as the raw body (`curl --data-binary @m.onnx`) or
+/// as the `file` part of a multipart form (`curl -F file=@m.onnx`).
 #[utoipa::path(post, path = "/v1/models", operation_id = "upload_model", tag = "models",
-    params(("name" = Option<String>, Query, description = "Name to show (default model.onnx)")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX file"),
+    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else model.onnx)")),
+    request_body(description = "The ONNX file", content(
+        (Vec<u8> = "application/octet-stream"),
+        (UploadForm = "multipart/form-data"),
+    )),
     responses(
         (status = 201, description = "Stored and inspected", body = ModelRecord),
         (status = 200, description = "The same file was uploaded before", body = ModelRecord),
+        (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
-        (status = 415, description = "Multipart body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 422, description = "Not an ONNX model effp can read", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
@@ -72,39 +106,8 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let limit = state.max_upload_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(store_problem(StoreError::TooLarge { limit }));
-    }
-    if headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/"))
-    {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "send the ONNX file as the raw body (curl --data-binary @model.onnx); multipart uploads are not accepted yet",
-        ));
-    }
-    let name = query.name.unwrap_or_else(|| "model.onnx".into());
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-name",
-            "name must be 1–255 characters without control characters",
-        ));
-    }
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let object = state
-        .objects
-        .put(Box::pin(stream), limit)
-        .await
-        .map_err(store_problem)?;
+    let Received { object, name } =
+        receive(&state, &headers, body, query.name, "model.onnx").await?;
     if let Some(existing) = state
         .jobs
         .model_by_hash(&tenant, &object.sha256)
@@ -117,9 +120,7 @@ pub async fn upload(
         Ok(v) => v,
         Err(problem) => {
             // Nothing is kept of a file that is not a model.
-            if state.jobs.references(&object.sha256).await.unwrap_or(1) == 0 {
-                let _ = state.objects.delete(&object.sha256).await;
-            }
+            discard(&state, &object).await;
             return Err(problem);
         }
     };
@@ -137,13 +138,7 @@ pub async fn upload(
         .insert_model(&record)
         .await
         .map_err(store_problem)?;
-    let location = format!("/v1/models/{}", record.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(record),
-    )
-        .into_response())
+    Ok(created(format!("/v1/models/{}", record.id), &record))
 }
 
 /// Reads the stored file as ONNX: the inspect report without the per-node list,
@@ -191,20 +186,7 @@ pub async fn list(
     Tenant(tenant): Tenant,
     Query(page): Query<Page>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-query",
-            "limit must be between 1 and 500",
-        );
-        p.errors.push(crate::service::problem::FieldError {
-            path: "/limit".into(),
-            message: format!("{limit} is not in 1..=500"),
-        });
-        return Err(p);
-    }
-    let offset = page.offset.unwrap_or(0);
+    let (limit, offset) = page.checked()?;
     let items = state
         .jobs
         .models(&tenant, limit, offset)
@@ -318,6 +300,7 @@ pub(super) async fn stream_object(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 404, description = "No such model for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 409, description = "Queued or running jobs use it", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -325,24 +308,46 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    refuse_if_in_use(&state, &tenant, "model", &id).await?;
     let model = state
         .jobs
         .delete_model(&tenant, &id)
         .await
         .map_err(store_problem)?
         .ok_or_else(|| Problem::not_found("model", &id))?;
-    if state
-        .jobs
-        .references(&model.sha256)
-        .await
-        .map_err(store_problem)?
-        == 0
-    {
-        state
-            .objects
-            .delete(&model.sha256)
-            .await
-            .map_err(store_problem)?;
-    }
+    release_object(&state, &model.sha256).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 409 when queued or running jobs of the tenant use the model or dataset `id`.
+pub(super) async fn refuse_if_in_use(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    id: &str,
+) -> Result<(), Problem> {
+    let users = state
+        .jobs
+        .active_jobs_using(tenant, id)
+        .await
+        .map_err(store_problem)?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::CONFLICT,
+        "in-use",
+        format!(
+            "{kind} {id} is used by queued or running jobs ({}); cancel them or wait for them to end",
+            users.join(", ")
+        ),
+    ))
+}
+
+/// Deletes a stored file once no record refers to it any more.
+pub(super) async fn release_object(state: &AppState, sha256: &str) -> Result<(), Problem> {
+    if state.jobs.references(sha256).await.map_err(store_problem)? == 0 {
+        state.objects.delete(sha256).await.map_err(store_problem)?;
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, jobs, models};
+use super::{datasets, health, jobs, models};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -12,12 +12,14 @@ use super::{health, jobs, models};
     info(title = "effp", description = "Pruning-as-a-service for object detectors."),
     paths(
         models::upload, models::list, models::show, models::download, models::delete,
+        datasets::upload, datasets::list, datasets::show, datasets::delete,
         jobs::submit, jobs::list, jobs::show, jobs::cancel, jobs::events, jobs::artifacts, jobs::artifact,
         health::healthz, health::readyz,
     ),
     modifiers(&BearerKeys),
     tags(
         (name = "models", description = "Detector uploads"),
+        (name = "datasets", description = "Training and evaluation data uploads"),
         (name = "jobs", description = "Pruning jobs"),
         (name = "operations", description = "Health"),
     )

@@ -33,7 +33,7 @@ impl LocalObjects {
 
 #[async_trait::async_trait]
 impl ObjectStore for LocalObjects {
-    async fn put(&self, mut body: ByteStream, limit: u64) -> Result<StoredObject, StoreError> {
+    async fn put(&self, mut body: ByteStream<'_>, limit: u64) -> Result<StoredObject, StoreError> {
         let backend = |e: std::io::Error| StoreError::Backend(e.to_string());
         let partial = self
             .root
@@ -73,7 +73,7 @@ impl ObjectStore for LocalObjects {
         Ok(StoredObject { sha256, size })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<ByteStream>, StoreError> {
+    async fn get(&self, key: &str) -> Result<Option<ByteStream<'static>>, StoreError> {
         let Some(path) = self.path(key) else {
             return Ok(None);
         };

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 /// A stream of body chunks, as uploads arrive and downloads leave.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'a>>;
 
 /// What can go wrong in a backend.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +46,9 @@ pub struct StoredObject {
 pub trait ObjectStore: Send + Sync {
     /// Streams `body` in while hashing it; fails (keeping nothing) once it exceeds
     /// `limit` bytes. Identical content is stored once.
-    async fn put(&self, body: ByteStream, limit: u64) -> Result<StoredObject, StoreError>;
+    async fn put(&self, body: ByteStream<'_>, limit: u64) -> Result<StoredObject, StoreError>;
     /// The content of an object as a stream, or `None` when there is no such key.
-    async fn get(&self, key: &str) -> Result<Option<ByteStream>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<ByteStream<'static>>, StoreError>;
     /// Removes an object (absent keys are fine).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A local file holding the object, for readers that need one (the graph
@@ -78,6 +78,29 @@ pub struct ModelRecord {
     /// per-node list.
     #[schema(value_type = Object)]
     pub inspect: serde_json::Value,
+}
+
+/// A dataset (an archive of images and labels) a tenant uploaded.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct DatasetRecord {
+    /// Identifier (`ds_…`).
+    pub id: String,
+    /// The owning tenant (not shown to clients).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub tenant: String,
+    /// The name given at upload (file name or `?name=`).
+    pub name: String,
+    /// SHA-256 of the archive.
+    pub sha256: String,
+    /// Bytes of the archive.
+    pub size: u64,
+    /// RFC 3339 time of the upload.
+    pub created_at: String,
+    /// What the archive holds: layout (yolo or coco), class names, and per split
+    /// the number of images, labelled objects and background images.
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
 }
 
 /// A pruning job and everything known about it so far.
@@ -153,6 +176,12 @@ pub trait Queue: Send + Sync {
         progress: f64,
         metrics: &serde_json::Value,
     ) -> Result<(), StoreError>;
+    /// Puts a running job back in the queue without counting the attempt (the
+    /// service is shutting down; its checkpoint lets the next claim resume it).
+    async fn release(&self, id: &str) -> Result<(), StoreError>;
+    /// Makes the jobs a previous process left running claimable at once (the
+    /// embedded store has one process, so nobody else can be running them).
+    async fn recover_abandoned(&self) -> Result<u64, StoreError>;
     /// Ends a job: its final state, error and artifacts.
     async fn finish(
         &self,
@@ -165,7 +194,7 @@ pub trait Queue: Send + Sync {
     async fn depth(&self) -> Result<u64, StoreError>;
 }
 
-/// Metadata of the service's resources (models and jobs; datasets as they land).
+/// Metadata of the service's resources: models, datasets and jobs.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
     /// Records a model.
@@ -188,8 +217,34 @@ pub trait JobStore: Send + Sync {
     /// Removes a tenant's model; returns it when it existed.
     async fn delete_model(&self, tenant: &str, id: &str)
     -> Result<Option<ModelRecord>, StoreError>;
-    /// How many models and job artifacts (any tenant) still refer to this content.
+    /// Records a dataset.
+    async fn insert_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
+    /// A tenant's dataset by id.
+    async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    /// A tenant's dataset with this content, if it uploaded it before.
+    async fn dataset_by_hash(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
+    /// A tenant's datasets, newest first, `limit` from `offset`.
+    async fn datasets(
+        &self,
+        tenant: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// Removes a tenant's dataset; returns it when it existed.
+    async fn delete_dataset(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
+    /// How many models, datasets and job artifacts (any tenant) still refer to this
+    /// content.
     async fn references(&self, sha256: &str) -> Result<u64, StoreError>;
+    /// A tenant's queued or running jobs that use this model or dataset.
+    async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError>;
     /// Records a new job (queued).
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
     /// A tenant's job by id.

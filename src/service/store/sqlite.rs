@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{JobEvent, JobRecord, JobStore, ModelRecord, Queue, StoreError};
+use super::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, Queue, StoreError};
 
 /// Resource metadata in SQLite (WAL mode, one connection behind a lock; calls run
 /// on the blocking pool).
@@ -26,6 +26,17 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE INDEX IF NOT EXISTS models_by_tenant ON models (tenant, created_at);
 CREATE INDEX IF NOT EXISTS models_by_hash ON models (sha256);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS datasets_by_tenant ON datasets (tenant, created_at);
+CREATE INDEX IF NOT EXISTS datasets_by_hash ON datasets (sha256);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -134,6 +145,44 @@ impl SqliteStore {
             .await
     }
 
+    /// A tenant's rows of `table`, newest first, `limit` from `offset`.
+    async fn page<T: Send + 'static>(
+        &self,
+        table: &'static str,
+        columns: &'static str,
+        tenant: &str,
+        (limit, offset): (u32, u32),
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tenant = tenant.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {columns} FROM {table} WHERE tenant = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
+            ))?;
+            let rows = stmt.query_map(params![tenant, limit, offset], map)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Deletes a tenant's row of `table` by id.
+    async fn delete_row(
+        &self,
+        table: &'static str,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.with(move |c| {
+            c.execute(
+                &format!("DELETE FROM {table} WHERE tenant = ?1 AND id = ?2"),
+                params![tenant, id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -164,6 +213,20 @@ fn model_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModelRecord> {
 }
 
 const MODEL_COLUMNS: &str = "id, tenant, name, sha256, size, created_at, inspect";
+
+fn dataset_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    Ok(DatasetRecord {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        name: row.get(2)?,
+        sha256: row.get(3)?,
+        size: row.get::<_, i64>(4)? as u64,
+        created_at: row.get(5)?,
+        summary: json_column(row, 6)?,
+    })
+}
+
+const DATASET_COLUMNS: &str = "id, tenant, name, sha256, size, created_at, summary";
 
 #[async_trait::async_trait]
 impl JobStore for SqliteStore {
@@ -209,15 +272,8 @@ impl JobStore for SqliteStore {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<ModelRecord>, StoreError> {
-        let tenant = tenant.to_string();
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
-            ))?;
-            let rows = stmt.query_map(params![tenant, limit, offset], model_row)?;
-            rows.collect()
-        })
-        .await
+        self.page("models", MODEL_COLUMNS, tenant, (limit, offset), model_row)
+            .await
     }
 
     async fn delete_model(
@@ -227,17 +283,97 @@ impl JobStore for SqliteStore {
     ) -> Result<Option<ModelRecord>, StoreError> {
         let existing = self.model(tenant, id).await?;
         if existing.is_some() {
-            let (tenant, id) = (tenant.to_string(), id.to_string());
-            self.with(move |c| {
-                c.execute(
-                    "DELETE FROM models WHERE tenant = ?1 AND id = ?2",
-                    params![tenant, id],
-                )
-                .map(|_| ())
-            })
-            .await?;
+            self.delete_row("models", tenant, id).await?;
         }
         Ok(existing)
+    }
+
+    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO datasets ({DATASET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
+                params![
+                    d.id,
+                    d.tenant,
+                    d.name,
+                    d.sha256,
+                    d.size as i64,
+                    d.created_at,
+                    d.summary.to_string()
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        self.find(
+            format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND id = ?2"),
+            tenant,
+            id,
+            dataset_row,
+        )
+        .await
+    }
+
+    async fn dataset_by_hash(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError> {
+        self.find(
+            format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
+            tenant,
+            sha256,
+            dataset_row,
+        )
+        .await
+    }
+
+    async fn datasets(
+        &self,
+        tenant: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<DatasetRecord>, StoreError> {
+        self.page(
+            "datasets",
+            DATASET_COLUMNS,
+            tenant,
+            (limit, offset),
+            dataset_row,
+        )
+        .await
+    }
+
+    async fn delete_dataset(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError> {
+        let existing = self.dataset(tenant, id).await?;
+        if existing.is_some() {
+            self.delete_row("datasets", tenant, id).await?;
+        }
+        Ok(existing)
+    }
+
+    async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running') \
+                 AND (json_extract(spec, '$.model') = ?2 OR json_extract(spec, '$.dataset') = ?2) \
+                 ORDER BY created_at",
+            )?;
+            let rows = stmt.query_map(params![tenant, id], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn references(&self, sha256: &str) -> Result<u64, StoreError> {
@@ -247,6 +383,7 @@ impl JobStore for SqliteStore {
             // referenced too (artifacts are stored as JSON naming their hashes).
             c.query_row(
                 "SELECT (SELECT COUNT(*) FROM models WHERE sha256 = ?1) + \
+                        (SELECT COUNT(*) FROM datasets WHERE sha256 = ?1) + \
                         (SELECT COUNT(*) FROM jobs WHERE instr(artifacts, ?1) > 0)",
                 params![sha],
                 |r| r.get::<_, i64>(0),
@@ -439,6 +576,31 @@ impl Queue for SqliteStore {
                 params![id, phase, progress, metrics, ts],
             )?;
             append_event(c, &id, "progress")
+        })
+        .await
+    }
+
+    async fn release(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = 'queued', phase = 'queued', lease_until = 0, \
+                 attempts = MAX(attempts - 1, 0), updated_at = ?2 WHERE id = ?1 AND state = 'running'",
+                params![id, ts],
+            )?;
+            append_event(c, &id, "state")
+        })
+        .await
+    }
+
+    async fn recover_abandoned(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET lease_until = 0 WHERE state = 'running'",
+                [],
+            )
+            .map(|n| n as u64)
         })
         .await
     }

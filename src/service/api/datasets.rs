@@ -1,0 +1,250 @@
+//! `/v1/datasets`: upload, list, show and delete datasets (archives of images and
+//! labels that the trained methods learn from and mAP is measured on).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use effp_engine::data::DataError;
+use effp_engine::data::archive::{ArchiveError, ArchiveLimits};
+use effp_engine::data::dataset::Dataset;
+use serde_json::json;
+
+use crate::service::AppState;
+use crate::service::auth::Tenant;
+use crate::service::problem::Problem;
+use crate::service::store::DatasetRecord;
+
+use super::models::{Page, UploadQuery, refuse_if_in_use, release_object, store_problem};
+use super::upload::{Received, created, discard, receive};
+
+/// A page of datasets.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DatasetList {
+    /// The datasets.
+    pub items: Vec<DatasetRecord>,
+    /// Page size.
+    pub limit: u32,
+    /// Datasets skipped.
+    pub offset: u32,
+}
+
+/// `POST /v1/datasets`: a .zip, .tar or .tar.gz archive in the YOLO layout
+/// (`data.yaml`, `images/<split>/`, `labels/<split>/`) or with COCO JSON, as the raw
+/// body or the `file` part of a multipart form. It is unpacked within limits and every
+/// label checked before anything is kept.
+#[utoipa::path(post, path = "/v1/datasets", operation_id = "upload_dataset", tag = "datasets",
+    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else dataset)")),
+    request_body(description = "The archive", content(
+        (Vec<u8> = "application/octet-stream"),
+        (super::models::UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Stored and checked", body = DatasetRecord),
+        (status = 200, description = "The same archive was uploaded before", body = DatasetRecord),
+        (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Not a dataset, bad labels, or an unsafe archive (links, paths outside it, decompression bomb)", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let Received { object, name } = receive(&state, &headers, body, query.name, "dataset").await?;
+    if let Some(existing) = state
+        .jobs
+        .dataset_by_hash(&tenant, &object.sha256)
+        .await
+        .map_err(store_problem)?
+    {
+        return Ok((StatusCode::OK, Json(existing)).into_response());
+    }
+    let summary = match check_archive(&state, &object.sha256).await {
+        Ok(summary) => summary,
+        Err(problem) => {
+            discard(&state, &object).await;
+            return Err(problem);
+        }
+    };
+    let record = DatasetRecord {
+        id: format!("ds_{}", uuid::Uuid::new_v4().simple()),
+        tenant,
+        name,
+        sha256: object.sha256,
+        size: object.size,
+        created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        summary,
+    };
+    state
+        .jobs
+        .insert_dataset(&record)
+        .await
+        .map_err(store_problem)?;
+    Ok(created(format!("/v1/datasets/{}", record.id), &record))
+}
+
+/// Unpacks the stored archive into a scratch folder (removed afterwards) and reads it
+/// as a dataset: its summary, or a 422 saying what is wrong.
+async fn check_archive(state: &AppState, sha256: &str) -> Result<serde_json::Value, Problem> {
+    let scratch = tempfile::tempdir_in(&state.scratch)
+        .map_err(|e| Problem::internal("cannot create a scratch folder", e))?;
+    let archive = state
+        .objects
+        .local_file(sha256, scratch.path())
+        .await
+        .map_err(store_problem)?;
+    let limits = state.archive_limits;
+    tokio::task::spawn_blocking(move || {
+        let unpacked = scratch.path().join("unpacked");
+        std::fs::create_dir_all(&unpacked)
+            .map_err(|e| Problem::internal("cannot create a scratch folder", e))?;
+        let result = effp_engine::data::dataset::open(&archive, &unpacked, limits);
+        // Messages name files inside the archive, not where it was unpacked.
+        let prefix = format!("{}/", unpacked.join("dataset").display());
+        match result {
+            Ok(dataset) => Ok(summarise(&dataset, &prefix)),
+            Err(e) => Err(dataset_problem(&e, &prefix, limits)),
+        }
+    })
+    .await
+    .map_err(|e| Problem::internal("checking the dataset failed", e))?
+}
+
+fn dataset_problem(e: &DataError, prefix: &str, limits: ArchiveLimits) -> Problem {
+    let detail = e.to_string().replace(prefix, "");
+    let (kind, title) = match e {
+        DataError::Archive(ArchiveError::Format(_)) => (
+            "invalid-archive",
+            "the upload is not a .zip, .tar or .tar.gz archive effp can read",
+        ),
+        DataError::Archive(ArchiveError::Io { .. }) | DataError::Io { .. } => {
+            return Problem::internal("cannot unpack the dataset", detail);
+        }
+        DataError::Archive(_) => ("unsafe-archive", "the archive was refused as unsafe"),
+        DataError::Labels(_) | DataError::Layout(_) | DataError::Image { .. } => {
+            ("invalid-dataset", "the archive is not a valid dataset")
+        }
+    };
+    let mut p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        kind,
+        format!("{title}: {detail}"),
+    );
+    if kind == "unsafe-archive" {
+        p.detail.push_str(&format!(
+            " (limits: {} entries, {} bytes unpacked, {}× expansion)",
+            limits.max_entries, limits.max_bytes, limits.max_ratio
+        ));
+    }
+    p
+}
+
+/// The layout, classes and per-split counts of a dataset.
+fn summarise(dataset: &Dataset, prefix: &str) -> serde_json::Value {
+    let layout = if dataset.root.join("data.yaml").is_file() {
+        "yolo"
+    } else {
+        "coco"
+    };
+    let splits: serde_json::Map<String, serde_json::Value> = dataset
+        .splits
+        .iter()
+        .map(|(name, samples)| {
+            let objects: usize = samples.iter().map(|s| s.labels.len()).sum();
+            let background = samples.iter().filter(|s| s.labels.is_empty()).count();
+            (
+                name.clone(),
+                json!({ "images": samples.len(), "objects": objects, "background_images": background }),
+            )
+        })
+        .collect();
+    let root = format!("{}/", dataset.root.display());
+    json!({
+        "layout": layout,
+        "root": root.strip_prefix(prefix).unwrap_or("").trim_end_matches('/'),
+        "classes": dataset.names,
+        "splits": splits,
+    })
+}
+
+/// `GET /v1/datasets`: the tenant's datasets, newest first.
+#[utoipa::path(get, path = "/v1/datasets", operation_id = "list_datasets", tag = "datasets",
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+    responses(
+        (status = 200, description = "The tenant's datasets, newest first", body = DatasetList),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Invalid paging", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(page): Query<Page>,
+) -> Result<Json<DatasetList>, Problem> {
+    let (limit, offset) = page.checked()?;
+    let items = state
+        .jobs
+        .datasets(&tenant, limit, offset)
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(DatasetList {
+        items,
+        limit,
+        offset,
+    }))
+}
+
+/// `GET /v1/datasets/{id}`.
+#[utoipa::path(get, path = "/v1/datasets/{id}", operation_id = "get_dataset", tag = "datasets",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = DatasetRecord),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such dataset for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<DatasetRecord>, Problem> {
+    state
+        .jobs
+        .dataset(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("dataset", &id))
+}
+
+/// `DELETE /v1/datasets/{id}`: the record, and the archive when nothing else uses it.
+#[utoipa::path(delete, path = "/v1/datasets/{id}", operation_id = "delete_dataset", tag = "datasets",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 404, description = "No such dataset for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 409, description = "Queued or running jobs use it", content_type = "application/problem+json", body = crate::service::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    refuse_if_in_use(&state, &tenant, "dataset", &id).await?;
+    let dataset = state
+        .jobs
+        .delete_dataset(&tenant, &id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| Problem::not_found("dataset", &id))?;
+    release_object(&state, &dataset.sha256).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

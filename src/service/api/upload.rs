@@ -1,0 +1,190 @@
+//! Receiving an uploaded file, as the raw body (`curl --data-binary @file`) or as the
+//! `file` part of a `multipart/form-data` body (`curl -F file=@file`), streamed into
+//! the object store within the upload limit.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use futures_util::TryStreamExt;
+
+use crate::service::AppState;
+use crate::service::problem::{FieldError, Problem};
+use crate::service::store::{StoreError, StoredObject};
+
+use super::models::store_problem;
+
+/// An upload stored in the object store.
+pub struct Received {
+    /// The stored content.
+    pub object: StoredObject,
+    /// The name to show: `?name=`, else the multipart part's file name, else the default.
+    pub name: String,
+}
+
+/// Streams the upload in `body` to the object store; `name` is the `?name=` query
+/// value, `default_name` what to call it when neither the query nor a multipart part
+/// names it.
+pub async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    name: Option<String>,
+    default_name: &str,
+) -> Result<Received, Problem> {
+    let limit = state.max_upload_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // A multipart body carries some framing beside the file.
+    let framing = if content_type.starts_with("multipart/") {
+        64 << 10
+    } else {
+        0
+    };
+    let refusal = if declared.is_some_and(|n| n > limit.saturating_add(framing)) {
+        Some(store_problem(StoreError::TooLarge { limit }))
+    } else {
+        name.as_deref().map(check_name).transpose().err()
+    };
+    let mut stream = body.into_data_stream().map_err(std::io::Error::other);
+    if let Some(problem) = refusal {
+        drain_before_refusing(headers, declared, &mut stream).await;
+        return Err(problem);
+    }
+    if !content_type.starts_with("multipart/") {
+        let stored = state.objects.put(Box::pin(&mut stream), limit).await;
+        if stored.is_err() {
+            drain_before_refusing(headers, None, &mut stream).await;
+        }
+        let object = stored.map_err(store_problem)?;
+        return Ok(Received {
+            object,
+            name: name.unwrap_or_else(|| default_name.to_string()),
+        });
+    }
+    let boundary = multer::parse_boundary(content_type).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-multipart",
+            format!(
+                "the multipart body cannot be read: {e}; send multipart/form-data with a boundary"
+            ),
+        )
+    })?;
+    let mut parts = multer::Multipart::new(stream, boundary);
+    loop {
+        let part = parts.next_field().await.map_err(bad_multipart)?;
+        let Some(part) = part else {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing-file",
+                "the multipart body has no part named 'file' (curl -F file=@path)",
+            );
+            p.errors.push(FieldError {
+                path: "/file".into(),
+                message: "required".into(),
+            });
+            return Err(p);
+        };
+        if part.name() != Some("file") {
+            continue;
+        }
+        let part_name = part.file_name().map(|n| {
+            // Browsers may send a path; only its last component names the file.
+            n.rsplit(['/', '\\']).next().unwrap_or(n).to_string()
+        });
+        let name = match (name, part_name) {
+            (Some(n), _) => n,
+            (None, Some(n)) if !n.is_empty() => {
+                check_name(&n)?;
+                n
+            }
+            _ => default_name.to_string(),
+        };
+        let object = state
+            .objects
+            .put(Box::pin(part.map_err(std::io::Error::other)), limit)
+            .await
+            .map_err(store_problem)?;
+        return Ok(Received { object, name });
+    }
+}
+
+/// Most body bytes read and dropped before a refusal is sent.
+const DRAIN_CAP: u64 = 32 << 20;
+
+/// Reads and drops what is left of a refused body (at most [`DRAIN_CAP`] bytes, for
+/// at most 10 s), so that a client still sending it gets the problem document
+/// instead of a connection closed under it. A client that asked
+/// `Expect: 100-continue` has sent nothing yet and gets the answer at once.
+async fn drain_before_refusing<S>(headers: &HeaderMap, declared: Option<u64>, stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue || declared.is_some_and(|n| n > DRAIN_CAP) {
+        return;
+    }
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_CAP {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+}
+
+fn bad_multipart(e: multer::Error) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-multipart",
+        format!("the multipart body cannot be read: {e}"),
+    )
+}
+
+/// A display name: 1–255 characters, none of them control characters.
+fn check_name(name: &str) -> Result<(), Problem> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-name",
+            "name must be 1–255 characters without control characters",
+        );
+        p.errors.push(FieldError {
+            path: "/name".into(),
+            message: format!("{} characters given", name.chars().count()),
+        });
+        return Err(p);
+    }
+    Ok(())
+}
+
+/// Removes a just-stored upload that turned out unusable, unless something else
+/// refers to the same content.
+pub async fn discard(state: &AppState, object: &StoredObject) {
+    if state.jobs.references(&object.sha256).await.unwrap_or(1) == 0 {
+        let _ = state.objects.delete(&object.sha256).await;
+    }
+}
+
+/// The 201 answer to an upload: the new resource, with its URL as `Location`.
+pub fn created<T: serde::Serialize>(location: String, record: &T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(record),
+    )
+        .into_response()
+}

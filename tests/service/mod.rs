@@ -1,0 +1,234 @@
+//! What the HTTP tests share: a real `effp serve` process on loopback with its own
+//! data directory, and a small client for it.
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use effp_testkit::fixtures;
+
+/// A running `effp serve` with its own data directory; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), extra, env)
+    }
+
+    /// Starts a server on an existing data directory (a restart).
+    pub fn start_in(data: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_effp"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .env_remove("EFFP_API_KEYS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        Self { child, url, data }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and hands back its data.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
+    }
+
+    /// The files in the object store.
+    pub fn objects(&self) -> Vec<PathBuf> {
+        let dir = self.data.path().join("objects").join("objects");
+        std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What came back.
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an RFC 9457 problem document with this status and returns it.
+    pub fn problem(&self, status: u16) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.headers["content-type"], "application/problem+json");
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert!(p["type"].as_str().unwrap().starts_with("https://"));
+        assert!(!p["detail"].as_str().unwrap().is_empty());
+        p
+    }
+}
+
+/// Sends a request with an optional bearer token and raw body.
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> Reply {
+    call_with(method, url, token, &[], body)
+}
+
+/// Sends a request with an optional bearer token, extra headers and a raw body.
+pub fn call_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Reply {
+    let mut req = ureq::request(method, url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    for (name, value) in headers {
+        req = req.set(name, value);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = response.header(&n).unwrap_or_default().to_string();
+            (n.to_lowercase(), v)
+        })
+        .collect();
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends only the head of a POST that declares `length` body bytes and asks
+/// `Expect: 100-continue`; returns what the server answers before the body follows.
+pub fn raw_post_head(base: &str, path: &str, length: u64) -> String {
+    use std::io::Write;
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// A `multipart/form-data` body with one file part: its content type and bytes.
+pub fn multipart(part: &str, file_name: &str, content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "effp-test-boundary-7d1f";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"{part}\"; filename=\"{file_name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The bytes of a fixture file.
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures::path(name)).unwrap()
+}
+/// One Server-Sent Event.
+#[derive(Debug)]
+pub struct Sse {
+    pub id: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads an event stream to its end.
+pub fn sse(url: &str, last_event_id: Option<i64>) -> Vec<Sse> {
+    let mut req = ureq::get(url).set("Accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.set("Last-Event-ID", &id.to_string());
+    }
+    let response = req.call().unwrap();
+    assert_eq!(response.content_type(), "text/event-stream");
+    let text = response.into_string().unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            Some(Sse {
+                id: field("id:")?.parse().ok()?,
+                kind: field("event:")?,
+                data: serde_json::from_str(&field("data:")?).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Polls a job until it has ended (at most 300 s) and returns it.
+pub fn wait_for_end(base: &str, id: &str, token: Option<&str>) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let job = call("GET", &format!("{base}/v1/jobs/{id}"), token, None).json();
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return job;
+        }
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "job {id} did not end: {job}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
