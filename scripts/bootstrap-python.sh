@@ -30,6 +30,15 @@ assert torch.__version__.split("+")[0] == "2.11.0", f"torch {torch.__version__} 
 PY
   touch "$venv/.complete"
 fi
+# The service's test tools go into the same environment, each set once (marked by
+# its hash), so changing them does not rebuild torch and the rest.
+extras_hash=$(cat "$root/scripts/requirements-service.txt" | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.service-$extras_hash" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$root/scripts/requirements-service.txt" -c "$root/scripts/constraints.txt"
+  "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis'
+  touch "$venv/.service-$extras_hash"
+fi
 if [ ! -e "$venv/libtorch" ]; then
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   ln -sfn "$site/torch" "$venv/libtorch"

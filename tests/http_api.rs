@@ -159,6 +159,15 @@ fn bad_input_gets_a_problem_document_and_stores_nothing() {
     call("GET", &format!("{base}/v2/anything"), None, None).problem(404);
     let p = call("GET", &format!("{url}?limit=0"), None, None).problem(422);
     assert_eq!(p["errors"][0]["path"], "/limit");
+    for query in ["offset=-1", "offset=3000000000", "limit=many"] {
+        let p = call("GET", &format!("{url}?{query}"), None, None).problem(422);
+        let field = query.split('=').next().unwrap();
+        assert_eq!(p["errors"][0]["path"], format!("/{field}"), "{p}");
+    }
+    // Errors made outside the handlers are problem documents too.
+    let wrong_method = call("PUT", &url, None, Some(b"x"));
+    wrong_method.problem(405);
+    assert!(wrong_method.headers["allow"].contains("POST"));
 }
 
 #[test]
@@ -298,6 +307,15 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     let rest = sse(&format!("{base}/v1/jobs/{id}/events"), Some(events[1].id));
     assert_eq!(rest.len(), events.len() - 2);
     assert_eq!(rest[0].id, events[2].id);
+    let p = call_with(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/events"),
+        None,
+        &[("Last-Event-ID", "yesterday")],
+        None,
+    )
+    .problem(422);
+    assert_eq!(p["errors"][0]["path"], "/Last-Event-ID");
 
     let done = wait_for_end(base, &id, None);
     assert_eq!(done["state"], "succeeded", "{done}");

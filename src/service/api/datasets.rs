@@ -3,7 +3,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use effp_engine::data::DataError;
@@ -35,7 +37,7 @@ pub struct DatasetList {
 /// body or the `file` part of a multipart form. It is unpacked within limits and every
 /// label checked before anything is kept.
 #[utoipa::path(post, path = "/v1/datasets", operation_id = "upload_dataset", tag = "datasets",
-    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else dataset)")),
+    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else dataset)", min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body(description = "The archive", content(
         (Vec<u8> = "application/octet-stream"),
         (super::models::UploadForm = "multipart/form-data"),
@@ -175,7 +177,7 @@ fn summarise(dataset: &Dataset, prefix: &str) -> serde_json::Value {
 
 /// `GET /v1/datasets`: the tenant's datasets, newest first.
 #[utoipa::path(get, path = "/v1/datasets", operation_id = "list_datasets", tag = "datasets",
-    params(("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50", minimum = 1, maximum = 500), ("offset" = Option<u32>, Query, minimum = 0, maximum = 2147483647)),
     responses(
         (status = 200, description = "The tenant's datasets, newest first", body = DatasetList),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),

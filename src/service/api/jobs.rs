@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode, header};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -42,12 +44,15 @@ pub enum JobMethod {
 pub struct TargetSpec {
     /// Fraction of the original FLOPs to keep, in (0, 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub flops_ratio: Option<f64>,
     /// Absolute FLOPs to keep at most.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub flops: Option<u64>,
     /// Fraction of the original parameters to keep, in (0, 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub params_ratio: Option<f64>,
 }
 
@@ -57,12 +62,15 @@ pub struct TargetSpec {
 pub struct PruneOptions {
     /// Channels every feature map keeps at least.
     #[serde(default = "one")]
+    #[schema(minimum = 1)]
     pub min_channels: u32,
-    /// Fraction of its channels every feature map keeps at least.
+    /// Fraction of its channels every feature map keeps at least, in [0, 1).
     #[serde(default)]
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub min_fraction: f64,
     /// Remove channels in multiples of this per layer.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 256)]
     pub round_to: u32,
 }
 
@@ -100,28 +108,35 @@ pub struct TrainingSpec {
     /// Optimiser steps in all, pruning phase and fine-tuning (default 300; 0 with
     /// l1 skips fine-tuning).
     #[serde(default = "default_steps")]
+    #[schema(maximum = 1000000)]
     pub steps: u32,
     /// Share of the steps in which masks change, in (0, 1] (default 0.7).
     #[serde(default = "default_prune_share")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub prune_share: f64,
     /// effp: steps between mask updates (default 5).
     #[serde(default = "default_interval")]
+    #[schema(minimum = 1)]
     pub interval: u32,
     /// effp: initial fraction of switched-off groups considered for regrowing, in
     /// [0, 1] (default 0.3; 0 turns regrowing off).
     #[serde(default = "default_regrow")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub regrow: f64,
     /// effp: how active groups are ranked for pruning (default curvature).
     #[serde(default = "default_criterion")]
     pub criterion: CriterionSpec,
     /// progressive: number of prune-then-fine-tune stages (default 4).
     #[serde(default = "default_stages")]
+    #[schema(minimum = 1)]
     pub stages: u32,
     /// Images per step (default 8).
     #[serde(default = "default_batch")]
+    #[schema(minimum = 1, maximum = 1024)]
     pub batch: u32,
     /// Peak learning rate of AdamW, in (0, 1] (default 0.001).
     #[serde(default = "default_lr")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub lr: f64,
     /// Seed for shuffling, augmentation and random masks (default 0).
     #[serde(default)]
@@ -203,6 +218,7 @@ impl TrainingSpec {
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// The model's id.
+    #[schema(min_length = 1)]
     pub model: String,
     /// A dataset's id: the training images of the trained methods (which need one)
     /// and the labels for mAP before and after (any method).
@@ -221,9 +237,11 @@ pub struct JobSpec {
     pub training: TrainingSpec,
     /// Image size as HxW (default: the model's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[1-9][0-9]{0,4}(x[1-9][0-9]{0,4})?$")]
     pub input_size: Option<String>,
     /// auto, cpu, cuda or cuda:N (default cpu).
     #[serde(default = "default_device")]
+    #[schema(pattern = "^(auto|cpu|cuda(:[0-9]+)?)$")]
     pub device: String,
 }
 
@@ -472,7 +490,7 @@ const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelle
 /// `GET /v1/jobs`.
 #[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs",
     params(("state" = Option<String>, Query, description = "queued, running, succeeded, failed or cancelled"),
-           ("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+           ("limit" = Option<u32>, Query, description = "1–500, default 50", minimum = 1, maximum = 500), ("offset" = Option<u32>, Query, minimum = 0, maximum = 2147483647)),
     responses(
         (status = 200, description = "The tenant's jobs, newest first", body = JobList),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
@@ -484,11 +502,16 @@ pub async fn list(
     Tenant(tenant): Tenant,
     Query(q): Query<JobQuery>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let limit = q.limit.unwrap_or(50);
-    let mut errors = Vec::new();
-    if !(1..=500).contains(&limit) {
-        errors.push(field("/limit", format!("{limit} is not in 1..=500")));
+    let page = super::models::Page {
+        limit: q.limit,
+        offset: q.offset,
     }
+    .checked();
+    let mut errors = page
+        .as_ref()
+        .err()
+        .map(|p| p.errors.clone())
+        .unwrap_or_default();
     if let Some(s) = &q.state
         && !STATES.contains(&s.as_str())
     {
@@ -500,7 +523,7 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
-    let offset = q.offset.unwrap_or(0);
+    let (limit, offset) = page?;
     let items = state
         .jobs
         .jobs(&tenant, q.state.as_deref(), limit, offset)
@@ -632,11 +655,12 @@ pub fn artifact_entry(sha256: &str, size: u64) -> serde_json::Value {
 /// report, each with its sequence number as id; `Last-Event-ID` resumes after it. The
 /// stream ends once the job has ended and every event was sent.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "job_events", tag = "jobs",
-    params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    params(("id" = String, Path), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event", minimum = 0)),
     responses(
-        (status = 200, description = "Server-Sent Events (event: state or progress; data: JobEvent.data)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events, one per state change or progress report", content_type = "text/event-stream", body = JobEventMessage),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 404, description = "No such job for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Last-Event-ID is not an event id", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn events(
@@ -646,11 +670,20 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Problem> {
     find(&state, &tenant, &id).await?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .unwrap_or(0);
+    let after = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| {
+                invalid(vec![field(
+                    "/Last-Event-ID",
+                    "must be the id of an event of this stream (a non-negative integer)",
+                )])
+            })?,
+    };
     let start = Follow {
         state,
         tenant,
@@ -691,6 +724,22 @@ pub async fn events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One event of `GET /v1/jobs/{id}/events` as it goes over the wire.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the stream in the OpenAPI document only.
+pub struct JobEventMessage {
+    /// The event's sequence number; send the last one seen as `Last-Event-ID` to resume.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// `state` for a change of state, `progress` for phase and metrics.
+    #[schema(pattern = "^(state|progress)$")]
+    event: String,
+    /// JSON object: the job's state, phase, progress, metrics, artifacts, error and
+    /// attempts at that moment.
+    #[schema(content_media_type = "application/json")]
+    data: String,
 }
 
 /// Where an event stream stands.

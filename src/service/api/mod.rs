@@ -1,6 +1,7 @@
 //! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
 
 mod datasets;
+mod extract;
 mod health;
 pub mod jobs;
 mod models;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint; the API lives under /v1",
             )
         })
+        .layer(axum::middleware::from_fn(extract::problems_everywhere))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::service::metrics::track,

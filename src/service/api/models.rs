@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -45,8 +47,10 @@ pub struct ModelList {
 /// Paging of a list.
 #[derive(Debug, Deserialize)]
 pub struct Page {
-    limit: Option<u32>,
-    offset: Option<u32>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<u32>,
+    /// Items skipped, at most 2³¹ − 1 (default 0).
+    pub offset: Option<u32>,
 }
 
 impl Page {
@@ -65,7 +69,20 @@ impl Page {
             });
             return Err(p);
         }
-        Ok((limit, self.offset.unwrap_or(0)))
+        let offset = self.offset.unwrap_or(0);
+        if offset > i32::MAX as u32 {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-query",
+                "offset must be at most 2147483647",
+            );
+            p.errors.push(crate::service::problem::FieldError {
+                path: "/offset".into(),
+                message: format!("{offset} is too large"),
+            });
+            return Err(p);
+        }
+        Ok((limit, offset))
     }
 }
 
@@ -85,7 +102,7 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
 /// `POST /v1/models`: the ONNX file as the raw body (`curl --data-binary @m.onnx`) or
 /// as the `file` part of a multipart form (`curl -F file=@m.onnx`).
 #[utoipa::path(post, path = "/v1/models", operation_id = "upload_model", tag = "models",
-    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else model.onnx)")),
+    params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else model.onnx)", min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body(description = "The ONNX file", content(
         (Vec<u8> = "application/octet-stream"),
         (UploadForm = "multipart/form-data"),
@@ -174,7 +191,7 @@ async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Va
 
 /// `GET /v1/models`: the tenant's models, newest first.
 #[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models",
-    params(("limit" = Option<u32>, Query, description = "1–500, default 50"), ("offset" = Option<u32>, Query)),
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50", minimum = 1, maximum = 500), ("offset" = Option<u32>, Query, minimum = 0, maximum = 2147483647)),
     responses(
         (status = 200, description = "The tenant's models, newest first", body = ModelList),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),

@@ -155,7 +155,7 @@ fn bad_multipart(e: multer::Error) -> Problem {
 
 /// A display name: 1–255 characters, none of them control characters.
 fn check_name(name: &str) -> Result<(), Problem> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-name",
