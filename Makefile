@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv
+.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -73,6 +73,16 @@ bench-prune: fixtures ## Every pruning method at 0.7/0.5/0.3 FLOPs: mAP, size, O
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_prune.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/prune.json" $(BENCH_ARGS)
+
+OHA := $(EFFP_CACHE)/tools/bin/oha
+
+$(OHA):
+	cargo install --locked --quiet --root "$(EFFP_CACHE)/tools" oha@1.16.0
+
+bench-http: fixtures $(OHA) ## Service throughput and p99 (oha), 500 MB uploads' speed and peak memory
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  $(PYTHON_ENV) scripts/bench_http.py --effp "$(EFFP_BIN)" --oha "$(OHA)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/http.json" $(BENCH_ARGS)
 
 bench-step: fixtures ## Gate overhead: a masked training step against a plain one
 	@cargo build --release --quiet --bin effp
