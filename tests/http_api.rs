@@ -550,3 +550,27 @@ fn the_served_openapi_document_is_the_checked_in_one() {
     .json();
     assert_eq!(docs_doc, checked_in);
 }
+
+#[test]
+fn a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--upload-stall-secs", "1"], &[]);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /v1/models HTTP/1.1\r\nHost: {address}\r\nContent-Length: 100000\r\n\r\nten bytes."
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json") && answer.contains("upload-stalled"));
+    assert!(started.elapsed().as_secs() < 10);
+    assert!(server.objects().is_empty());
+    let partial = std::fs::read_dir(server.data.path().join("objects/partial"))
+        .unwrap()
+        .count();
+    assert_eq!(partial, 0, "the half-received file is removed");
+}

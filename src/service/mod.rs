@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// the last one; shutting down always writes one).
     #[arg(long, env = "EFFP_CHECKPOINT_EVERY", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
+    /// Seconds a request (other than an upload) may take to be answered.
+    #[arg(long, env = "EFFP_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Seconds an upload may go without a byte arriving before it is dropped.
+    #[arg(long, env = "EFFP_UPLOAD_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_stall_secs: u64,
 }
 
 /// The API's OpenAPI document as pretty JSON.
@@ -70,6 +76,8 @@ pub struct AppState {
     /// Where running jobs keep their training checkpoints.
     checkpoints: PathBuf,
     checkpoint_every: usize,
+    request_timeout: std::time::Duration,
+    upload_stall: std::time::Duration,
     /// Cancelled when the service starts shutting down.
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -112,6 +120,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         scratch,
         checkpoints,
         checkpoint_every: args.checkpoint_every as usize,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
+        upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

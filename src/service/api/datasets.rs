@@ -47,6 +47,7 @@ pub struct DatasetList {
         (status = 200, description = "The same archive was uploaded before", body = DatasetRecord),
         (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 408, description = "The upload stalled", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 422, description = "Not a dataset, bad labels, or an unsafe archive (links, paths outside it, decompression bomb)", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),

@@ -1,6 +1,7 @@
 //! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
 
 mod datasets;
+mod deadline;
 mod extract;
 mod health;
 pub mod jobs;
@@ -49,6 +50,10 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint; the API lives under /v1",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline::request_deadline,
+        ))
         .layer(axum::middleware::from_fn(extract::problems_everywhere))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

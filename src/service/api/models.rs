@@ -95,6 +95,11 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
             format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
         ),
         StoreError::Body(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-body", m),
+        StoreError::Stalled(m) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload-stalled",
+            format!("the upload stalled ({m}; EFFP_UPLOAD_STALL_SECS); send it again"),
+        ),
         StoreError::Backend(m) => Problem::internal("storage failed", m),
     }
 }
@@ -112,6 +117,7 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
         (status = 200, description = "The same file was uploaded before", body = ModelRecord),
         (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 408, description = "The upload stalled", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 422, description = "Not an ONNX model effp can read", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),

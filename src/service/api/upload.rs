@@ -50,7 +50,10 @@ pub async fn receive(
     } else {
         name.as_deref().map(check_name).transpose().err()
     };
-    let mut stream = body.into_data_stream().map_err(std::io::Error::other);
+    let mut stream = super::deadline::stall_limit(
+        body.into_data_stream().map_err(std::io::Error::other),
+        state.upload_stall,
+    );
     if let Some(problem) = refusal {
         drain_before_refusing(headers, declared, &mut stream).await;
         return Err(problem);

@@ -44,7 +44,10 @@ impl ObjectStore for LocalObjects {
         let mut size = 0u64;
         let outcome: Result<(), StoreError> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StoreError::Body(e.to_string()))?;
+                let chunk = chunk.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::TimedOut => StoreError::Stalled(e.to_string()),
+                    _ => StoreError::Body(e.to_string()),
+                })?;
                 size += chunk.len() as u64;
                 if size > limit {
                     return Err(StoreError::TooLarge { limit });

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The client's body broke off or could not be read.
     #[error("the upload could not be read: {0}")]
     Body(String),
+    /// The client stopped sending the upload.
+    #[error("the upload stalled: {0}")]
+    Stalled(String),
     /// The backend failed (disk, database).
     #[error("storage failed: {0}")]
     Backend(String),
