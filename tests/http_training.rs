@@ -492,3 +492,54 @@ fn a_training_job_survives_sigterm_and_sigkill_and_resumes_from_its_checkpoint()
         "queued, claimed, released on SIGTERM, claimed, claimed again after SIGKILL, done"
     );
 }
+
+#[test]
+fn cancelling_a_training_job_stops_it_between_steps() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let (model, dataset) = upload_model_and_data(&base);
+    let id = submit(
+        &base,
+        &serde_json::json!({
+            "model": model, "dataset": dataset, "method": "sfp",
+            "target": { "flops_ratio": 0.5 },
+            "training": { "steps": 2000, "batch": 2 },
+            "device": "cpu",
+        }),
+    );
+    let running = wait_for_step(&base, &id, 3);
+    assert_eq!(running["state"], "running");
+    let asked = call(
+        "POST",
+        &format!("{base}/v1/jobs/{id}/cancel"),
+        None,
+        Some(b""),
+    );
+    assert_eq!(
+        asked.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&asked.body)
+    );
+    assert!(asked.json()["cancel_requested"].as_bool().unwrap());
+    let started = Instant::now();
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(started.elapsed().as_secs() < 20, "stopped at the next step");
+    assert!(job["metrics"]["step"].as_u64().unwrap() < 2000);
+    assert_eq!(job["artifacts"], serde_json::json!({}));
+    assert!(
+        std::fs::read_dir(server.data.path().join("checkpoints"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a cancelled job keeps no checkpoint"
+    );
+    call(
+        "POST",
+        &format!("{base}/v1/jobs/{id}/cancel"),
+        None,
+        Some(b""),
+    )
+    .problem(409);
+}

@@ -18,6 +18,8 @@ use crate::cli::prune::PruneArgs;
 
 /// How long a claim lasts without a heartbeat.
 const LEASE: Duration = Duration::from_secs(30);
+/// How often a running job renews its lease and looks for a cancellation.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Claims of one job before it is given up.
 const MAX_ATTEMPTS: u32 = 3;
 /// Shortest time between two progress reports of a training job.
@@ -72,11 +74,11 @@ async fn run_job(state: &AppState, job: JobRecord) {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(LEASE / 6) => {}
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
                     _ = state.shutdown.cancelled() => {
                         stop.store(true, Ordering::SeqCst);
                         // Keep the lease until the job is released.
-                        tokio::time::sleep(LEASE / 6).await;
+                        tokio::time::sleep(HEARTBEAT).await;
                     }
                 }
                 match state.queue.heartbeat(&id, LEASE).await {
