@@ -217,6 +217,26 @@ fn tenants_see_only_their_own_models_and_keys_are_checked() {
         call("GET", &format!("{url}/{id}/file"), acme, None).body,
         bytes
     );
+
+    // Jobs: another tenant can neither see acme's job nor use acme's model.
+    let jobs = format!("{}/v1/jobs", server.url);
+    let spec = format!(r#"{{"model":"{id}","target":{{"flops_ratio":0.5}},"device":"cpu"}}"#);
+    let job = call("POST", &jobs, acme, Some(spec.as_bytes()));
+    assert_eq!(job.status, 201);
+    let job = job.json()["id"].as_str().unwrap().to_string();
+    let p = call("POST", &jobs, globex, Some(spec.as_bytes())).problem(422);
+    assert_eq!(p["errors"][0]["path"], "/model");
+    for path in ["", "/events", "/artifacts", "/artifacts/report.json"] {
+        call("GET", &format!("{jobs}/{job}{path}"), globex, None).problem(404);
+    }
+    call("POST", &format!("{jobs}/{job}/cancel"), globex, Some(b"")).problem(404);
+    assert!(
+        call("GET", &jobs, globex, None).json()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(wait_for_end(&server.url, &job, acme)["state"], "succeeded");
 }
 
 #[test]

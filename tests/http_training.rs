@@ -164,6 +164,48 @@ fn a_dataset_is_uploaded_checked_listed_and_deleted() {
 }
 
 #[test]
+fn another_tenant_cannot_see_or_use_a_dataset() {
+    let keys = "acme:acme-key-0123456789abcdef,globex:globex-key-0123456789abcdef";
+    let server = Server::start(&[], &[("EFFP_API_KEYS", keys)]);
+    let (acme, globex) = (
+        Some("acme-key-0123456789abcdef"),
+        Some("globex-key-0123456789abcdef"),
+    );
+    let url = format!("{}/v1/datasets", server.url);
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tar_gz(&small_dataset(tmp.path()), "shapes");
+    call("POST", &url, None, Some(&archive)).problem(401);
+    let created = call("POST", &url, acme, Some(&archive));
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    call("GET", &format!("{url}/{id}"), globex, None).problem(404);
+    call("DELETE", &format!("{url}/{id}"), globex, None).problem(404);
+    let theirs = call("GET", &url, globex, None).json();
+    assert!(theirs["items"].as_array().unwrap().is_empty());
+    let model = call(
+        "POST",
+        &format!("{}/v1/models", server.url),
+        globex,
+        Some(&fixture_bytes("yolov8t.onnx")),
+    )
+    .json();
+    let spec = serde_json::json!({
+        "model": model["id"], "dataset": id, "method": "effp",
+        "target": { "flops_ratio": 0.5 },
+    });
+    let p = call(
+        "POST",
+        &format!("{}/v1/jobs", server.url),
+        globex,
+        Some(spec.to_string().as_bytes()),
+    )
+    .problem(422);
+    assert_eq!(p["errors"][0]["path"], "/dataset", "{p}");
+    assert_eq!(call("GET", &format!("{url}/{id}"), acme, None).status, 200);
+}
+
+#[test]
 fn hostile_and_invalid_archives_are_refused_and_nothing_is_kept() {
     let server = Server::start(&["--max-upload-bytes", "4000000"], &[]);
     let base = &server.url;
