@@ -181,10 +181,11 @@ fn tenants_see_only_their_own_models_and_keys_are_checked() {
     );
     let bytes = fixture_bytes("yolov8t.onnx");
 
-    // (A small body: the refusal comes before the body is read.)
     let missing = call("POST", &url, None, Some(b"onnx bytes would follow"));
     missing.problem(401);
     assert_eq!(missing.headers["www-authenticate"], "Bearer");
+    // A client still sending a large upload reads the 401 too, not a broken pipe.
+    call("POST", &url, None, Some(&vec![7u8; 8 << 20])).problem(401);
     call("GET", &url, Some("not-a-key-at-all-0000"), None).problem(401);
     assert!(server.objects().is_empty());
 

@@ -117,6 +117,22 @@ pub async fn receive(
     }
 }
 
+/// Sends `refusal` (a request refused before its upload was looked at, such as one
+/// without a valid API key) once what the client may still be sending is drained.
+pub async fn refuse(
+    headers: &HeaderMap,
+    body: Body,
+    refusal: axum::response::Response,
+) -> axum::response::Response {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream().map_err(std::io::Error::other);
+    drain_before_refusing(headers, declared, &mut stream).await;
+    refusal
+}
+
 /// Most body bytes read and dropped before a refusal is sent.
 const DRAIN_CAP: u64 = 32 << 20;
 
