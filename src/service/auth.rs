@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
@@ -56,7 +57,7 @@ fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The tenant a request acts for.
+/// The tenant a request acts for, as [`authenticate`] established it.
 #[derive(Debug, Clone)]
 pub struct Tenant(pub String);
 
@@ -75,29 +76,56 @@ impl IntoResponse for Unauthorized {
     }
 }
 
-impl FromRequestParts<AppState> for Tenant {
-    type Rejection = Unauthorized;
+/// The tenant whose key the request carries (the local tenant when no keys are
+/// configured).
+fn tenant_of(keys: &ApiKeys, headers: &header::HeaderMap) -> Result<String, Unauthorized> {
+    if keys.is_empty() {
+        return Ok(LOCAL_TENANT.into());
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Unauthorized(
+            "this server needs an API key: send 'Authorization: Bearer <key>'",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    token
+        .and_then(|t| keys.tenant(t))
+        .map(str::to_string)
+        .ok_or(Unauthorized("the API key is not valid"))
+}
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if state.keys.is_empty() {
-            return Ok(Tenant(LOCAL_TENANT.into()));
+/// Checks the request's API key before any handler runs and records its [`Tenant`];
+/// a refused request's body (an upload the client may still be sending) is drained
+/// first, so the client reads the 401 rather than a connection closed under it.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match tenant_of(&state.keys, request.headers()) {
+        Ok(tenant) => {
+            request.extensions_mut().insert(Tenant(tenant));
+            next.run(request).await
         }
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(Unauthorized(
-                "this server needs an API key: send 'Authorization: Bearer <key>'",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match token.and_then(|t| state.keys.tenant(t)) {
-            Some(tenant) => Ok(Tenant(tenant.to_string())),
-            None => Err(Unauthorized("the API key is not valid")),
+        Err(refused) => {
+            let (parts, body) = request.into_parts();
+            super::api::drain_then(&parts.headers, body, refused.into_response()).await
         }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Tenant>()
+            .cloned()
+            .ok_or_else(|| Problem::internal("a route is missing its authentication", "no Tenant"))
     }
 }

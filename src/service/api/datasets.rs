@@ -19,7 +19,7 @@ use crate::service::problem::Problem;
 use crate::service::store::DatasetRecord;
 
 use super::models::{Page, UploadQuery, refuse_if_in_use, release_object, store_problem};
-use super::upload::{Received, created, discard, receive, refuse};
+use super::upload::{Received, created, discard, receive};
 
 /// A page of datasets.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -54,16 +54,11 @@ pub struct DatasetList {
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
-    tenant: Result<Tenant, crate::service::auth::Unauthorized>,
+    Tenant(tenant): Tenant,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    // A refused key still lets the client finish sending, so it reads the 401.
-    let Tenant(tenant) = match tenant {
-        Ok(t) => t,
-        Err(refused) => return Ok(refuse(&headers, body, refused.into_response()).await),
-    };
     let Received { object, name } = receive(&state, &headers, body, query.name, "dataset").await?;
     if let Some(existing) = state
         .jobs

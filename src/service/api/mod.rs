@@ -17,13 +17,12 @@ use utoipa::OpenApi;
 use super::AppState;
 use super::problem::Problem;
 
+pub(crate) use upload::drain_then;
+
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::service::metrics::render))
-        .route("/openapi.json", get(openapi::serve))
+    // Everything under /v1 acts for the tenant whose API key the request carries.
+    let v1 = Router::new()
         .route("/v1/models", get(models::list).post(models::upload))
         .route("/v1/models/{id}", get(models::show).delete(models::delete))
         .route("/v1/models/{id}/file", get(models::download))
@@ -38,6 +37,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
         .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::service::auth::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::service::metrics::render))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(v1)
         // Interactive documentation; the assets are compiled into the binary.
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")

@@ -15,7 +15,7 @@ use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::{ModelRecord, StoreError};
 
-use super::upload::{Received, created, discard, receive, refuse};
+use super::upload::{Received, created, discard, receive};
 
 /// Query of an upload.
 #[derive(Debug, Deserialize)]
@@ -124,16 +124,11 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
-    tenant: Result<Tenant, crate::service::auth::Unauthorized>,
+    Tenant(tenant): Tenant,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    // A refused key still lets the client finish sending, so it reads the 401.
-    let Tenant(tenant) = match tenant {
-        Ok(t) => t,
-        Err(refused) => return Ok(refuse(&headers, body, refused.into_response()).await),
-    };
     let Received { object, name } =
         receive(&state, &headers, body, query.name, "model.onnx").await?;
     if let Some(existing) = state

@@ -119,7 +119,7 @@ pub async fn receive(
 
 /// Sends `refusal` (a request refused before its upload was looked at, such as one
 /// without a valid API key) once what the client may still be sending is drained.
-pub async fn refuse(
+pub async fn drain_then(
     headers: &HeaderMap,
     body: Body,
     refusal: axum::response::Response,
