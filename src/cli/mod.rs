@@ -39,6 +39,9 @@ enum Command {
     Serve(Box<crate::service::ServeArgs>),
     /// Print the service's OpenAPI document (what openapi/openapi.json holds).
     Openapi,
+    /// Run one job of the service (started by `effp serve` in its own process).
+    #[command(hide = true)]
+    RunJob(crate::service::worker::child::RunJobArgs),
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -52,6 +55,7 @@ pub fn run() -> ExitCode {
         Command::Eval(args) => data::eval(&args),
         Command::Synth(args) => data::synth(&args),
         Command::Serve(args) => crate::service::run(&args),
+        Command::RunJob(args) => crate::service::worker::child::run(&args),
         Command::Openapi => {
             println!("{}", crate::service::openapi_document());
             Ok(0)

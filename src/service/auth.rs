@@ -87,11 +87,13 @@ fn tenant_of(keys: &ApiKeys, headers: &header::HeaderMap) -> Result<String, Unau
             "this server needs an API key: send 'Authorization: Bearer <key>'",
         ));
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    let token = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.trim_start().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+    });
     token
         .and_then(|t| keys.tenant(t))
         .map(str::to_string)

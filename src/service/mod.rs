@@ -3,10 +3,15 @@
 
 mod api;
 mod auth;
+mod budget;
+mod content;
+pub mod limits;
+mod listener;
 mod metrics;
 mod problem;
+mod quota;
 pub mod store;
-mod worker;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,12 +52,39 @@ pub struct ServeArgs {
     /// the last one; shutting down always writes one).
     #[arg(long, env = "EFFP_CHECKPOINT_EVERY", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
+    /// Memory one job's worker process may use (e.g. 8GiB); default: three quarters
+    /// of the machine's memory shared by the jobs that run at once. Jobs estimated to
+    /// need more are refused when submitted; a job that uses more while it runs is
+    /// stopped and fails.
+    #[arg(long, env = "EFFP_JOB_MEMORY_LIMIT")]
+    pub job_memory_limit: Option<limits::ByteSize>,
     /// Seconds a request (other than an upload) may take to be answered.
     #[arg(long, env = "EFFP_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
     /// Seconds an upload may go without a byte arriving before it is dropped.
     #[arg(long, env = "EFFP_UPLOAD_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_stall_secs: u64,
+    /// Slowest upload accepted, in bytes per second averaged over each period of
+    /// --upload-stall-secs (a client trickling bytes is dropped with 408).
+    #[arg(long, env = "EFFP_UPLOAD_MIN_RATE", default_value = "4KiB")]
+    pub upload_min_rate: limits::ByteSize,
+    /// Connections served at once; more are answered 503 and closed.
+    #[arg(long, env = "EFFP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's head; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, env = "EFFP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Jobs one tenant may have queued or running at once (429 beyond).
+    #[arg(long, env = "EFFP_MAX_QUEUED_JOBS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_jobs: u64,
+    /// Training steps one tenant's queued and running jobs may ask for together
+    /// (429 beyond), and the most one job may ask for (422 beyond).
+    #[arg(long, env = "EFFP_MAX_TRAINING_STEPS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_training_steps: u64,
+    /// Bytes of models and datasets one tenant may keep (413 beyond).
+    #[arg(long, env = "EFFP_MAX_STORED_BYTES", default_value = "50GiB")]
+    pub max_stored_bytes: limits::ByteSize,
 }
 
 /// The API's OpenAPI document as pretty JSON.
@@ -66,6 +98,12 @@ pub struct AppState {
     jobs: Arc<dyn JobStore>,
     queue: Arc<dyn Queue>,
     objects: Arc<dyn ObjectStore>,
+    /// Stored content with its reference counts (uploads, records, artifacts).
+    content: content::Content,
+    /// What one tenant may hold at once.
+    quotas: quota::Quotas,
+    /// Slowest upload accepted, in bytes per second.
+    upload_min_rate: u64,
     metrics: metrics::Metrics,
     /// Wakes idle workers when a job is submitted.
     wake: Arc<tokio::sync::Notify>,
@@ -76,6 +114,8 @@ pub struct AppState {
     /// Where running jobs keep their training checkpoints.
     checkpoints: PathBuf,
     checkpoint_every: usize,
+    /// Memory a job's worker process may use, in bytes.
+    job_memory_limit: u64,
     request_timeout: std::time::Duration,
     upload_stall: std::time::Duration,
     /// Cancelled when the service starts shutting down.
@@ -108,18 +148,29 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let checkpoints = args.data_dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoints)?;
     let jobs = Arc::new(jobs);
+    let objects: Arc<dyn ObjectStore> = Arc::new(objects);
     let state = AppState {
         queue: jobs.clone(),
+        content: content::Content::new(objects.clone(), jobs.clone()),
+        quotas: quota::Quotas {
+            jobs: args.max_queued_jobs,
+            training_steps: args.max_training_steps,
+            stored_bytes: args.max_stored_bytes.0,
+        },
+        upload_min_rate: args.upload_min_rate.0,
         jobs,
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: metrics::Metrics::new(),
-        objects: Arc::new(objects),
+        objects,
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
         archive_limits: effp_engine::data::archive::ArchiveLimits::default(),
         scratch,
         checkpoints,
         checkpoint_every: args.checkpoint_every as usize,
+        job_memory_limit: args
+            .job_memory_limit
+            .map_or_else(|| limits::default_job_memory(args.workers), |b| b.0),
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -138,6 +189,7 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
     let address = listener.local_addr()?;
     let signal = shutdown_signal()?;
     let recovered = state.queue.recover_abandoned().await?;
+    sweep(&state).await?;
     if recovered > 0 {
         tracing::info!(
             jobs = recovered,
@@ -155,13 +207,15 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
         .collect();
     let token = state.shutdown.clone();
     let app = with_request_ids(api::router(state));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.await;
-            token.cancel();
-        })
-        .await
-        .context("the server failed")?;
+    let limits = listener::ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),
+    };
+    listener::serve(listener, app, limits, async move {
+        signal.await;
+        token.cancel();
+    })
+    .await;
     // Running jobs stop after their current step, write a checkpoint and go back to
     // the queue; the next start resumes them.
     let stopped = tokio::time::timeout(
@@ -175,6 +229,34 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// At start-up, before anything else uses the stores: content that no record refers
+/// to (an upload a crash cut short) and checkpoints of jobs that have ended go.
+async fn sweep(state: &AppState) -> anyhow::Result<()> {
+    let removed = state.content.sweep().await?;
+    let mut checkpoints = Vec::new();
+    for entry in std::fs::read_dir(&state.checkpoints)?.flatten() {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".ckpt"))
+        {
+            checkpoints.push(id.to_string());
+        }
+    }
+    let ended = state.jobs.ended_jobs(&checkpoints).await?;
+    for id in &ended {
+        let _ = std::fs::remove_file(state.checkpoints.join(format!("{id}.ckpt")));
+    }
+    if removed + ended.len() > 0 {
+        tracing::info!(
+            objects = removed,
+            checkpoints = ended.len(),
+            "removed what no record refers to"
+        );
+    }
+    Ok(())
 }
 
 /// Gives every request an `x-request-id` (the client's, or a new UUID), logs each

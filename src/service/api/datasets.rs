@@ -18,7 +18,9 @@ use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::DatasetRecord;
 
-use super::models::{Page, UploadQuery, refuse_if_in_use, release_object, store_problem};
+use super::models::{
+    Page, UploadQuery, object_of, refuse_if_in_use, release_object, store_problem,
+};
 use super::upload::{Received, created, discard, receive};
 
 /// A page of datasets.
@@ -59,14 +61,18 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let Received { object, name } = receive(&state, &headers, body, query.name, "dataset").await?;
-    if let Some(existing) = state
-        .jobs
-        .dataset_by_hash(&tenant, &object.sha256)
-        .await
-        .map_err(store_problem)?
-    {
-        return Ok((StatusCode::OK, Json(existing)).into_response());
+    let Received { object, name } =
+        receive(&state, &tenant, &headers, body, query.name, "dataset").await?;
+    match state.jobs.dataset_by_hash(&tenant, &object.sha256).await {
+        Ok(None) => {}
+        Ok(Some(existing)) => {
+            discard(&state, &object).await;
+            return Ok((StatusCode::OK, Json(existing)).into_response());
+        }
+        Err(e) => {
+            discard(&state, &object).await;
+            return Err(store_problem(e));
+        }
     }
     let summary = match check_archive(&state, &object.sha256).await {
         Ok(summary) => summary,
@@ -84,12 +90,18 @@ pub async fn upload(
         created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         summary,
     };
-    state
-        .jobs
-        .insert_dataset(&record)
-        .await
-        .map_err(store_problem)?;
-    Ok(created(format!("/v1/datasets/{}", record.id), &record))
+    match state.jobs.insert_dataset(&record).await {
+        Ok(None) => Ok(created(format!("/v1/datasets/{}", record.id), &record)),
+        // The same archive arrived twice at once: one record, one reference.
+        Ok(Some(existing)) => {
+            discard(&state, &object_of(&record)).await;
+            Ok((StatusCode::OK, Json(existing)).into_response())
+        }
+        Err(e) => {
+            discard(&state, &object_of(&record)).await;
+            Err(store_problem(e))
+        }
+    }
 }
 
 /// Unpacks the stored archive into a scratch folder (removed afterwards) and reads it

@@ -44,31 +44,65 @@ pub async fn request_deadline(
 }
 
 /// An upload's body as a stream that fails with `TimedOut` once no byte has arrived
-/// for `idle`, so that a stalled client does not hold a worker and a file open.
+/// for `idle`, or once a period of `idle` brought fewer than `min_rate` bytes per
+/// second, so that a stalled or trickling client does not hold a connection and a
+/// file open.
 pub fn stall_limit<S>(
     body: S,
     idle: Duration,
+    min_rate: u64,
 ) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + Unpin
 where
     S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + Unpin,
 {
     use futures_util::StreamExt;
+    use tokio::time::Instant;
+    struct Pace<S> {
+        body: S,
+        failed: bool,
+        window_start: Instant,
+        window_bytes: u64,
+    }
+    let timed_out = |message: String| std::io::Error::new(std::io::ErrorKind::TimedOut, message);
+    let pace = Pace {
+        body,
+        failed: false,
+        window_start: Instant::now(),
+        window_bytes: 0,
+    };
     Box::pin(futures_util::stream::unfold(
-        (body, false),
-        move |(mut body, failed)| async move {
-            if failed {
+        pace,
+        move |mut p| async move {
+            if p.failed {
                 return None;
             }
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(item)) => Some((item, (body, false))),
+            match tokio::time::timeout(idle, p.body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    p.window_bytes += chunk.len() as u64;
+                    let elapsed = p.window_start.elapsed();
+                    if elapsed >= idle {
+                        let needed = min_rate.saturating_mul(elapsed.as_secs().max(1));
+                        if p.window_bytes < needed {
+                            p.failed = true;
+                            let message = format!(
+                                "{} bytes arrived in the last {} s, slower than the minimum of {min_rate} bytes/s",
+                                p.window_bytes,
+                                elapsed.as_secs()
+                            );
+                            return Some((Err(timed_out(message)), p));
+                        }
+                        p.window_start = Instant::now();
+                        p.window_bytes = 0;
+                    }
+                    Some((Ok(chunk), p))
+                }
+                Ok(Some(Err(e))) => Some((Err(e), p)),
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no data for {} s", idle.as_secs()),
-                    )),
-                    (body, true),
-                )),
+                Err(_) => {
+                    p.failed = true;
+                    let message = format!("no data for {} s", idle.as_secs());
+                    Some((Err(timed_out(message)), p))
+                }
             }
         },
     ))

@@ -253,7 +253,7 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-fn invalid(errors: Vec<FieldError>) -> Problem {
+pub(crate) fn invalid(errors: Vec<FieldError>) -> Problem {
     let mut p = Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-job",
@@ -263,7 +263,7 @@ fn invalid(errors: Vec<FieldError>) -> Problem {
     p
 }
 
-fn field(path: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn field(path: &str, message: impl Into<String>) -> FieldError {
     FieldError {
         path: path.into(),
         message: message.into(),
@@ -400,26 +400,15 @@ pub async fn submit(
             .await
             .map_err(store_problem)?
     {
-        if existing.spec != spec_value {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                format!(
-                    "Idempotency-Key '{k}' was used for job {} with a different request",
-                    existing.id
-                ),
-            ));
-        }
-        return Ok((StatusCode::OK, Json(existing)).into_response());
+        return replay(existing, &spec_value, k);
     }
     let mut missing = Vec::new();
-    if state
+    let model = state
         .jobs
         .model(&tenant, &spec.model)
         .await
-        .map_err(store_problem)?
-        .is_none()
-    {
+        .map_err(store_problem)?;
+    if model.is_none() {
         missing.push(field(
             "/model",
             format!("no model with id '{}'", spec.model),
@@ -438,6 +427,10 @@ pub async fn submit(
     if !missing.is_empty() {
         return Err(invalid(missing));
     }
+    if let Some(model) = &model {
+        crate::service::budget::check_job(&state, model, &spec).await?;
+    }
+    crate::service::quota::check_job(&state, &tenant, &spec).await?;
     let (ts, _) = now();
     let job = JobRecord {
         id: format!("job_{}", uuid::Uuid::new_v4().simple()),
@@ -455,7 +448,11 @@ pub async fn submit(
         created_at: ts.clone(),
         updated_at: ts,
     };
-    state.jobs.insert_job(&job).await.map_err(store_problem)?;
+    if let Some(existing) = state.jobs.insert_job(&job).await.map_err(store_problem)? {
+        // Another request with the same Idempotency-Key got there first.
+        let key = job.idempotency_key.as_deref().unwrap_or_default();
+        return replay(existing, &job.spec, key);
+    }
     state.wake.notify_waiters();
     let location = format!("/v1/jobs/{}", job.id);
     Ok((
@@ -464,6 +461,22 @@ pub async fn submit(
         Json(job),
     )
         .into_response())
+}
+
+/// The answer to a request that repeats an Idempotency-Key: the job made the first
+/// time (200), or 422 when the request differs from that one.
+fn replay(existing: JobRecord, spec: &serde_json::Value, key: &str) -> Result<Response, Problem> {
+    if existing.spec != *spec {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            format!(
+                "Idempotency-Key '{key}' was used for job {} with a different request",
+                existing.id
+            ),
+        ));
+    }
+    Ok((StatusCode::OK, Json(existing)).into_response())
 }
 
 /// A page of jobs.

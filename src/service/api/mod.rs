@@ -3,6 +3,7 @@
 mod datasets;
 mod deadline;
 mod extract;
+mod headers;
 mod health;
 pub mod jobs;
 mod models;
@@ -17,6 +18,7 @@ use utoipa::OpenApi;
 use super::AppState;
 use super::problem::Problem;
 
+pub(crate) use models::store_problem;
 pub(crate) use upload::drain_then;
 
 /// Every route of the service.
@@ -64,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             deadline::request_deadline,
         ))
         .layer(axum::middleware::from_fn(extract::problems_everywhere))
+        .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::service::metrics::track,

@@ -87,7 +87,7 @@ impl Page {
 }
 
 /// The problem document for a backend error.
-pub(super) fn store_problem(e: StoreError) -> Problem {
+pub(crate) fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::TooLarge { limit } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,7 +98,9 @@ pub(super) fn store_problem(e: StoreError) -> Problem {
         StoreError::Stalled(m) => Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "upload-stalled",
-            format!("the upload stalled ({m}; EFFP_UPLOAD_STALL_SECS); send it again"),
+            format!(
+                "the upload stalled ({m}; EFFP_UPLOAD_STALL_SECS, EFFP_UPLOAD_MIN_RATE); send it again"
+            ),
         ),
         StoreError::Backend(m) => Problem::internal("storage failed", m),
     }
@@ -130,14 +132,17 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, Problem> {
     let Received { object, name } =
-        receive(&state, &headers, body, query.name, "model.onnx").await?;
-    if let Some(existing) = state
-        .jobs
-        .model_by_hash(&tenant, &object.sha256)
-        .await
-        .map_err(store_problem)?
-    {
-        return Ok((StatusCode::OK, Json(existing)).into_response());
+        receive(&state, &tenant, &headers, body, query.name, "model.onnx").await?;
+    match state.jobs.model_by_hash(&tenant, &object.sha256).await {
+        Ok(None) => {}
+        Ok(Some(existing)) => {
+            discard(&state, &object).await;
+            return Ok((StatusCode::OK, Json(existing)).into_response());
+        }
+        Err(e) => {
+            discard(&state, &object).await;
+            return Err(store_problem(e));
+        }
     }
     let inspect = match inspect_object(&state, &object.sha256).await {
         Ok(v) => v,
@@ -156,12 +161,18 @@ pub async fn upload(
         created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         inspect,
     };
-    state
-        .jobs
-        .insert_model(&record)
-        .await
-        .map_err(store_problem)?;
-    Ok(created(format!("/v1/models/{}", record.id), &record))
+    match state.jobs.insert_model(&record).await {
+        Ok(None) => Ok(created(format!("/v1/models/{}", record.id), &record)),
+        // The same file arrived twice at once: one record, one reference.
+        Ok(Some(existing)) => {
+            discard(&state, &object_of(&record)).await;
+            Ok((StatusCode::OK, Json(existing)).into_response())
+        }
+        Err(e) => {
+            discard(&state, &object_of(&record)).await;
+            Err(store_problem(e))
+        }
+    }
 }
 
 /// Reads the stored file as ONNX: the inspect report without the per-node list,
@@ -182,8 +193,12 @@ async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Va
         })?;
         let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph);
         let mut value = serde_json::to_value(&report).map_err(|e| Problem::internal("cannot encode the report", e))?;
+        let activations = activation_summary(&report);
         if let Some(object) = value.as_object_mut() {
             object.remove("nodes");
+            if let Some(a) = activations {
+                object.insert("activations".into(), a);
+            }
             object.insert(
                 "channel_groups".into(),
                 json!({ "prunable": analysis.groups.len(), "frozen_classes": analysis.frozen.len() }),
@@ -193,6 +208,26 @@ async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Va
     })
     .await
     .map_err(|e| Problem::internal("inspecting the model failed", e))?
+}
+
+/// The elements of every node's outputs for one image at the model's own input size
+/// (what a job's memory grows with), or `None` when some shape is unknown.
+fn activation_summary(report: &effp_graph::inspect::InspectReport) -> Option<serde_json::Value> {
+    let image = report.inputs.iter().find_map(|i| {
+        let s = i.shape.as_ref()?;
+        (s.len() == 4).then(|| (s[2], s[3], s[0].max(1)))
+    })?;
+    let mut elements: u128 = 0;
+    for node in &report.nodes {
+        for shape in &node.output_shapes {
+            elements += shape.as_ref()?.iter().map(|&d| d as u128).product::<u128>();
+        }
+    }
+    Some(json!({
+        "elements_per_image": (elements / image.2 as u128) as f64,
+        "input_height": image.0,
+        "input_width": image.1,
+    }))
 }
 
 /// `GET /v1/models`: the tenant's models, newest first.
@@ -277,6 +312,30 @@ pub async fn download(
     .await
 }
 
+/// `Content-Disposition` for a download named `name` (RFC 6266): an ASCII fallback
+/// with anything unsafe replaced by `_`, and the exact name as UTF-8 in `filename*`.
+pub(super) fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%' | ';') || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
 /// Streams a stored object as a download, with its SHA-256 as ETag (304 when the
 /// client has it).
 pub(super) async fn stream_object(
@@ -306,10 +365,7 @@ pub(super) async fn stream_object(
             (header::CONTENT_TYPE, content_type.to_string()),
             (header::CONTENT_LENGTH, size.to_string()),
             (header::ETAG, etag),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", name.replace('"', "")),
-            ),
+            (header::CONTENT_DISPOSITION, content_disposition(name)),
         ],
         Body::from_stream(stream),
     )
@@ -367,10 +423,34 @@ pub(super) async fn refuse_if_in_use(
     ))
 }
 
-/// Deletes a stored file once no record refers to it any more.
+/// Gives back a deleted record's reference to its stored file.
 pub(super) async fn release_object(state: &AppState, sha256: &str) -> Result<(), Problem> {
-    if state.jobs.references(sha256).await.map_err(store_problem)? == 0 {
-        state.objects.delete(sha256).await.map_err(store_problem)?;
+    state.content.release(sha256).await.map_err(store_problem)
+}
+
+/// The stored content a record names.
+pub(super) fn object_of(record: &impl HasContent) -> crate::service::store::StoredObject {
+    let (sha256, size) = record.content();
+    crate::service::store::StoredObject {
+        sha256: sha256.to_string(),
+        size,
     }
-    Ok(())
+}
+
+/// A record that names stored content.
+pub(super) trait HasContent {
+    /// Its SHA-256 and size.
+    fn content(&self) -> (&str, u64);
+}
+
+impl HasContent for ModelRecord {
+    fn content(&self) -> (&str, u64) {
+        (&self.sha256, self.size)
+    }
+}
+
+impl HasContent for crate::service::store::DatasetRecord {
+    fn content(&self) -> (&str, u64) {
+        (&self.sha256, self.size)
+    }
 }

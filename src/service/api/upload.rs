@@ -25,16 +25,18 @@ pub struct Received {
 /// names it.
 pub async fn receive(
     state: &AppState,
+    tenant: &str,
     headers: &HeaderMap,
     body: Body,
     name: Option<String>,
     default_name: &str,
 ) -> Result<Received, Problem> {
-    let limit = state.max_upload_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let room = crate::service::quota::upload_room(state, tenant, declared).await;
+    let limit = state.max_upload_bytes.min(*room.as_ref().unwrap_or(&0));
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -45,7 +47,9 @@ pub async fn receive(
     } else {
         0
     };
-    let refusal = if declared.is_some_and(|n| n > limit.saturating_add(framing)) {
+    let refusal = if let Err(quota) = room {
+        Some(quota)
+    } else if declared.is_some_and(|n| n > limit.saturating_add(framing)) {
         Some(store_problem(StoreError::TooLarge { limit }))
     } else {
         name.as_deref().map(check_name).transpose().err()
@@ -53,13 +57,14 @@ pub async fn receive(
     let mut stream = super::deadline::stall_limit(
         body.into_data_stream().map_err(std::io::Error::other),
         state.upload_stall,
+        state.upload_min_rate,
     );
     if let Some(problem) = refusal {
         drain_before_refusing(headers, declared, &mut stream).await;
         return Err(problem);
     }
     if !content_type.starts_with("multipart/") {
-        let stored = state.objects.put(Box::pin(&mut stream), limit).await;
+        let stored = state.content.store(Box::pin(&mut stream), limit).await;
         if stored.is_err() {
             drain_before_refusing(headers, None, &mut stream).await;
         }
@@ -109,8 +114,8 @@ pub async fn receive(
             _ => default_name.to_string(),
         };
         let object = state
-            .objects
-            .put(Box::pin(part.map_err(std::io::Error::other)), limit)
+            .content
+            .store(Box::pin(part.map_err(std::io::Error::other)), limit)
             .await
             .map_err(store_problem)?;
         return Ok(Received { object, name });
@@ -189,11 +194,11 @@ fn check_name(name: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Removes a just-stored upload that turned out unusable, unless something else
-/// refers to the same content.
+/// Gives back the reference an upload holds (it turned out unusable, or the tenant
+/// already had the same content); the content goes if nothing else uses it.
 pub async fn discard(state: &AppState, object: &StoredObject) {
-    if state.jobs.references(&object.sha256).await.unwrap_or(1) == 0 {
-        let _ = state.objects.delete(&object.sha256).await;
+    if let Err(e) = state.content.release(&object.sha256).await {
+        tracing::error!(%e, sha256 = %object.sha256, "cannot release an upload");
     }
 }
 

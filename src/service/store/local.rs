@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, ObjectStore, StoreError, StoredObject};
+use super::{ByteStream, ObjectStore, Staged, StoreError, StoredObject};
 
 /// Objects under `root/objects`, uploads in progress under `root/partial`.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl LocalObjects {
 
 #[async_trait::async_trait]
 impl ObjectStore for LocalObjects {
-    async fn put(&self, mut body: ByteStream<'_>, limit: u64) -> Result<StoredObject, StoreError> {
+    async fn stage(&self, mut body: ByteStream<'_>, limit: u64) -> Result<Staged, StoreError> {
         let backend = |e: std::io::Error| StoreError::Backend(e.to_string());
         let partial = self
             .root
@@ -64,16 +64,45 @@ impl ObjectStore for LocalObjects {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(e);
         }
-        let sha256 = format!("{:x}", hasher.finalize());
-        let target = self.root.join("objects").join(&sha256);
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            let _ = tokio::fs::remove_file(&partial).await;
-        } else {
-            tokio::fs::rename(&partial, &target)
-                .await
-                .map_err(backend)?;
+        Ok(Staged {
+            object: StoredObject {
+                sha256: format!("{:x}", hasher.finalize()),
+                size,
+            },
+            token: partial.display().to_string(),
+        })
+    }
+
+    async fn commit(&self, staged: Staged) -> Result<StoredObject, StoreError> {
+        let target = self.root.join("objects").join(&staged.object.sha256);
+        // Renaming over an existing object replaces it with identical bytes.
+        tokio::fs::rename(&staged.token, &target)
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(staged.object)
+    }
+
+    async fn discard(&self, staged: Staged) {
+        let _ = tokio::fs::remove_file(&staged.token).await;
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut dir = tokio::fs::read_dir(self.root.join("objects"))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+        {
+            if let Some(name) = entry.file_name().to_str()
+                && self.path(name).is_some()
+            {
+                keys.push(name.to_string());
+            }
         }
-        Ok(StoredObject { sha256, size })
+        Ok(keys)
     }
 
     async fn get(&self, key: &str) -> Result<Option<ByteStream<'static>>, StoreError> {

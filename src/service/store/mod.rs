@@ -44,16 +44,38 @@ pub struct StoredObject {
     pub size: u64,
 }
 
-/// Blob storage for uploads and artifacts.
+/// An upload streamed and hashed into the object store's staging area, not yet
+/// visible under its key.
+#[derive(Debug)]
+pub struct Staged {
+    /// The content's address and size.
+    pub object: StoredObject,
+    /// Where the backend keeps it until [`ObjectStore::commit`].
+    pub token: String,
+}
+
+/// Blob storage for uploads and artifacts, content-addressed by SHA-256.
+///
+/// Writing is two-phase so that the caller can record a reference to the content in
+/// the same critical section in which the content becomes visible (see
+/// [`crate::service::content`]); otherwise a delete of the same content by someone
+/// else could remove it between the two.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
-    /// Streams `body` in while hashing it; fails (keeping nothing) once it exceeds
-    /// `limit` bytes. Identical content is stored once.
-    async fn put(&self, body: ByteStream<'_>, limit: u64) -> Result<StoredObject, StoreError>;
+    /// Streams `body` into the staging area while hashing it; fails (keeping
+    /// nothing) once it exceeds `limit` bytes.
+    async fn stage(&self, body: ByteStream<'_>, limit: u64) -> Result<Staged, StoreError>;
+    /// Makes staged content visible under its SHA-256 (identical content is kept
+    /// once).
+    async fn commit(&self, staged: Staged) -> Result<StoredObject, StoreError>;
+    /// Drops staged content that will not be committed.
+    async fn discard(&self, staged: Staged);
     /// The content of an object as a stream, or `None` when there is no such key.
     async fn get(&self, key: &str) -> Result<Option<ByteStream<'static>>, StoreError>;
     /// Removes an object (absent keys are fine).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every key in the store (for the start-up sweep of unreferenced content).
+    async fn keys(&self) -> Result<Vec<String>, StoreError>;
     /// A local file holding the object, for readers that need one (the graph
     /// reader); remote stores download it into `scratch`.
     async fn local_file(&self, key: &str, scratch: &std::path::Path)
@@ -182,6 +204,9 @@ pub trait Queue: Send + Sync {
     /// Puts a running job back in the queue without counting the attempt (the
     /// service is shutting down; its checkpoint lets the next claim resume it).
     async fn release(&self, id: &str) -> Result<(), StoreError>;
+    /// Puts a running job whose worker process died back in the queue, counting the
+    /// attempt; once it has had `max_attempts` it fails with `reason`.
+    async fn retry(&self, id: &str, reason: &str, max_attempts: u32) -> Result<(), StoreError>;
     /// Makes the jobs a previous process left running claimable at once (the
     /// embedded store has one process, so nobody else can be running them).
     async fn recover_abandoned(&self) -> Result<u64, StoreError>;
@@ -200,8 +225,9 @@ pub trait Queue: Send + Sync {
 /// Metadata of the service's resources: models, datasets and jobs.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
-    /// Records a model.
-    async fn insert_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
+    /// Records a model, unless the tenant already has one with the same content:
+    /// then that one is returned and nothing is written.
+    async fn insert_model(&self, model: &ModelRecord) -> Result<Option<ModelRecord>, StoreError>;
     /// A tenant's model by id.
     async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError>;
     /// A tenant's model with this content, if it uploaded it before.
@@ -220,8 +246,12 @@ pub trait JobStore: Send + Sync {
     /// Removes a tenant's model; returns it when it existed.
     async fn delete_model(&self, tenant: &str, id: &str)
     -> Result<Option<ModelRecord>, StoreError>;
-    /// Records a dataset.
-    async fn insert_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
+    /// Records a dataset, unless the tenant already has one with the same content:
+    /// then that one is returned and nothing is written.
+    async fn insert_dataset(
+        &self,
+        dataset: &DatasetRecord,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
     /// A tenant's dataset by id.
     async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
     /// A tenant's dataset with this content, if it uploaded it before.
@@ -243,13 +273,26 @@ pub trait JobStore: Send + Sync {
         tenant: &str,
         id: &str,
     ) -> Result<Option<DatasetRecord>, StoreError>;
-    /// How many models, datasets and job artifacts (any tenant) still refer to this
-    /// content.
-    async fn references(&self, sha256: &str) -> Result<u64, StoreError>;
+    /// Counts one more reference to stored content (an upload in progress, then the
+    /// record it becomes).
+    async fn hold_object(&self, sha256: &str, size: u64) -> Result<(), StoreError>;
+    /// Counts one reference less; returns whether none is left (the content may go).
+    async fn drop_object(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// Recounts every reference from the records (models, datasets, job artifacts),
+    /// forgetting references of uploads a crash cut short; returns the content still
+    /// referenced. Runs at start-up, before anything else uses the store.
+    async fn recount_objects(&self) -> Result<std::collections::HashSet<String>, StoreError>;
+    /// Bytes of models and datasets a tenant keeps.
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError>;
+    /// A tenant's queued or running jobs and the training steps they ask for.
+    async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError>;
+    /// Jobs that have ended (their checkpoints can go).
+    async fn ended_jobs(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
     /// A tenant's queued or running jobs that use this model or dataset.
     async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError>;
-    /// Records a new job (queued).
-    async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Records a new job (queued), unless the tenant already has one with the same
+    /// Idempotency-Key: then that one is returned and nothing is written.
+    async fn insert_job(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
     /// A tenant's job by id.
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job a tenant created with this Idempotency-Key.

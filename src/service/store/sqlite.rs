@@ -64,6 +64,27 @@ CREATE TABLE IF NOT EXISTS job_events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, seq);
+CREATE TABLE IF NOT EXISTS objects (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+);
+";
+
+/// Changes to tables of earlier versions, applied when their column is missing.
+const MIGRATIONS: &[(&str, &str, &str)] = &[(
+    "jobs",
+    "claimed_at",
+    "ALTER TABLE jobs ADD COLUMN claimed_at INTEGER NOT NULL DEFAULT 0",
+)];
+
+/// One record per tenant and content: the same file uploaded twice at once gives one
+/// model. Created after the migrations; a database from before this index that holds
+/// duplicates keeps working without it.
+const UNIQUE_CONTENT: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS models_unique_content ON models (tenant, sha256);
+CREATE UNIQUE INDEX IF NOT EXISTS datasets_unique_content ON datasets (tenant, sha256);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant_state ON jobs (tenant, state);
 ";
 
 /// Appends an event carrying the job's public state as it is now.
@@ -127,6 +148,22 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        for (table, column, sql) in MIGRATIONS {
+            let has: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    params![column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(backend)?
+                > 0;
+            if !has {
+                conn.execute_batch(sql).map_err(backend)?;
+            }
+        }
+        if let Err(e) = conn.execute_batch(UNIQUE_CONTENT) {
+            tracing::warn!(%e, "duplicate records from an earlier version: concurrent uploads of one file may create two");
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -230,14 +267,22 @@ const DATASET_COLUMNS: &str = "id, tenant, name, sha256, size, created_at, summa
 
 #[async_trait::async_trait]
 impl JobStore for SqliteStore {
-    async fn insert_model(&self, m: &ModelRecord) -> Result<(), StoreError> {
+    async fn insert_model(&self, m: &ModelRecord) -> Result<Option<ModelRecord>, StoreError> {
         let m = m.clone();
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO models (id, tenant, name, sha256, size, created_at, inspect) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            let inserted = c.execute(
+                &format!("INSERT INTO models ({MODEL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING"),
                 params![m.id, m.tenant, m.name, m.sha256, m.size as i64, m.created_at, m.inspect.to_string()],
+            )?;
+            if inserted == 1 {
+                return Ok(None);
+            }
+            c.query_row(
+                &format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND sha256 = ?2"),
+                params![m.tenant, m.sha256],
+                model_row,
             )
-            .map(|_| ())
+            .optional()
         })
         .await
     }
@@ -288,12 +333,12 @@ impl JobStore for SqliteStore {
         Ok(existing)
     }
 
-    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
+    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<Option<DatasetRecord>, StoreError> {
         let d = d.clone();
         self.with(move |c| {
-            c.execute(
+            let inserted = c.execute(
                 &format!(
-                    "INSERT INTO datasets ({DATASET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    "INSERT INTO datasets ({DATASET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING"
                 ),
                 params![
                     d.id,
@@ -304,8 +349,16 @@ impl JobStore for SqliteStore {
                     d.created_at,
                     d.summary.to_string()
                 ],
+            )?;
+            if inserted == 1 {
+                return Ok(None);
+            }
+            c.query_row(
+                &format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
+                params![d.tenant, d.sha256],
+                dataset_row,
             )
-            .map(|_| ())
+            .optional()
         })
         .await
     }
@@ -376,35 +429,133 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn references(&self, sha256: &str) -> Result<u64, StoreError> {
+    async fn hold_object(&self, sha256: &str, size: u64) -> Result<(), StoreError> {
         let sha = sha256.to_string();
         self.with(move |c| {
-            // Artifacts live in the same object store: a file a job produced is
-            // referenced too (artifacts are stored as JSON naming their hashes).
-            c.query_row(
-                "SELECT (SELECT COUNT(*) FROM models WHERE sha256 = ?1) + \
-                        (SELECT COUNT(*) FROM datasets WHERE sha256 = ?1) + \
-                        (SELECT COUNT(*) FROM jobs WHERE instr(artifacts, ?1) > 0)",
-                params![sha],
-                |r| r.get::<_, i64>(0),
+            c.execute(
+                "INSERT INTO objects (sha256, size, refs) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1",
+                params![sha, size as i64],
             )
-            .map(|n| n as u64)
+            .map(|_| ())
         })
         .await
     }
 
-    async fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
-        let j = j.clone();
+    async fn drop_object(&self, sha256: &str) -> Result<bool, StoreError> {
+        let sha = sha256.to_string();
         self.with(move |c| {
             c.execute(
-                &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                "UPDATE objects SET refs = refs - 1 WHERE sha256 = ?1",
+                params![sha],
+            )?;
+            let gone = c.execute(
+                "DELETE FROM objects WHERE sha256 = ?1 AND refs <= 0",
+                params![sha],
+            )?;
+            Ok(gone > 0)
+        })
+        .await
+    }
+
+    async fn recount_objects(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute_batch(
+                "DELETE FROM objects;
+                 INSERT INTO objects (sha256, size, refs)
+                 SELECT sha256, MAX(size), COUNT(*) FROM (
+                     SELECT sha256, size FROM models
+                     UNION ALL SELECT sha256, size FROM datasets
+                     UNION ALL SELECT json_extract(a.value, '$.sha256'), json_extract(a.value, '$.size')
+                         FROM jobs, json_each(jobs.artifacts) AS a
+                         WHERE json_valid(jobs.artifacts) AND json_type(a.value) = 'object'
+                 ) WHERE sha256 IS NOT NULL GROUP BY sha256;",
+            )?;
+            let keys = {
+                let mut stmt = tx.prepare("SELECT sha256 FROM objects")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            tx.commit()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError> {
+        let tenant = tenant.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM models WHERE tenant = ?1) + \
+                        (SELECT COALESCE(SUM(size), 0) FROM datasets WHERE tenant = ?1)",
+                params![tenant],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError> {
+        let tenant = tenant.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(json_extract(spec, '$.training.steps')), 0) \
+                 FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
+                params![tenant],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
+    async fn ended_jobs(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT state FROM jobs WHERE id = ?1")?;
+            let mut ended = Vec::new();
+            for id in ids {
+                let state: Option<String> = stmt.query_row(params![id], |r| r.get(0)).optional()?;
+                if !matches!(state.as_deref(), Some("queued" | "running")) {
+                    ended.push(id);
+                }
+            }
+            Ok(ended)
+        })
+        .await
+    }
+
+    async fn insert_job(&self, j: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        let j = j.clone();
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let inserted = tx.execute(
+                &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                          ON CONFLICT (tenant, idempotency_key) DO NOTHING"),
                 params![
                     j.id, j.tenant, j.spec.to_string(), j.state, j.phase, j.progress,
                     j.metrics.to_string(), j.artifacts.to_string(), j.error, j.attempts,
                     j.cancel_requested as i64, j.idempotency_key, j.created_at, j.updated_at
                 ],
             )?;
-            append_event(c, &j.id, "state")
+            if inserted == 0 {
+                return tx
+                    .query_row(
+                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"),
+                        params![j.tenant, j.idempotency_key],
+                        job_row,
+                    )
+                    .optional();
+            }
+            append_event(&tx, &j.id, "state")?;
+            tx.commit()?;
+            Ok(None)
         })
         .await
     }
@@ -525,9 +676,12 @@ impl Queue for SqliteStore {
             let job = c
                 .query_row(
                     &format!(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2 \
-                         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?3) \
-                                     ORDER BY created_at, id LIMIT 1) \
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2, claimed_at = ?3 \
+                         WHERE id = (SELECT id FROM jobs j WHERE j.state = 'queued' OR (j.state = 'running' AND j.lease_until < ?3) \
+                                     ORDER BY \
+                                       (SELECT COUNT(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'running' AND r.lease_until >= ?3), \
+                                       (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.tenant = j.tenant), \
+                                       j.created_at, j.id LIMIT 1) \
                          RETURNING {JOB_COLUMNS}"
                     ),
                     params![until, ts, ms],
@@ -588,6 +742,25 @@ impl Queue for SqliteStore {
                 "UPDATE jobs SET state = 'queued', phase = 'queued', lease_until = 0, \
                  attempts = MAX(attempts - 1, 0), updated_at = ?2 WHERE id = ?1 AND state = 'running'",
                 params![id, ts],
+            )?;
+            append_event(c, &id, "state")
+        })
+        .await
+    }
+
+    async fn retry(&self, id: &str, reason: &str, max_attempts: u32) -> Result<(), StoreError> {
+        let (id, reason) = (id.to_string(), reason.to_string());
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET lease_until = 0, updated_at = ?2, \
+                 state = CASE WHEN attempts >= ?3 THEN 'failed' ELSE 'queued' END, \
+                 phase = CASE WHEN attempts >= ?3 THEN 'done' ELSE 'queued' END, \
+                 error = CASE WHEN attempts >= ?3 \
+                   THEN 'the job was started ' || attempts || ' times and never finished: ' || ?4 \
+                   ELSE error END \
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, ts, max_attempts, reason],
             )?;
             append_event(c, &id, "state")
         })

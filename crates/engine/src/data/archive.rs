@@ -61,6 +61,19 @@ pub enum ArchiveError {
         /// The limit.
         limit: u64,
     },
+    /// An entry's path is longer or deeper than any dataset needs.
+    #[error("archive entry '{name}' is refused: {reason}")]
+    BadPath {
+        /// The entry's name (cut to its first 200 characters).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two entries claim the same place as a file and as a folder.
+    #[error(
+        "archive entry '{0}' cannot be unpacked: another entry already uses its path (or a folder on it) for a file or folder of the other kind"
+    )]
+    Conflict(String),
     /// Not an archive format effp reads, or corrupt.
     #[error("cannot read the archive: {0}")]
     Format(String),
@@ -137,15 +150,15 @@ impl Budget {
     }
 
     /// Copies one file, stopping as soon as a byte limit is crossed.
-    fn copy(&mut self, mut from: impl Read, to: &Path) -> Result<(), ArchiveError> {
+    fn copy(&mut self, mut from: impl Read, to: &Path, name: &str) -> Result<(), ArchiveError> {
         let io = |source| ArchiveError::Io {
             path: to.to_path_buf(),
             source,
         };
         if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
+            std::fs::create_dir_all(parent).map_err(|e| placing(e, name, to))?;
         }
-        let mut out = std::io::BufWriter::new(File::create(to).map_err(io)?);
+        let mut out = std::io::BufWriter::new(File::create(to).map_err(|e| placing(e, name, to))?);
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let n = from
@@ -171,13 +184,45 @@ impl Budget {
     }
 }
 
-/// The entry's path below `dest`, refusing absolute paths and `..`.
+/// Longest entry path accepted, in bytes.
+const MAX_PATH_BYTES: usize = 1024;
+/// Most folders an entry may be nested in.
+const MAX_PATH_DEPTH: usize = 32;
+/// Longest file or folder name accepted, in bytes (the usual file-system limit).
+const MAX_NAME_BYTES: usize = 255;
+
+/// The entry's path below `dest`, refusing absolute paths, `..`, and paths longer or
+/// deeper than any dataset needs (which the file system would refuse half-way).
 fn safe_path(dest: &Path, name: &str) -> Result<PathBuf, ArchiveError> {
+    let bad = |reason: String| ArchiveError::BadPath {
+        name: name.chars().take(200).collect(),
+        reason,
+    };
+    if name.len() > MAX_PATH_BYTES {
+        return Err(bad(format!(
+            "its path is {} bytes long, more than {MAX_PATH_BYTES}",
+            name.len()
+        )));
+    }
     let relative = Path::new(name);
     let mut out = dest.to_path_buf();
+    let mut depth = 0;
     for c in relative.components() {
         match c {
-            Component::Normal(part) => out.push(part),
+            Component::Normal(part) => {
+                depth += 1;
+                if depth > MAX_PATH_DEPTH {
+                    return Err(bad(format!(
+                        "it is nested more than {MAX_PATH_DEPTH} folders deep"
+                    )));
+                }
+                if part.len() > MAX_NAME_BYTES {
+                    return Err(bad(format!(
+                        "a name in its path is longer than {MAX_NAME_BYTES} bytes"
+                    )));
+                }
+                out.push(part)
+            }
             Component::CurDir => {}
             _ => return Err(ArchiveError::PathTraversal(name.to_string())),
         }
@@ -186,6 +231,26 @@ fn safe_path(dest: &Path, name: &str) -> Result<PathBuf, ArchiveError> {
         return Err(ArchiveError::PathTraversal(name.to_string()));
     }
     Ok(out)
+}
+
+/// The error for a file or folder that could not be created where the entry `name`
+/// puts it: the archive's fault when another entry took the place (a file `a`, then
+/// `a/b`; a folder `a`, then a file `a`), the server's otherwise.
+fn placing(source: std::io::Error, name: &str, path: &Path) -> ArchiveError {
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::AlreadyExists => {
+            ArchiveError::Conflict(name.chars().take(200).collect())
+        }
+        ErrorKind::InvalidFilename => ArchiveError::BadPath {
+            name: name.chars().take(200).collect(),
+            reason: "the file system refuses its name".into(),
+        },
+        _ => ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
 }
 
 fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), ArchiveError> {
@@ -218,10 +283,7 @@ fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), Ar
             return Err(ArchiveError::SpecialFile(name));
         }
         if entry.is_dir() {
-            std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io {
-                path: target,
-                source,
-            })?;
+            std::fs::create_dir_all(&target).map_err(|e| placing(e, &name, &target))?;
             continue;
         }
         // Refuse a declared bomb before inflating it.
@@ -236,7 +298,7 @@ fn extract_zip(archive: &Path, dest: &Path, mut budget: Budget) -> Result<(), Ar
                 limit: budget.limits.max_ratio,
             });
         }
-        budget.copy(entry, &target)?;
+        budget.copy(entry, &target, &name)?;
     }
     Ok(())
 }
@@ -252,12 +314,11 @@ fn extract_tar(reader: impl Read, dest: &Path, mut budget: Budget) -> Result<(),
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let target = safe_path(dest, &name)?;
         match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => budget.copy(entry, &target)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                budget.copy(entry, &target, &name)?
+            }
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target).map_err(|source| ArchiveError::Io {
-                    path: target,
-                    source,
-                })?
+                std::fs::create_dir_all(&target).map_err(|e| placing(e, &name, &target))?
             }
             tar::EntryType::Symlink | tar::EntryType::Link => return Err(ArchiveError::Link(name)),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {

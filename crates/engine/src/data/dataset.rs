@@ -77,7 +77,7 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
     if !yaml_path.is_file() && !super::coco::annotation_files(root).is_empty() {
         return super::coco::load(root);
     }
-    let text = std::fs::read_to_string(&yaml_path).map_err(|e| match e.kind() {
+    let text = read_bounded(&yaml_path, MAX_YAML_BYTES).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::Layout(format!(
             "{} has no data.yaml (it names the classes: `names: [cat, dog]`)",
             root.display()
@@ -251,8 +251,73 @@ struct DataConfig {
     splits: Vec<(String, PathBuf)>,
 }
 
+/// The text of a file, at most `limit` bytes of it (one more is read so that a
+/// longer file fails the size check instead of being cut silently).
+fn read_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Largest `data.yaml` read: a real one is a few hundred bytes.
+const MAX_YAML_BYTES: usize = 1 << 20;
+/// Deepest nesting of lists and maps in a `data.yaml`.
+const MAX_YAML_DEPTH: usize = 32;
+/// Most values (scalars, lists, maps) in a `data.yaml`.
+const MAX_YAML_NODES: usize = 100_000;
+
+/// Refuses a `data.yaml` that is larger, deeper or more numerous than any real one,
+/// or that uses aliases (`*name`): an alias repeats a whole subtree, so a few hundred
+/// bytes of nested aliases expand to gigabytes, and a dataset never needs them.
+/// This reads the event stream, which expands nothing, before the document is built.
+fn check_yaml_bounds(text: &str) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    if text.len() > MAX_YAML_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the {MAX_YAML_BYTES} a data.yaml may have",
+            text.len()
+        ));
+    }
+    let mut parser = Parser::new_from_str(text);
+    let (mut depth, mut nodes) = (0usize, 0usize);
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|e| format!("not valid YAML: {e}"))?;
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => {
+                return Err(format!(
+                    "line {}: uses an alias (*name); data.yaml needs no anchors or aliases: write the values out",
+                    mark.line()
+                ));
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                nodes += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(format!(
+                        "line {}: nests lists or maps more than {MAX_YAML_DEPTH} deep",
+                        mark.line()
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::Scalar(..) => nodes += 1,
+            _ => {}
+        }
+        if nodes > MAX_YAML_NODES {
+            return Err(format!("has more than {MAX_YAML_NODES} values"));
+        }
+    }
+}
+
 fn parse_data_yaml(text: &str) -> Result<DataConfig, String> {
     use yaml_rust2::{Yaml, YamlLoader};
+    check_yaml_bounds(text)?;
     let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
     let doc = docs.first().ok_or("is empty")?;
     let names: Vec<String> = match &doc["names"] {
@@ -377,6 +442,33 @@ pub fn parse_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_alias_bombs_and_deep_nesting_are_refused_before_expansion() {
+        // Nine levels of ten aliases each would expand to 10^9 strings.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let prev = (b'a' + level - 1) as char;
+            let name = (b'a' + level) as char;
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        bomb.push_str("names: [cat]\n");
+        let started = std::time::Instant::now();
+        let err = parse_data_yaml(&bomb).unwrap_err();
+        assert!(err.contains("alias"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        let deep = format!("names: [cat]\nx: {}{}\n", "[".repeat(40), "]".repeat(40));
+        assert!(parse_data_yaml(&deep).unwrap_err().contains("deep"));
+        let big = format!("names: [cat]\n# {}\n", "x".repeat(MAX_YAML_BYTES));
+        assert!(parse_data_yaml(&big).unwrap_err().contains("bytes"));
+        // An anchor without an alias expands nothing and stays readable.
+        assert_eq!(
+            parse_data_yaml("names: &n [cat, dog]").unwrap().names,
+            vec!["cat", "dog"]
+        );
+    }
 
     #[test]
     fn every_bad_line_is_reported_with_its_file_and_line() {

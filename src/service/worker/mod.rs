@@ -1,20 +1,29 @@
-//! The in-process worker: claims jobs from the queue, runs them through the same
-//! pruning pipeline as `effp prune`, heartbeats and reports progress while it works,
-//! checkpoints training so that a restart resumes it, and stores the artifacts.
+//! The worker: claims jobs from the queue and runs each in its own worker process
+//! (`effp run-job`, the same pipeline as `effp prune`), heartbeats and reports progress
+//! while it works, checkpoints training so that a restart resumes it, and stores the
+//! artifacts. A worker process that dies costs its job an attempt, not the service.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use effp_engine::train::session::StepRecord;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use super::api::jobs::{CriterionSpec, JobMethod, JobSpec, artifact_entry};
+use super::api::jobs::{JobMethod, JobSpec, artifact_entry};
 use super::store::JobRecord;
-use crate::cli::prune::PruneArgs;
+use crate::service::limits::ByteSize;
+use child::JobRun;
+use process::ChildExit;
+
+pub mod child;
+mod process;
+mod sanitize;
+
+use sanitize::tenant_message;
 
 /// How long a claim lasts without a heartbeat.
 const LEASE: Duration = Duration::from_secs(30);
@@ -24,15 +33,6 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 3;
 /// Shortest time between two progress reports of a training job.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
-
-/// `effp prune`'s arguments, parsed the way the command line parses them, so that a
-/// job gets exactly the command's defaults.
-#[derive(Debug, Parser)]
-#[command(name = "prune")]
-struct PruneCommand {
-    #[command(flatten)]
-    args: PruneArgs,
-}
 
 /// Runs jobs until the service shuts down; a job running then is checkpointed and
 /// put back in the queue.
@@ -64,19 +64,22 @@ fn checkpoint_path(state: &AppState, job_id: &str) -> PathBuf {
 }
 
 async fn run_job(state: &AppState, job: JobRecord) {
-    // `stop` is what the pruning run watches; the client's cancellation and the
-    // service's shutdown both set it, and what happens next depends on which.
-    let stop = Arc::new(AtomicBool::new(job.cancel_requested));
+    // `stop` fires on the client's cancellation and on the service's shutdown; what
+    // happens after the worker process stops depends on which.
+    let stop = CancellationToken::new();
     let cancelled = Arc::new(AtomicBool::new(job.cancel_requested));
+    if job.cancel_requested {
+        stop.cancel();
+    }
     let heartbeat = {
         let (state, id) = (state.clone(), job.id.clone());
-        let (stop, cancelled) = (Arc::clone(&stop), Arc::clone(&cancelled));
+        let (stop, cancelled) = (stop.clone(), Arc::clone(&cancelled));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(HEARTBEAT) => {}
                     _ = state.shutdown.cancelled() => {
-                        stop.store(true, Ordering::SeqCst);
+                        stop.cancel();
                         // Keep the lease until the job is released.
                         tokio::time::sleep(HEARTBEAT).await;
                     }
@@ -84,7 +87,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
                 match state.queue.heartbeat(&id, LEASE).await {
                     Ok(true) => {
                         cancelled.store(true, Ordering::SeqCst);
-                        stop.store(true, Ordering::SeqCst);
+                        stop.cancel();
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(%e, job = %id, "heartbeat failed"),
@@ -97,16 +100,36 @@ async fn run_job(state: &AppState, job: JobRecord) {
     heartbeat.abort();
     let checkpoint = checkpoint_path(state, &job.id);
     let (final_state, error, artifacts) = match outcome {
-        Ok(artifacts) => ("succeeded", None, artifacts),
-        Err(_) if cancelled.load(Ordering::SeqCst) => ("cancelled", None, json!({})),
-        Err(e) if state.shutdown.is_cancelled() => {
-            tracing::info!(job = %job.id, reason = %format!("{e:#}"), "shutting down: the job goes back to the queue");
+        Ok(Outcome::Done(artifacts)) => ("succeeded", None, artifacts),
+        Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => ("cancelled", None, json!({})),
+        Ok(Outcome::Stopped) => {
+            tracing::info!(job = %job.id, "shutting down: the job goes back to the queue");
             if let Err(e) = state.queue.release(&job.id).await {
                 tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
             }
             return;
         }
-        Err(e) => ("failed", Some(format!("{e:#}")), json!({})),
+        Ok(Outcome::Died(reason)) => {
+            // Possibly a passing cause (the machine ran out of memory, an operator
+            // killed it): the next attempt resumes from the last checkpoint.
+            tracing::warn!(job = %job.id, %reason, attempt = job.attempts, "the job's worker process died");
+            if let Err(e) = state.queue.retry(&job.id, &reason, MAX_ATTEMPTS).await {
+                tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
+            }
+            return;
+        }
+        Ok(Outcome::Failed(message)) => ("failed", Some(message), json!({})),
+        Err(e) => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(job = %job.id, error_id = %id, error = %format!("{e:#}"), "job failed inside the service");
+            (
+                "failed",
+                Some(format!(
+                    "the service could not run the job (error id {id}; the server log has the details)"
+                )),
+                json!({}),
+            )
+        }
     };
     let _ = tokio::fs::remove_file(&checkpoint).await;
     let method = job.spec["method"].as_str().unwrap_or("unknown").to_string();
@@ -124,21 +147,32 @@ async fn run_job(state: &AppState, job: JobRecord) {
     }
 }
 
-/// Runs one job: fetch the model (and dataset), prune, store the pruned ONNX and the
-/// report.
+/// How a job's run ended, as far as the worker loop is concerned.
+enum Outcome {
+    /// The artifacts, stored.
+    Done(serde_json::Value),
+    /// Stopped on request with a checkpoint.
+    Stopped,
+    /// Failed for a reason the client may read.
+    Failed(String),
+    /// The worker process died; worth another attempt.
+    Died(String),
+}
+
+/// Runs one job in a worker process: fetch the model (and dataset), prune, store the
+/// pruned ONNX and the report.
 async fn execute(
     state: &AppState,
     job: &JobRecord,
-    stop: &Arc<AtomicBool>,
-) -> anyhow::Result<serde_json::Value> {
+    stop: &CancellationToken,
+) -> anyhow::Result<Outcome> {
     let spec: JobSpec = serde_json::from_value(job.spec.clone())?;
-    let model = state
-        .jobs
-        .model(&job.tenant, &spec.model)
-        .await?
-        .ok_or_else(|| {
-            anyhow::anyhow!("the model {} was deleted before the job ran", spec.model)
-        })?;
+    let Some(model) = state.jobs.model(&job.tenant, &spec.model).await? else {
+        return Ok(Outcome::Failed(format!(
+            "the model {} was deleted before the job ran",
+            spec.model
+        )));
+    };
     state
         .queue
         .report(&job.id, "prepare", 0.02, &json!({}))
@@ -147,9 +181,11 @@ async fn execute(
     let source = state.objects.local_file(&model.sha256, work.path()).await?;
     let data = match &spec.dataset {
         Some(id) => {
-            let dataset = state.jobs.dataset(&job.tenant, id).await?.ok_or_else(|| {
-                anyhow::anyhow!("the dataset {id} was deleted before the job ran")
-            })?;
+            let Some(dataset) = state.jobs.dataset(&job.tenant, id).await? else {
+                return Ok(Outcome::Failed(format!(
+                    "the dataset {id} was deleted before the job ran"
+                )));
+            };
             Some(
                 state
                     .objects
@@ -161,18 +197,19 @@ async fn execute(
     };
     let checkpoint = checkpoint_path(state, &job.id);
     let resume = tokio::fs::try_exists(&checkpoint).await.unwrap_or(false);
-    let argv = prune_argv(
-        &spec,
-        &Inputs {
-            model: &source,
-            data: data.as_deref(),
-            work: work.path(),
-            checkpoint: &checkpoint,
-            checkpoint_every: state.checkpoint_every,
-            resume,
-        },
-    );
     let trains = spec.method != JobMethod::L1 || (data.is_some() && spec.training.steps > 0);
+    let cpu = spec.device == "cpu";
+    let run = JobRun {
+        spec,
+        model: source,
+        data,
+        work: work.path().to_path_buf(),
+        checkpoint,
+        checkpoint_every: state.checkpoint_every,
+        resume,
+    };
+    let request = work.path().join("job.json");
+    tokio::fs::write(&request, serde_json::to_vec(&run)?).await?;
     state
         .queue
         .report(
@@ -186,19 +223,43 @@ async fn execute(
     let reporter = tokio::spawn(report_steps(
         state.clone(),
         job.id.clone(),
-        spec.training.steps as usize,
+        run.spec.training.steps as usize,
         steps_rx,
     ));
-    let stop_flag = Arc::clone(stop);
-    let report = tokio::task::spawn_blocking(move || {
-        let command = PruneCommand::try_parse_from(argv)?;
-        crate::cli::prune::execute(&command.args, &stop_flag, &mut |r| {
-            let _ = steps_tx.send(r.clone());
-        })
-    })
+    let exit = process::run_child(
+        &request,
+        process::Supervision {
+            work: work.path(),
+            memory_limit: state.job_memory_limit,
+            cap_address_space: cpu,
+            stop: stop.clone(),
+        },
+        steps_tx,
+    )
     .await?;
     let _ = reporter.await;
-    let report = serde_json::to_value(report?)?;
+    match exit {
+        ChildExit::Succeeded => {}
+        ChildExit::Stopped => return Ok(Outcome::Stopped),
+        ChildExit::Failed(message) => {
+            return Ok(Outcome::Failed(tenant_message(
+                &message,
+                work.path(),
+                state,
+            )));
+        }
+        ChildExit::OverMemory { used } => {
+            return Ok(Outcome::Failed(format!(
+                "the job used more memory than its budget of {} (EFFP_JOB_MEMORY_LIMIT): it reached {} and was stopped; \
+                 use a smaller input_size or training.batch",
+                ByteSize(state.job_memory_limit),
+                ByteSize(used)
+            )));
+        }
+        ChildExit::Died(reason) => return Ok(Outcome::Died(reason)),
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&tokio::fs::read(child::report_path(work.path())).await?)?;
     let mut metrics = json!({
         "flops_before": report["before"]["flops"],
         "flops_after": report["after"]["flops"],
@@ -219,13 +280,21 @@ async fn execute(
     }
     state.queue.report(&job.id, "store", 0.95, &metrics).await?;
     let mut artifacts = serde_json::Map::new();
-    for name in ["pruned.onnx", "report.json"] {
-        let file = tokio::fs::File::open(work.path().join(name)).await?;
+    for path in [
+        child::pruned_path(work.path()),
+        child::report_path(work.path()),
+    ] {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let file = tokio::fs::File::open(&path).await?;
         let stream = Box::pin(tokio_util::io::ReaderStream::new(file));
-        let stored = state.objects.put(stream, u64::MAX).await?;
-        artifacts.insert(name.into(), artifact_entry(&stored.sha256, stored.size));
+        let stored = state.content.store(stream, u64::MAX).await?;
+        artifacts.insert(name, artifact_entry(&stored.sha256, stored.size));
     }
-    Ok(serde_json::Value::Object(artifacts))
+    Ok(Outcome::Done(serde_json::Value::Object(artifacts)))
 }
 
 /// Turns training steps into progress reports (at most one per [`REPORT_EVERY`],
@@ -270,85 +339,4 @@ async fn report_steps(
             return;
         }
     }
-}
-
-/// Files a job's run reads and writes.
-struct Inputs<'a> {
-    model: &'a Path,
-    data: Option<&'a Path>,
-    work: &'a Path,
-    checkpoint: &'a Path,
-    checkpoint_every: usize,
-    resume: bool,
-}
-
-fn prune_argv(spec: &JobSpec, inputs: &Inputs<'_>) -> Vec<String> {
-    let method = serde_json::to_value(spec.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "l1".into());
-    let t = &spec.training;
-    let criterion = match t.criterion {
-        CriterionSpec::Curvature => "curvature",
-        CriterionSpec::Taylor => "taylor",
-        CriterionSpec::Magnitude => "magnitude",
-    };
-    let mut argv: Vec<String> = vec![
-        "prune".into(),
-        inputs.model.display().to_string(),
-        "--method".into(),
-        method,
-        "--out".into(),
-        inputs.work.join("pruned.onnx").display().to_string(),
-        "--report".into(),
-        inputs.work.join("report.json").display().to_string(),
-        "--device".into(),
-        spec.device.clone(),
-        "--min-channels".into(),
-        spec.options.min_channels.to_string(),
-        "--min-fraction".into(),
-        spec.options.min_fraction.to_string(),
-        "--round-to".into(),
-        spec.options.round_to.to_string(),
-        "--steps".into(),
-        t.steps.to_string(),
-        "--prune-share".into(),
-        t.prune_share.to_string(),
-        "--interval".into(),
-        t.interval.to_string(),
-        "--regrow".into(),
-        t.regrow.to_string(),
-        "--criterion".into(),
-        criterion.into(),
-        "--stages".into(),
-        t.stages.to_string(),
-        "--batch".into(),
-        t.batch.to_string(),
-        "--lr".into(),
-        t.lr.to_string(),
-        "--seed".into(),
-        t.seed.to_string(),
-        "--checkpoint".into(),
-        inputs.checkpoint.display().to_string(),
-        "--checkpoint-every".into(),
-        inputs.checkpoint_every.to_string(),
-    ];
-    if inputs.resume {
-        argv.extend(["--resume".into(), inputs.checkpoint.display().to_string()]);
-    }
-    if let Some(data) = inputs.data {
-        argv.extend(["--data".into(), data.display().to_string()]);
-    }
-    let target = &spec.target;
-    if let Some(r) = target.flops_ratio {
-        argv.extend(["--target-flops".into(), r.to_string()]);
-    } else if let Some(f) = target.flops {
-        argv.extend(["--target-flops".into(), f.to_string()]);
-    } else if let Some(r) = target.params_ratio {
-        argv.extend(["--target-params".into(), r.to_string()]);
-    }
-    if let Some(size) = &spec.input_size {
-        argv.extend(["--input-size".into(), size.clone()]);
-    }
-    argv
 }

@@ -1,0 +1,89 @@
+//! Per-tenant quotas: jobs waiting or running, training steps they ask for, and
+//! bytes of models and datasets kept, so that one tenant cannot crowd out the rest.
+
+use axum::http::StatusCode;
+
+use super::AppState;
+use super::api::jobs::{JobSpec, field, invalid};
+use super::problem::Problem;
+
+/// What one tenant may hold at once (`EFFP_MAX_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    /// Jobs queued or running.
+    pub jobs: u64,
+    /// Training steps of the jobs queued or running, together; also the most one
+    /// job may ask for.
+    pub training_steps: u64,
+    /// Bytes of models and datasets kept.
+    pub stored_bytes: u64,
+}
+
+/// Seconds a client refused for a full queue is told to wait.
+const RETRY_AFTER_SECS: u64 = 30;
+
+/// Refuses a job over the tenant's quotas: 422 when the job alone asks for more
+/// steps than a tenant may have, 429 (with `Retry-After`) when the tenant's queue is
+/// full for now.
+pub async fn check_job(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), Problem> {
+    let q = state.quotas;
+    let steps = u64::from(spec.training.steps);
+    if steps > q.training_steps {
+        return Err(invalid(vec![field(
+            "/training/steps",
+            format!(
+                "{steps} steps is more than a tenant may queue ({} steps, EFFP_MAX_TRAINING_STEPS)",
+                q.training_steps
+            ),
+        )]));
+    }
+    let (jobs, queued_steps) = state
+        .jobs
+        .active_load(tenant)
+        .await
+        .map_err(super::api::store_problem)?;
+    let detail = if jobs >= q.jobs {
+        format!(
+            "this tenant already has {jobs} queued or running jobs, the most it may have (EFFP_MAX_QUEUED_JOBS); \
+             submit again when some have ended"
+        )
+    } else if queued_steps + steps > q.training_steps {
+        format!(
+            "this tenant's queued and running jobs ask for {queued_steps} training steps; {steps} more would pass \
+             its limit of {} (EFFP_MAX_TRAINING_STEPS); submit again when some have ended",
+            q.training_steps
+        )
+    } else {
+        return Ok(());
+    };
+    let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", detail);
+    p.retry_after = Some(RETRY_AFTER_SECS);
+    Err(p)
+}
+
+/// How many more bytes the tenant may store, or 413 when its storage is full (or
+/// an upload declaring `declared` bytes would overfill it).
+pub async fn upload_room(
+    state: &AppState,
+    tenant: &str,
+    declared: Option<u64>,
+) -> Result<u64, Problem> {
+    let used = state
+        .jobs
+        .stored_bytes(tenant)
+        .await
+        .map_err(super::api::store_problem)?;
+    let room = state.quotas.stored_bytes.saturating_sub(used);
+    if room == 0 || declared.is_some_and(|n| n > room) {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "quota-exceeded",
+            format!(
+                "this tenant keeps {used} bytes of models and datasets; its limit is {} (EFFP_MAX_STORED_BYTES): \
+                 delete some before uploading more",
+                state.quotas.stored_bytes
+            ),
+        ));
+    }
+    Ok(room)
+}

@@ -1,0 +1,315 @@
+//! Jobs run in their own worker processes: a job that outgrows its memory budget or
+//! whose process is killed or aborts ends (or retries) on its own while the API
+//! process keeps serving; queued jobs are served fairly across tenants; and what a
+//! failed job tells the tenant holds no server paths.
+
+mod service;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use effp_testkit::fixtures;
+use service::*;
+
+const KEYS: &str = "acme:acme-key-0123456789abcdef,globex:globex-key-0123456789abcdef";
+const ACME: Option<&str> = Some("acme-key-0123456789abcdef");
+const GLOBEX: Option<&str> = Some("globex-key-0123456789abcdef");
+
+/// A .zip (stored, not compressed) of the folder `dir` without the paths starting
+/// with one of `skip`, with `extra` files added.
+fn zip_dir(dir: &std::path::Path, skip: &[&str], extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().to_str().unwrap();
+                if skip.iter().any(|s| name.starts_with(s)) {
+                    continue;
+                }
+                z.start_file(name, opts).unwrap();
+                z.write_all(&std::fs::read(&path).unwrap()).unwrap();
+            }
+        }
+    }
+    for (name, bytes) in extra {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+fn upload(base: &str, what: &str, token: Option<&str>, bytes: &[u8]) -> String {
+    let reply = call("POST", &format!("{base}/v1/{what}"), token, Some(bytes));
+    assert!(
+        matches!(reply.status, 200 | 201),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn submit(base: &str, token: Option<&str>, body: &serde_json::Value) -> String {
+    let created = call(
+        "POST",
+        &format!("{base}/v1/jobs"),
+        token,
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    created.json()["id"].as_str().unwrap().to_string()
+}
+
+/// The server's one worker process, once a job is running in it.
+fn worker_process(server: &Server) -> u32 {
+    let started = Instant::now();
+    loop {
+        if let Some(&pid) = children(server.child.id()).first() {
+            return pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no worker process started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_step(base: &str, id: &str, step: u64) {
+    let started = Instant::now();
+    loop {
+        let job = call("GET", &format!("{base}/v1/jobs/{id}"), None, None).json();
+        if job["state"] == "running" && job["metrics"]["step"].as_u64().is_some_and(|s| s >= step) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step {step}: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_job_over_its_memory_budget_fails_and_the_api_keeps_serving() {
+    let server = Server::start(&[], &[("EFFP_JOB_MEMORY_LIMIT", "450MiB")]);
+    let base = server.url.clone();
+    let pid = server.child.id();
+    let model = upload(&base, "models", None, &fixture_bytes("trained.onnx"));
+    // A dataset whose training images are 12000×12000 pixels: small files that take
+    // 432 MB each once decoded, which no estimate from the model can foresee.
+    let huge = image::RgbImage::from_pixel(12_000, 12_000, image::Rgb([90, 120, 150]));
+    let mut png = Vec::new();
+    huge.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    drop(huge);
+    let label = b"0 0.5 0.5 0.2 0.2\n".to_vec();
+    let archive = zip_dir(
+        &fixtures::dir().join("synth"),
+        &["images/train", "labels/train"],
+        &[
+            ("images/train/huge1.png", png.clone()),
+            ("labels/train/huge1.txt", label.clone()),
+            ("images/train/huge2.png", png),
+            ("labels/train/huge2.txt", label),
+        ],
+    );
+    let dataset = upload(&base, "datasets", None, &archive);
+    let id = submit(
+        &base,
+        None,
+        &serde_json::json!({
+            "model": model, "dataset": dataset, "method": "effp", "target": {"flops_ratio": 0.6},
+            "training": {"steps": 30, "batch": 4}, "device": "cpu",
+        }),
+    );
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("EFFP_JOB_MEMORY_LIMIT") && error.contains("450.0 MiB"),
+        "{error}"
+    );
+    assert_eq!(job["attempts"], 1, "running out of budget is not retried");
+    // Same server process, still answering, and it runs the next job.
+    assert_eq!(server.child.id(), pid);
+    assert!(alive(pid));
+    let next = submit(
+        &base,
+        None,
+        &serde_json::json!({"model": model, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+    );
+    assert_eq!(wait_for_end(&base, &next, None)["state"], "succeeded");
+}
+
+#[test]
+fn killed_and_aborting_worker_processes_cost_attempts_not_the_service() {
+    let server = Server::start(&["--checkpoint-every", "2"], &[]);
+    let base = server.url.clone();
+    let pid = server.child.id();
+    let model = upload(&base, "models", None, &fixture_bytes("trained.onnx"));
+    let archive = zip_dir(&fixtures::dir().join("synth"), &[], &[]);
+    let dataset = upload(&base, "datasets", None, &archive);
+    let spec = serde_json::json!({
+        "model": model, "dataset": dataset, "method": "effp", "target": {"flops_ratio": 0.6},
+        "training": {"steps": 40, "interval": 2, "batch": 4}, "device": "cpu",
+    });
+
+    // SIGKILL mid-training: the job goes back to the queue and resumes from its
+    // last checkpoint in a new worker process.
+    let id = submit(&base, None, &spec);
+    wait_for_step(&base, &id, 6);
+    let worker = worker_process(&server);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &worker.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2);
+    let from = job["metrics"]["resumed_from_step"].as_u64().unwrap();
+    assert!((4..40).contains(&from), "resumed from step {from}");
+    assert_eq!(server.child.id(), pid);
+
+    // A worker process that aborts every time: the job fails after three attempts
+    // and says why.
+    let id = submit(&base, None, &spec);
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        let worker = loop {
+            let job = call("GET", &format!("{base}/v1/jobs/{id}"), None, None).json();
+            if job["attempts"] == attempt
+                && job["state"] == "running"
+                && let Some(&w) = children(pid).first()
+            {
+                break w;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "attempt {attempt}: {job}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-ABRT", &worker.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        while alive(worker) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 3);
+    assert!(job["error"].as_str().unwrap().contains("aborted"), "{job}");
+    assert!(alive(pid));
+    assert_eq!(
+        call("GET", &format!("{base}/healthz"), None, None).status,
+        200
+    );
+    assert!(
+        std::fs::read_dir(server.data.path().join("checkpoints"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the failed job's checkpoint is gone"
+    );
+}
+
+#[test]
+fn a_tenant_with_fifty_queued_jobs_does_not_hold_back_another_tenants_job() {
+    let server = Server::start(&["--max-queued-jobs", "100"], &[("EFFP_API_KEYS", KEYS)]);
+    let base = server.url.clone();
+    let acme_model = upload(&base, "models", ACME, &fixture_bytes("trained.onnx"));
+    let globex_model = upload(&base, "models", GLOBEX, &fixture_bytes("yolov8t.onnx"));
+    let acme_data = upload(
+        &base,
+        "datasets",
+        ACME,
+        &zip_dir(&fixtures::dir().join("synth"), &[], &[]),
+    );
+    // acme: one long job running, then fifty queued behind it.
+    let long = submit(
+        &base,
+        ACME,
+        &serde_json::json!({
+            "model": acme_model, "dataset": acme_data, "method": "effp", "target": {"flops_ratio": 0.6},
+            "training": {"steps": 40, "batch": 2}, "device": "cpu",
+        }),
+    );
+    let quick =
+        serde_json::json!({"model": acme_model, "target": {"flops_ratio": 0.5}, "device": "cpu"});
+    let queued: Vec<String> = (0..50).map(|_| submit(&base, ACME, &quick)).collect();
+    let theirs = submit(
+        &base,
+        GLOBEX,
+        &serde_json::json!({"model": globex_model, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+    );
+    let job = wait_for_end(&base, &theirs, GLOBEX);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // When globex's job ended, acme's first job had run and at most one of its queued
+    // ones had started (the one claimed while globex's ran, if any).
+    let started = queued
+        .iter()
+        .filter(|id| {
+            let j = call("GET", &format!("{base}/v1/jobs/{id}"), ACME, None).json();
+            j["state"] != "queued"
+        })
+        .count();
+    assert!(
+        started <= 1,
+        "{started} of acme's queued jobs started before globex's"
+    );
+    let long = call("GET", &format!("{base}/v1/jobs/{long}"), ACME, None).json();
+    assert_ne!(long["state"], "queued", "{long}");
+    for id in &queued {
+        call(
+            "POST",
+            &format!("{base}/v1/jobs/{id}/cancel"),
+            ACME,
+            Some(b""),
+        );
+    }
+}
+
+#[test]
+fn failed_jobs_tell_the_tenant_why_without_server_paths() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let model = upload(&base, "models", None, &fixture_bytes("yolov8t.onnx"));
+    // One FLOP is out of reach: the job fails with the smallest reachable size.
+    let id = submit(
+        &base,
+        None,
+        &serde_json::json!({"model": model, "target": {"flops": 1}, "device": "cpu"}),
+    );
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(!error.is_empty());
+    let data = server.data.path().display().to_string();
+    assert!(
+        !error.contains(&data) && !error.contains("/tmp") && !error.contains("scratch"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("frame #") && !error.contains("Exception raised"),
+        "{error}"
+    );
+}
