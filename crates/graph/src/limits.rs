@@ -10,7 +10,7 @@
 //!
 //! The defaults sit far above every real detector (YOLOv8x exported at 1280×1280 has
 //! a few hundred nodes, about 41 million elements in its largest activation, at most
-//! a few thousand channels in any feature map and under 200,000 channel slots) and
+//! a few thousand channels in any feature map and about 250,000 channel slots) and
 //! far below what would exhaust a server: at the caps, shape inference is
 //! instantaneous and the channel analysis needs well under a gigabyte and a second.
 
@@ -71,18 +71,20 @@ pub struct Limits {
     /// Most channel slots (the sum over values of their axis-1 size) the channel
     /// analysis may create for a whole graph.
     ///
-    /// 2²² ≈ 4.2 million: YOLOv8x has under 200,000 at any input size, YOLOv5 at
-    /// 1280×1280 about 550,000 (its positional head counts). The analysis needs about
-    /// 80 bytes per slot, so the cap keeps it near a third of a GiB.
+    /// 2²² ≈ 4.2 million: YOLOv8n has 22,630 at any input size and YOLOv8x about ten
+    /// times as many; YOLOv5's positional head adds about 400,000 at 1280×1280. The
+    /// analysis needs about 80 bytes per slot, so the cap keeps it near a third of a
+    /// GiB (and under half a second).
     pub max_channel_slots: u64,
     /// Most channel references (a filter, a weight column or a per-channel parameter
     /// tied to one slot) the channel analysis may record for a whole graph.
     ///
-    /// 2²³ ≈ 8.4 million, twice [`Limits::max_channel_slots`]: real models record one
-    /// to a few per slot (a filter where a channel is made, a weight column where it
-    /// is read, four for an unfused BatchNormalization), while a hostile graph can
-    /// make thousands of convolutions read one wide value; each reference costs
-    /// about 50 bytes over the analysis, so the cap keeps them under half a GiB.
+    /// 2²³ ≈ 8.4 million, twice [`Limits::max_channel_slots`]: real models record
+    /// about one per slot (a filter where a channel is made, a weight column where it
+    /// is read, four for an unfused BatchNormalization; YOLOv8n records under 16,384
+    /// for its 22,630 slots), while a hostile graph can
+    /// make thousands of convolutions read one wide value; at about 25 bytes each the
+    /// cap keeps them near 200 MiB.
     pub max_channel_references: u64,
     /// Most pixels (height × width) of a 4-D image input, as declared or as given by
     /// an input size.
