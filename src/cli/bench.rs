@@ -213,13 +213,13 @@ fn groups(a: &GroupsArgs) -> anyhow::Result<Vec<Timing>> {
     })?;
     let (inferred, _) = effp_graph::analyse(model.clone(), None)?;
     let analysis = time("dependency groups", 1, a.iters, || {
-        ChannelAnalysis::new(&inferred.graph);
+        ChannelAnalysis::new(&inferred.graph)?;
         Ok(())
     })?;
     let both = time("shapes + groups", 1, a.iters, || {
         let mut m = model.clone();
         effp_graph::shape::infer_shapes(&mut m, None)?;
-        ChannelAnalysis::new(&m.graph);
+        ChannelAnalysis::new(&m.graph)?;
         Ok(())
     })?;
     Ok(vec![shapes, analysis, both])
@@ -231,7 +231,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
     tch::set_num_threads(a.run.threads);
     let device = a.run.device.resolve()?;
     let (model, _) = effp_graph::analyse_file(&a.model, None)?;
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph)?;
     let mask = l1_mask(
         &model.graph,
         &analysis,

@@ -42,7 +42,8 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<u8> {
     let (model, mut report) = effp_graph::analyse_file(&args.model, args.input_size)
         .with_context(|| format!("cannot inspect '{}'", args.model.display()))?;
     if args.groups {
-        let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph);
+        let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph)
+            .with_context(|| format!("cannot inspect '{}'", args.model.display()))?;
         report.channel_groups = Some(effp_graph::inspect::groups_report(&model, &analysis));
     }
     if args.json {

@@ -267,7 +267,8 @@ pub fn execute(
         .with_context(|| format!("cannot prune '{}'", args.model.display()))?;
     effp_graph::require_supported(&model)
         .with_context(|| format!("cannot prune '{}'", args.model.display()))?;
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph)
+        .with_context(|| format!("cannot prune '{}'", args.model.display()))?;
     let options = L1Options {
         min_channels: args.min_channels as usize,
         min_fraction: args.min_fraction,

@@ -18,7 +18,7 @@ fn load(name: &str) -> effp_graph::ir::Model {
 fn published_detectors_land_within_two_percent_of_each_flops_target() {
     for &(file, ..) in fixtures::PUBLISHED {
         let model = load(file);
-        let analysis = ChannelAnalysis::new(&model.graph);
+        let analysis = ChannelAnalysis::new(&model.graph).unwrap();
         let before = graph_cost(&model.graph).flops() as f64;
         for target in [0.7, 0.5, 0.3] {
             let mask = l1_mask(
@@ -53,7 +53,7 @@ fn published_detectors_land_within_two_percent_of_each_flops_target() {
 #[test]
 fn a_parameter_target_is_met_too() {
     let model = load("yolov8t.onnx");
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let mask = l1_mask(
         &model.graph,
         &analysis,
@@ -69,7 +69,7 @@ fn a_parameter_target_is_met_too() {
 #[test]
 fn an_unreachable_target_says_how_far_pruning_can_go() {
     let model = load("yolov8t.onnx");
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let options = L1Options {
         min_channels: 1,
         min_fraction: 0.5,
@@ -86,7 +86,7 @@ fn an_unreachable_target_says_how_far_pruning_can_go() {
 #[test]
 fn the_minimum_fraction_per_layer_is_honoured() {
     let model = load("yolo11t.onnx");
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let options = L1Options {
         min_channels: 1,
         min_fraction: 0.25,
@@ -109,7 +109,7 @@ fn the_minimum_fraction_per_layer_is_honoured() {
 #[test]
 fn rounding_keeps_pruned_layers_at_multiples_of_eight() {
     let model = load("yolov8n.onnx");
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let options = L1Options {
         round_to: 8,
         ..L1Options::default()

@@ -165,7 +165,7 @@ fn masked_network_equals_compacted_network_in_the_runtime_and_in_onnxruntime() {
     let mut jobs = Vec::new();
     let mut compacted_outputs = Vec::new();
     for (i, (name, model)) in names.iter().zip(&models).enumerate() {
-        let analysis = ChannelAnalysis::new(&model.graph);
+        let analysis = ChannelAnalysis::new(&model.graph).unwrap();
         tch::manual_seed(100 + i as i64);
         // A random mask: each group off with probability 0.4, one channel kept per map.
         let draws = Tensor::rand([analysis.groups.len() as i64], (Kind::Float, Device::Cpu));
@@ -219,7 +219,7 @@ fn masked_network_equals_compacted_network_in_the_runtime_and_in_onnxruntime() {
 #[test]
 fn gradients_reach_the_weights_and_the_gates() {
     let model = prepared(load_file(&fixtures::path("yolo11t.onnx")).unwrap());
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let net = Network::new(&model, Device::Cpu)
         .unwrap()
         .with_gates(&analysis);

@@ -21,7 +21,7 @@ use effp_testkit::fixtures;
 fn setup() -> (Model, ChannelAnalysis, Dataset) {
     let mut model = load_file(&fixtures::path("trained.onnx")).unwrap();
     infer_shapes(&mut model, None).unwrap();
-    let analysis = ChannelAnalysis::new(&model.graph);
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let data = load(&fixtures::dir().join("synth")).unwrap();
     (model, analysis, data)
 }

@@ -69,7 +69,7 @@ pub fn node_cost(graph: &Graph, node: &Node) -> Option<NodeCost> {
     Some(match &node.op {
         Op::Conv(_) => {
             let w = shape(1)?;
-            let per_output = product(&w[1..]);
+            let per_output = product(w.get(1..)?);
             NodeCost {
                 macs: product(out?).saturating_mul(per_output),
                 params: weight_params(),
@@ -78,15 +78,16 @@ pub fn node_cost(graph: &Graph, node: &Node) -> Option<NodeCost> {
         Op::ConvTranspose(_) => {
             // Every input element is scattered through (Cout / group) × kernel weights.
             let w = shape(1)?;
-            let per_input = product(&w[1..]);
+            let per_input = product(w.get(1..)?);
             NodeCost {
                 macs: product(shape(0)?).saturating_mul(per_input),
                 params: weight_params(),
             }
         }
         Op::Gemm { trans_a, .. } => {
+            // Shapes are only consistent when inference ran on this node: look, don't index.
             let a = shape(0)?;
-            let k = if *trans_a { a[0] } else { a[1] };
+            let k = *a.get(if *trans_a { 0 } else { 1 })?;
             NodeCost {
                 macs: product(out?).saturating_mul(k as u64),
                 params: weight_params(),

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::limits::Quantity;
+
 /// Everything that can be wrong with a model file or a request about it.
 ///
 /// Each message names the input at fault (file, node, tensor, attribute) and, where
@@ -189,6 +191,38 @@ pub enum GraphError {
     InputSize {
         /// What is wrong.
         reason: String,
+    },
+
+    /// A size the model declares, or that follows from it, is over one of effp's
+    /// [`Limits`](crate::Limits). Checked before anything is allocated from it.
+    #[error(
+        "{subject} has {amount} {quantity}; effp accepts at most {limit} {unit}: {advice}",
+        amount = crate::limits::render_amount(*declared),
+        unit = quantity.unit(),
+        advice = quantity.advice()
+    )]
+    LimitExceeded {
+        /// What declares the size: the graph, a graph input, an initializer or a node's
+        /// output, by name, with its shape where it has one.
+        subject: String,
+        /// Which cap it is over.
+        quantity: Quantity,
+        /// The size it declares (exact; may be far beyond 64 bits for a product).
+        declared: u128,
+        /// The cap.
+        limit: u64,
+    },
+
+    /// Memory for an analysis sized within the limits could not be obtained.
+    #[error(
+        "not enough memory to analyse this model: {what} needs {count} entries; \
+         retry later or analyse a smaller model"
+    )]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// How many entries it needed.
+        count: usize,
     },
 
     /// The model could not be encoded back to ONNX.

@@ -274,7 +274,7 @@ pub fn groups_report(model: &Model, analysis: &crate::channels::ChannelAnalysis)
             consumers: gr.consumers.iter().copied().map(node).collect(),
             per_channel_params: gr.per_channel.len(),
             channels: gr.members.iter().copied().map(value).collect(),
-            flops: gr.macs * 2,
+            flops: gr.macs.saturating_mul(2),
         })
         .collect();
     let frozen: Vec<FrozenInfo> = analysis

@@ -18,10 +18,12 @@ pub mod cost;
 mod error;
 pub mod inspect;
 pub mod ir;
+pub mod limits;
 pub mod onnx;
 pub mod shape;
 
 pub use error::{GraphError, Result};
+pub use limits::Limits;
 
 use std::path::Path;
 
@@ -37,12 +39,30 @@ pub fn analyse_file(
     analyse(onnx::load_file(path)?, input_size)
 }
 
+/// [`analyse_file`] under other [`Limits`] than the defaults.
+pub fn analyse_file_with(
+    path: &Path,
+    input_size: Option<shape::InputSize>,
+    limits: &Limits,
+) -> Result<(ir::Model, inspect::InspectReport)> {
+    analyse_with(onnx::load_file_with(path, limits)?, input_size, limits)
+}
+
 /// [`analyse_file`] for a model already in memory.
 pub fn analyse(
-    mut model: ir::Model,
+    model: ir::Model,
     input_size: Option<shape::InputSize>,
 ) -> Result<(ir::Model, inspect::InspectReport)> {
-    shape::infer_shapes(&mut model, input_size)?;
+    analyse_with(model, input_size, &Limits::default())
+}
+
+/// [`analyse`] under other [`Limits`] than the defaults.
+pub fn analyse_with(
+    mut model: ir::Model,
+    input_size: Option<shape::InputSize>,
+    limits: &Limits,
+) -> Result<(ir::Model, inspect::InspectReport)> {
+    shape::infer_shapes_with(&mut model, input_size, limits)?;
     let report = inspect::inspect(&model);
     Ok((model, report))
 }

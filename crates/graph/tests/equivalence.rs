@@ -39,7 +39,7 @@ fn random_masks_give_identical_outputs_masked_and_compacted() {
     let mut pairs = Vec::new();
     let mut checker = Vec::new();
     for (name, model) in models() {
-        let analysis = ChannelAnalysis::new(&model.graph);
+        let analysis = ChannelAnalysis::new(&model.graph).unwrap();
         let groups = analysis.groups.len();
         // Three random masks per model, from 10% to 90% switched off; keep at least one
         // channel everywhere by never switching off every group of a value.
@@ -104,7 +104,7 @@ fn keep_one_per_value(model: &effp_graph::ir::Model, analysis: &ChannelAnalysis,
 #[test]
 fn the_analysis_finds_the_couplings_of_real_detectors() {
     for (name, model) in models().into_iter().filter(|(n, _)| n.ends_with(".onnx")) {
-        let a = ChannelAnalysis::new(&model.graph);
+        let a = ChannelAnalysis::new(&model.graph).unwrap();
         assert!(!a.groups.is_empty(), "{name}: some channels are prunable");
         let reasons: Vec<&str> = a.frozen.iter().map(|f| f.reason.as_str()).collect();
         assert!(
@@ -128,14 +128,14 @@ fn the_analysis_finds_the_couplings_of_real_detectors() {
 fn a_residual_add_couples_both_branches_and_concat_twice_maps_both_positions() {
     let mut m = effp_graph::onnx::load_bytes(&zoo::residual_add()).unwrap();
     infer_shapes(&mut m, None).unwrap();
-    let a = ChannelAnalysis::new(&m.graph);
+    let a = ChannelAnalysis::new(&m.graph).unwrap();
     // conv1 (8) and conv2 (8) are tied through the Add: 8 groups, each with two producers.
     let tied: Vec<_> = a.groups.iter().filter(|g| g.producers.len() == 2).collect();
     assert_eq!(tied.len(), 8);
 
     let mut m = effp_graph::onnx::load_bytes(&zoo::concat_same_tensor_twice()).unwrap();
     infer_shapes(&mut m, None).unwrap();
-    let a = ChannelAnalysis::new(&m.graph);
+    let a = ChannelAnalysis::new(&m.graph).unwrap();
     let concat = m
         .graph
         .nodes

@@ -184,14 +184,16 @@ async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Va
         .await
         .map_err(store_problem)?;
     tokio::task::spawn_blocking(move || {
-        let (model, report) = effp_graph::analyse_file(&path, None).map_err(|e| {
+        let invalid = |e: effp_graph::GraphError| {
             Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-model",
                 format!("the upload is not an ONNX model effp can read: {e}"),
             )
-        })?;
-        let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph);
+        };
+        let (model, report) = effp_graph::analyse_file(&path, None).map_err(invalid)?;
+        let analysis =
+            effp_graph::channels::ChannelAnalysis::new(&model.graph).map_err(invalid)?;
         let mut value = serde_json::to_value(&report).map_err(|e| Problem::internal("cannot encode the report", e))?;
         let activations = activation_summary(&report);
         if let Some(object) = value.as_object_mut() {

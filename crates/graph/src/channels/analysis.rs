@@ -7,10 +7,10 @@
 //! channels cannot be sliced (Reshape, Transpose, MatMul, Softmax over channels, a
 //! graph input or output, a grouped convolution) freezes its whole class.
 
-use std::collections::BTreeMap;
-
 use super::union_find::UnionFind;
+use crate::error::{GraphError, Result};
 use crate::ir::{Graph, NodeId, Op, ValueId};
+use crate::limits::{Limits, Quantity, display_name, exceeded};
 
 /// A channel of a value: (value, channel index).
 pub type Channel = (ValueId, usize);
@@ -69,74 +69,156 @@ impl ChannelAnalysis {
         self.value_slots[value.0].map(|(_, n)| n)
     }
 
-    /// Analyses a graph whose shapes have been inferred.
-    pub fn new(graph: &Graph) -> Self {
-        let mut b = SlotBuilder::new(graph);
+    /// Analyses a graph whose shapes have been inferred, under the default [`Limits`].
+    ///
+    /// Fails with [`GraphError::LimitExceeded`] when the graph has more channel slots
+    /// or channel references than the limits allow, before allocating for them.
+    pub fn new(graph: &Graph) -> Result<Self> {
+        Self::with_limits(graph, &Limits::default())
+    }
+
+    /// [`ChannelAnalysis::new`] under other [`Limits`] than the defaults.
+    pub fn with_limits(graph: &Graph, limits: &Limits) -> Result<Self> {
+        let mut b = SlotBuilder::new(graph, limits)?;
         for (index, node) in graph.nodes.iter().enumerate() {
-            b.node(NodeId(index), node);
+            b.node(NodeId(index), node)?;
         }
         for io in graph.inputs.iter() {
-            b.freeze(
-                io.value,
-                format!("graph input '{}'", graph.value(io.value).name),
-            );
+            b.freeze(io.value, || {
+                format!("graph input '{}'", graph.value(io.value).name)
+            });
         }
         for io in graph.outputs.iter() {
-            b.freeze(
-                io.value,
-                format!("graph output '{}'", graph.value(io.value).name),
-            );
+            b.freeze(io.value, || {
+                format!("graph output '{}'", graph.value(io.value).name)
+            });
         }
         b.finish(graph)
     }
 }
 
+/// What a union-find root has become while classes are numbered.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    /// Not reached yet.
+    Unseen,
+    /// Index in the prunable groups.
+    Group(usize),
+    /// Index in the frozen classes.
+    Frozen(usize),
+}
+
+/// A vector of `n` copies of `value`, or [`GraphError::OutOfMemory`].
+fn try_filled<T: Clone>(n: usize, value: T, what: &'static str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| GraphError::OutOfMemory { what, count: n })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 struct SlotBuilder<'g> {
     graph: &'g Graph,
+    limits: &'g Limits,
     value_slots: Vec<Option<(usize, usize)>>,
     uf: UnionFind,
-    freezes: Vec<(usize, String)>,
+    /// Whether a value has been frozen already: only its first reason counts.
+    frozen_values: Vec<bool>,
+    /// Frozen values with the first reason found, in the order found.
+    freezes: Vec<(ValueId, String)>,
     producers: Vec<(usize, NodeId, usize)>,
     consumers: Vec<(usize, NodeId, usize)>,
     per_channel: Vec<(usize, NodeId, usize, usize)>,
+    /// Entries in `producers`, `consumers` and `per_channel` together.
+    references: u64,
 }
 
 impl<'g> SlotBuilder<'g> {
-    fn new(graph: &'g Graph) -> Self {
-        let mut next = 0;
-        let value_slots: Vec<Option<(usize, usize)>> = graph
+    /// Gives each value with a channel axis its slots, refusing a graph with more
+    /// slots in total than the limit before allocating any.
+    fn new(graph: &'g Graph, limits: &'g Limits) -> Result<Self> {
+        let channels = |v: &crate::ir::Value| {
+            if v.constant.is_some() {
+                return None;
+            }
+            let s = v.shape.as_ref()?;
+            s.get(1).filter(|_| s.len() >= 2).copied()
+        };
+        let total: u128 = graph
             .values
             .iter()
-            .map(|v| {
-                if v.constant.is_some() {
-                    return None;
-                }
-                let s = v.shape.as_ref()?;
-                let n = *s.get(1).filter(|_| s.len() >= 2)?;
-                let slot = (next, n);
+            .filter_map(channels)
+            .map(|n| n as u128)
+            .sum();
+        let cap = limits.max_channel_slots.min(u64::from(u32::MAX));
+        if total > u128::from(cap) {
+            let (largest, n) = graph
+                .values
+                .iter()
+                .filter_map(|v| channels(v).map(|n| (v, n)))
+                .min_by_key(|&(_, n)| std::cmp::Reverse(n))
+                .expect("slots come from some value");
+            return Err(exceeded(
+                format!(
+                    "the graph (its largest feature map, '{}', has {n} channels)",
+                    display_name(&largest.name)
+                ),
+                Quantity::ChannelSlots,
+                total,
+                cap,
+            ));
+        }
+        let total = usize::try_from(total).expect("at most u32::MAX slots");
+        let mut next = 0;
+        let mut value_slots = try_filled(graph.values.len(), None, "value slots")?;
+        for (slot, v) in value_slots.iter_mut().zip(&graph.values) {
+            if let Some(n) = channels(v) {
+                *slot = Some((next, n));
                 next += n;
-                Some(slot)
-            })
-            .collect();
-        Self {
+            }
+        }
+        let uf = UnionFind::new(total).ok_or(GraphError::OutOfMemory {
+            what: "the channel union-find",
+            count: total,
+        })?;
+        Ok(Self {
             graph,
+            limits,
             value_slots,
-            uf: UnionFind::new(next),
+            uf,
+            frozen_values: try_filled(graph.values.len(), false, "frozen values")?,
             freezes: Vec::new(),
             producers: Vec::new(),
             consumers: Vec::new(),
             per_channel: Vec::new(),
-        }
+            references: 0,
+        })
     }
 
     fn slots(&self, v: ValueId) -> Option<(usize, usize)> {
         self.value_slots[v.0]
     }
 
-    fn freeze(&mut self, v: ValueId, reason: String) {
-        if let Some((o, n)) = self.slots(v) {
-            self.freezes.extend((o..o + n).map(|s| (s, reason.clone())));
+    /// Freezes every channel of `v`; the first reason given for a value is kept.
+    fn freeze(&mut self, v: ValueId, reason: impl FnOnce() -> String) {
+        if self.slots(v).is_some() && !self.frozen_values[v.0] {
+            self.frozen_values[v.0] = true;
+            self.freezes.push((v, reason()));
         }
+    }
+
+    /// Accounts for `n` more channel references, refusing the graph past the limit.
+    fn reference(&mut self, n: usize) -> Result<()> {
+        self.references = self.references.saturating_add(n as u64);
+        if self.references > self.limits.max_channel_references {
+            return Err(exceeded(
+                "the graph".to_string(),
+                Quantity::ChannelReferences,
+                u128::from(self.references),
+                self.limits.max_channel_references,
+            ));
+        }
+        Ok(())
     }
 
     /// Unifies channel c of `a` with channel c of `b`; mismatches freeze both.
@@ -149,8 +231,8 @@ impl<'g> SlotBuilder<'g> {
             }
             (None, None) => {}
             _ => {
-                self.freeze(a, format!("{why}: channel axes do not line up"));
-                self.freeze(b, format!("{why}: channel axes do not line up"));
+                self.freeze(a, || format!("{why}: channel axes do not line up"));
+                self.freeze(b, || format!("{why}: channel axes do not line up"));
             }
         }
     }
@@ -171,11 +253,11 @@ impl<'g> SlotBuilder<'g> {
             .copied()
             .collect::<Vec<_>>()
         {
-            self.freeze(v, format!("{reason} ({label})"));
+            self.freeze(v, || format!("{reason} ({label})"));
         }
     }
 
-    fn node(&mut self, id: NodeId, node: &'g crate::ir::Node) {
+    fn node(&mut self, id: NodeId, node: &'g crate::ir::Node) -> Result<()> {
         let g = self.graph;
         let input = |i: usize| node.input(i);
         let out = node.outputs.first().copied();
@@ -183,19 +265,19 @@ impl<'g> SlotBuilder<'g> {
         match &node.op {
             Op::Conv(c) => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 let cin = self.slots(x).map_or(0, |s| s.1);
                 let cout = self.slots(y).map_or(0, |s| s.1);
                 if c.group == 1 {
-                    self.producer_consumer(id, x, y);
+                    self.producer_consumer(id, x, y)?;
                 } else if c.group as usize == cin && cin == cout {
                     // Depthwise: channel c in is channel c out; its filter is per-channel.
                     self.unify(x, y, &label);
                     if let Some((o, n)) = self.slots(y) {
-                        for ch in 0..n {
-                            self.per_channel.push((o + ch, id, 1, ch));
-                        }
+                        self.reference(n)?;
+                        self.per_channel
+                            .extend((0..n).map(|ch| (o + ch, id, 1, ch)));
                     }
                 } else {
                     self.freeze_all(id, "grouped convolution");
@@ -203,31 +285,32 @@ impl<'g> SlotBuilder<'g> {
             }
             Op::ConvTranspose(c) => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 if c.group == 1 {
-                    self.producer_consumer(id, x, y);
+                    self.producer_consumer(id, x, y)?;
                 } else {
                     self.freeze_all(id, "grouped transposed convolution");
                 }
             }
             Op::Gemm { trans_a, .. } => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 let b_constant = input(1).is_some_and(|b| g.constant(b).is_some());
                 if *trans_a || !b_constant {
                     self.freeze_all(id, "Gemm with a transposed or computed left operand");
                 } else {
-                    self.producer_consumer(id, x, y);
+                    self.producer_consumer(id, x, y)?;
                 }
             }
             Op::BatchNormalization { .. } => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 self.unify(x, y, &label);
                 if let Some((o, n)) = self.slots(y) {
+                    self.reference(n.saturating_mul(4))?;
                     for ch in 0..n {
                         for param in 1..=4 {
                             self.per_channel.push((o + ch, id, param, ch));
@@ -251,7 +334,7 @@ impl<'g> SlotBuilder<'g> {
             }
             Op::Resize(_) | Op::Pad { .. } => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 if g.shape(x).and_then(|s| s.get(1)) == g.shape(y).and_then(|s| s.get(1)) {
                     self.unify(x, y, &label);
@@ -261,7 +344,7 @@ impl<'g> SlotBuilder<'g> {
             }
             Op::Softmax { axis, .. } => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 let rank = g.shape(x).map_or(0, <[usize]>::len) as i64;
                 if *axis == 1 || *axis == 1 - rank {
@@ -270,12 +353,12 @@ impl<'g> SlotBuilder<'g> {
                     self.unify(x, y, &label);
                 }
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div => self.elementwise(id, node, &label),
+            Op::Add | Op::Sub | Op::Mul | Op::Div => self.elementwise(id, node, &label)?,
             Op::Concat { axis } => self.concat_split(id, node, *axis, true, &label),
             Op::Split { axis, .. } => self.concat_split(id, node, *axis, false, &label),
             Op::Slice { .. } => {
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 if g.shape(x).and_then(|s| s.get(1)) == g.shape(y).and_then(|s| s.get(1)) {
                     self.unify(x, y, &label);
@@ -286,7 +369,7 @@ impl<'g> SlotBuilder<'g> {
             Op::Flatten { axis: 1 } => {
                 // [N, C, 1, 1] → [N, C] keeps channel identity (classifier heads).
                 let (Some(x), Some(y)) = (input(0), out) else {
-                    return;
+                    return Ok(());
                 };
                 if g.shape(x)
                     .is_some_and(|s| s.len() >= 2 && s[2..].iter().all(|&d| d == 1))
@@ -302,25 +385,31 @@ impl<'g> SlotBuilder<'g> {
             Op::Constant(_) => {}
             Op::Unsupported { .. } => self.freeze_all(id, "unsupported op"),
         }
+        Ok(())
     }
 
-    fn producer_consumer(&mut self, id: NodeId, x: ValueId, y: ValueId) {
+    fn producer_consumer(&mut self, id: NodeId, x: ValueId, y: ValueId) -> Result<()> {
         if let Some((o, n)) = self.slots(x) {
+            self.reference(n)?;
             self.consumers.extend((0..n).map(|c| (o + c, id, c)));
         }
         if let Some((o, n)) = self.slots(y) {
+            self.reference(n)?;
             self.producers.extend((0..n).map(|c| (o + c, id, c)));
         }
+        Ok(())
     }
 
-    fn elementwise(&mut self, id: NodeId, node: &crate::ir::Node, label: &str) {
+    fn elementwise(&mut self, id: NodeId, node: &crate::ir::Node, label: &str) -> Result<()> {
         let g = self.graph;
         let Some(y) = node.outputs.first().copied() else {
-            return;
+            return Ok(());
         };
-        let Some(out_shape) = g.shape(y) else { return };
+        let Some(out_shape) = g.shape(y) else {
+            return Ok(());
+        };
         let Some((_, cout)) = self.slots(y) else {
-            return;
+            return Ok(());
         };
         for (position, x) in node.inputs.iter().enumerate() {
             let Some(x) = *x else { continue };
@@ -338,9 +427,9 @@ impl<'g> SlotBuilder<'g> {
             }
             if g.constant(x).is_some() {
                 if let Some((o, n)) = self.slots(y) {
-                    for c in 0..n {
-                        self.per_channel.push((o + c, id, position, c));
-                    }
+                    self.reference(n)?;
+                    self.per_channel
+                        .extend((0..n).map(|c| (o + c, id, position, c)));
                 }
             } else if along == cout && offset == 0 {
                 self.unify(x, y, label);
@@ -348,6 +437,7 @@ impl<'g> SlotBuilder<'g> {
                 self.freeze_all(id, "elementwise operands with different layouts");
             }
         }
+        Ok(())
     }
 
     fn concat_split(
@@ -372,6 +462,10 @@ impl<'g> SlotBuilder<'g> {
             node.outputs.clone()
         };
         if axis != 1 && axis != 1 - rank {
+            // A part listed many times is unified once.
+            let mut parts = parts;
+            parts.sort_unstable();
+            parts.dedup();
             for p in parts {
                 self.unify(p, whole, label);
             }
@@ -397,64 +491,75 @@ impl<'g> SlotBuilder<'g> {
         }
     }
 
-    fn finish(mut self, graph: &Graph) -> ChannelAnalysis {
+    fn finish(mut self, graph: &Graph) -> Result<ChannelAnalysis> {
         let total = self.uf_len();
-        let mut frozen_reason: BTreeMap<usize, String> = BTreeMap::new();
-        for (slot, reason) in std::mem::take(&mut self.freezes) {
-            let root = self.uf.find(slot);
-            frozen_reason.entry(root).or_insert(reason);
+        // Per root: the first freeze reason reaching it (an index into `reasons`).
+        let freezes = std::mem::take(&mut self.freezes);
+        let mut root_reason: Vec<Option<u32>> = try_filled(total, None, "channel slots")?;
+        let mut reasons: Vec<String> = Vec::with_capacity(freezes.len());
+        for (v, reason) in freezes {
+            let (o, n) = self.slots(v).expect("only values with slots are frozen");
+            let index = u32::try_from(reasons.len()).expect("fewer freezes than slots");
+            reasons.push(reason);
+            for slot in o..o + n {
+                let root = self.uf.find(slot);
+                root_reason[root].get_or_insert(index);
+            }
         }
-        let mut has_producer = vec![false; total];
+        let mut has_producer = try_filled(total, false, "channel slots")?;
         for &(slot, ..) in &self.producers {
             let root = self.uf.find(slot);
             has_producer[root] = true;
         }
         // Number classes densely: groups first-seen order, frozen separately.
-        let mut root_group: BTreeMap<usize, usize> = BTreeMap::new();
-        let mut root_frozen: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut root_class = try_filled(total, Class::Unseen, "channel slots")?;
         let mut groups: Vec<PrunableGroup> = Vec::new();
         let mut frozen: Vec<FrozenClass> = Vec::new();
-        let mut slot_group = vec![None; total];
-        let mut slot_channel = vec![(ValueId(0), 0); total];
+        let mut slot_group = try_filled(total, None, "channel slots")?;
+        // Slots were handed out value by value, so this visits them in slot order.
         for (v, s) in self.value_slots.iter().enumerate() {
-            if let Some((o, n)) = *s {
-                for c in 0..n {
-                    slot_channel[o + c] = (ValueId(v), c);
+            let Some((o, n)) = *s else { continue };
+            for c in 0..n {
+                let slot = o + c;
+                let root = self.uf.find(slot);
+                let member = (ValueId(v), c);
+                match root_class[root] {
+                    Class::Group(i) => {
+                        groups[i].members.push(member);
+                        slot_group[slot] = Some(i);
+                    }
+                    Class::Frozen(i) => frozen[i].members.push(member),
+                    Class::Unseen => {
+                        if let Some(why) = root_reason[root] {
+                            root_class[root] = Class::Frozen(frozen.len());
+                            frozen.push(FrozenClass {
+                                members: vec![member],
+                                reason: reasons[why as usize].clone(),
+                            });
+                        } else if !has_producer[root] {
+                            root_class[root] = Class::Frozen(frozen.len());
+                            frozen.push(FrozenClass {
+                                members: vec![member],
+                                reason: "no filter produces these channels".to_string(),
+                            });
+                        } else {
+                            let id = groups.len();
+                            root_class[root] = Class::Group(id);
+                            groups.push(PrunableGroup {
+                                id,
+                                producers: Vec::new(),
+                                consumers: Vec::new(),
+                                per_channel: Vec::new(),
+                                members: vec![member],
+                                macs: 0,
+                            });
+                            slot_group[slot] = Some(id);
+                        }
+                    }
                 }
             }
         }
-        for slot in 0..total {
-            let root = self.uf.find(slot);
-            let member = slot_channel[slot];
-            let reason = frozen_reason.get(&root).cloned().or_else(|| {
-                (!has_producer[root]).then(|| "no filter produces these channels".to_string())
-            });
-            if let Some(reason) = reason {
-                let i = *root_frozen.entry(root).or_insert_with(|| {
-                    frozen.push(FrozenClass {
-                        members: Vec::new(),
-                        reason,
-                    });
-                    frozen.len() - 1
-                });
-                frozen[i].members.push(member);
-            } else {
-                let i = *root_group.entry(root).or_insert_with(|| {
-                    let id = groups.len();
-                    groups.push(PrunableGroup {
-                        id,
-                        producers: Vec::new(),
-                        consumers: Vec::new(),
-                        per_channel: Vec::new(),
-                        members: Vec::new(),
-                        macs: 0,
-                    });
-                    id
-                });
-                groups[i].members.push(member);
-                slot_group[slot] = Some(i);
-            }
-        }
+        drop((root_class, root_reason, has_producer));
         for (slot, node, c) in self.producers {
             if let Some(gid) = slot_group[slot] {
                 groups[gid].producers.push((node, c));
@@ -476,14 +581,11 @@ impl<'g> SlotBuilder<'g> {
             groups,
             frozen,
         };
-        let mut counts = super::cost::ActiveChannels::all(graph, &analysis);
-        let full = counts.cost().macs;
-        for gid in 0..analysis.groups.len() {
-            counts.switch(&analysis, gid, false);
-            analysis.groups[gid].macs = full - counts.cost().macs;
-            counts.switch(&analysis, gid, true);
+        let macs = super::cost::group_savings(graph, &analysis);
+        for (group, macs) in analysis.groups.iter_mut().zip(macs) {
+            group.macs = macs;
         }
-        analysis
+        Ok(analysis)
     }
 
     fn uf_len(&self) -> usize {

@@ -289,6 +289,10 @@ pub fn gate(model: &Model, analysis: &ChannelAnalysis, mask: &Mask) -> Model {
             Op::Gemm { trans_b: false, .. } => 0,
             _ => 1,
         };
+        if t.is_empty() {
+            // No weights to zero; the other axes may be of any declared size.
+            continue;
+        }
         let mut values = t.to_f32_vec();
         let dims = t.dims();
         let inner: usize = dims[axis + 1..].iter().product();

@@ -187,24 +187,32 @@ impl Tensor {
     /// Panics when `axis` or an index is out of range (a programming error: callers
     /// slice by indices derived from this tensor's own shape).
     pub fn select(&self, axis: usize, indices: &[usize]) -> Tensor {
+        let n = self.dims[axis];
+        if let Some(&i) = indices.iter().find(|&&i| i >= n) {
+            panic!("index {i} out of range for axis {axis} of {:?}", self.dims);
+        }
+        let mut dims = self.dims.clone();
+        dims[axis] = indices.len();
+        if self.bytes.is_empty() || indices.is_empty() {
+            // Nothing to copy; the other axes may be of any declared size.
+            return Tensor {
+                dtype: self.dtype,
+                dims,
+                bytes: Vec::new(),
+            };
+        }
+        // With data present every axis is non-zero and the products are bounded by
+        // the data length, so they cannot overflow.
         let size = self.dtype.size();
         let outer: usize = self.dims[..axis].iter().product();
         let inner: usize = self.dims[axis + 1..].iter().product::<usize>() * size;
-        let n = self.dims[axis];
         let mut bytes = Vec::with_capacity(outer * indices.len() * inner);
         for o in 0..outer {
             for &i in indices {
-                assert!(
-                    i < n,
-                    "index {i} out of range for axis {axis} of {:?}",
-                    self.dims
-                );
                 let start = (o * n + i) * inner;
                 bytes.extend_from_slice(&self.bytes[start..start + inner]);
             }
         }
-        let mut dims = self.dims.clone();
-        dims[axis] = indices.len();
         Tensor {
             dtype: self.dtype,
             dims,

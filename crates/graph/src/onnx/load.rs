@@ -17,12 +17,18 @@ use crate::ir::{
     AttrValue, Attribute, DataType, Dim, Graph, GraphIo, Model, Node, NodeId, Op, Tensor, Value,
     ValueId,
 };
+use crate::limits::{Limits, Quantity, display_name, display_shape, exceeded};
 
 /// Loads an ONNX model from a file.
 ///
 /// The file is decoded as it is read, so peak memory stays close to the size of the
 /// weights rather than twice the file.
 pub fn load_file(path: &Path) -> Result<Model> {
+    load_file_with(path, &Limits::default())
+}
+
+/// [`load_file`] under other [`Limits`] than the defaults.
+pub fn load_file_with(path: &Path, limits: &Limits) -> Result<Model> {
     let io = |source| GraphError::Io {
         action: "read",
         path: path.to_path_buf(),
@@ -34,16 +40,21 @@ pub fn load_file(path: &Path) -> Result<Model> {
     }
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let proto = ModelProto::parse_from_reader(&mut reader).map_err(decode_error)?;
-    from_proto(proto)
+    from_proto_with(proto, limits)
 }
 
 /// Loads an ONNX model from bytes in memory.
 pub fn load_bytes(bytes: &[u8]) -> Result<Model> {
+    load_bytes_with(bytes, &Limits::default())
+}
+
+/// [`load_bytes`] under other [`Limits`] than the defaults.
+pub fn load_bytes_with(bytes: &[u8], limits: &Limits) -> Result<Model> {
     if bytes.is_empty() {
         return Err(GraphError::Empty);
     }
     let proto = ModelProto::parse_from_bytes(bytes).map_err(decode_error)?;
-    from_proto(proto)
+    from_proto_with(proto, limits)
 }
 
 fn decode_error(e: protobuf::Error) -> GraphError {
@@ -55,12 +66,26 @@ fn decode_error(e: protobuf::Error) -> GraphError {
 /// Converts a decoded `ModelProto` into the IR: folds `Constant` nodes into
 /// initializers, resolves names to ids, orders nodes, and checks that every input
 /// is defined.
-pub fn from_proto(mut proto: ModelProto) -> Result<Model> {
+pub fn from_proto(proto: ModelProto) -> Result<Model> {
+    from_proto_with(proto, &Limits::default())
+}
+
+/// [`from_proto`] under other [`Limits`] than the defaults: the node count and every
+/// constant tensor are checked before anything is built from them.
+pub fn from_proto_with(mut proto: ModelProto, limits: &Limits) -> Result<Model> {
     let Some(g) = proto.graph.take() else {
         return Err(GraphError::NoGraph);
     };
     if g.node.is_empty() && g.input.is_empty() && g.output.is_empty() {
         return Err(GraphError::NoGraph);
+    }
+    if g.node.len() > limits.max_nodes {
+        return Err(exceeded(
+            format!("the graph '{}'", display_name(&g.name)),
+            Quantity::Nodes,
+            g.node.len() as u128,
+            limits.max_nodes as u64,
+        ));
     }
     let opset_imports: Vec<(String, i64)> = proto
         .opset_import
@@ -83,7 +108,9 @@ pub fn from_proto(mut proto: ModelProto) -> Result<Model> {
     let mut b = Builder::default();
     for t in g.initializer {
         let name = t.name.clone();
-        let tensor = tensor_from_proto(t)?;
+        let tensor = tensor_from_proto(t, limits, || {
+            format!("initializer '{}'", display_name(&name))
+        })?;
         b.define(&name, "an initializer", |_| Value {
             name: name.clone(),
             dtype: Some(tensor.dtype()),
@@ -130,7 +157,7 @@ pub fn from_proto(mut proto: ModelProto) -> Result<Model> {
         let attrs = n
             .attribute
             .iter()
-            .map(|a| attribute_from_proto(a, &name, &n.op_type))
+            .map(|a| attribute_from_proto(a, &name, &n.op_type, limits))
             .collect::<Result<Vec<_>>>()?;
         let op = Op::parse(&name, &n.op_type, &n.domain, &attrs, opset)?;
         if let Op::Constant(tensor) = op {
@@ -349,7 +376,15 @@ fn declared_type(vi: &ValueInfoProto) -> (i32, Option<Vec<Dim>>) {
 }
 
 /// Converts a `TensorProto`, taking its raw bytes without copying them.
-pub(crate) fn tensor_from_proto(mut t: TensorProto) -> Result<Tensor> {
+///
+/// The declared shape must match the stored data (a `MalformedTensor` otherwise)
+/// before any byte is copied, and then fit the `limits`; `subject` names the tensor
+/// for a limit error.
+pub(crate) fn tensor_from_proto(
+    mut t: TensorProto,
+    limits: &Limits,
+    subject: impl Fn() -> String,
+) -> Result<Tensor> {
     let name = if t.name.is_empty() {
         "(unnamed)".to_string()
     } else {
@@ -377,24 +412,55 @@ pub(crate) fn tensor_from_proto(mut t: TensorProto) -> Result<Tensor> {
             usize::try_from(d).map_err(|_| malformed(format!("has a negative dimension {d}")))
         })
         .collect::<Result<_>>()?;
-    let count =
-        element_count(&dims).ok_or_else(|| malformed(format!("shape {dims:?} is too large")))?;
+    let count = element_count(&dims)
+        .ok_or_else(|| malformed(format!("shape {} is too large", display_shape(&dims))))?;
+    // Compare what the shape claims with what is stored before copying anything.
+    let (stored, unit) = if !t.raw_data.is_empty() {
+        (t.raw_data.len(), "bytes")
+    } else {
+        (typed_data_len(&t, dtype), "typed elements")
+    };
+    let expected = if t.raw_data.is_empty() {
+        Some(count)
+    } else {
+        count.checked_mul(dtype.size())
+    };
+    if expected != Some(stored) {
+        return Err(malformed(format!(
+            "shape {} needs {count} {} elements, but the data holds {stored} {unit}",
+            display_shape(&dims),
+            dtype.name()
+        )));
+    }
+    limits.check_tensor(subject, &dims)?;
     let bytes = if !t.raw_data.is_empty() {
         std::mem::take(&mut t.raw_data)
     } else {
         typed_data_bytes(&t, dtype)
     };
-    let expected = count.checked_mul(dtype.size());
-    if expected != Some(bytes.len()) {
-        return Err(malformed(format!(
-            "shape {dims:?} needs {count} {dtype:?} elements, but the data holds {} bytes",
-            bytes.len()
-        )));
-    }
     Ok(Tensor::from_bytes(dtype, dims, bytes).expect("length checked above"))
 }
 
-/// Re-encodes the typed repeated fields as little-endian bytes.
+/// Number of values in the typed repeated field that holds `dtype`.
+fn typed_data_len(t: &TensorProto, dtype: DataType) -> usize {
+    match dtype {
+        DataType::Float32 => t.float_data.len(),
+        DataType::Float64 => t.double_data.len(),
+        DataType::Int64 => t.int64_data.len(),
+        DataType::Uint64 | DataType::Uint32 => t.uint64_data.len(),
+        DataType::Int32
+        | DataType::Int16
+        | DataType::Uint16
+        | DataType::Float16
+        | DataType::BFloat16
+        | DataType::Int8
+        | DataType::Uint8
+        | DataType::Bool => t.int32_data.len(),
+    }
+}
+
+/// Re-encodes the typed repeated fields as little-endian bytes (their length checked
+/// against the shape by the caller: the result is never larger than the decoded field).
 fn typed_data_bytes(t: &TensorProto, dtype: DataType) -> Vec<u8> {
     match dtype {
         DataType::Float32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -418,7 +484,12 @@ fn typed_data_bytes(t: &TensorProto, dtype: DataType) -> Vec<u8> {
     }
 }
 
-fn attribute_from_proto(a: &AttributeProto, node: &str, op: &str) -> Result<Attribute> {
+fn attribute_from_proto(
+    a: &AttributeProto,
+    node: &str,
+    op: &str,
+    limits: &Limits,
+) -> Result<Attribute> {
     let kind = match a.type_.enum_value() {
         Ok(AttributeType::UNDEFINED) | Err(_) => infer_attribute_type(a),
         Ok(k) => k,
@@ -431,7 +502,13 @@ fn attribute_from_proto(a: &AttributeProto, node: &str, op: &str) -> Result<Attr
         AttributeType::STRING => AttrValue::String(a.s.clone()),
         AttributeType::STRINGS => AttrValue::Strings(a.strings.clone()),
         AttributeType::TENSOR => match a.t.as_ref() {
-            Some(t) => AttrValue::Tensor(tensor_from_proto(t.clone())?),
+            Some(t) => AttrValue::Tensor(tensor_from_proto(t.clone(), limits, || {
+                format!(
+                    "tensor attribute '{}' of node '{}'",
+                    display_name(&a.name),
+                    display_name(node)
+                )
+            })?),
             None => {
                 return Err(GraphError::Attribute {
                     node: node.into(),

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use crate::error::{GraphError, Result};
 use crate::ir::{Dim, Graph, Model, Op};
+use crate::limits::{DEFAULT_MAX_INPUT_PIXELS, Limits, MAX_INPUT_SIDE, display_name};
 use ops::NodeInputs;
 
 /// Spatial size of the image input, as `HxW` on the command line.
@@ -23,11 +24,14 @@ pub struct InputSize {
 impl FromStr for InputSize {
     type Err = String;
 
-    /// Parses `640`, `640x640` or `480x640` (height × width).
+    /// Parses `640`, `640x640` or `480x640` (height × width). Each side must be at
+    /// most [`MAX_INPUT_SIDE`] and the area at most the default
+    /// [`Limits::max_input_pixels`].
     fn from_str(s: &str) -> Result<Self, String> {
+        let shown = display_name(s);
         let bad = || {
             format!(
-                "'{s}' is not an input size: use HxW with positive integers, e.g. 640x640 or 320x480"
+                "'{shown}' is not an input size: use HxW with positive integers, e.g. 640x640 or 320x480"
             )
         };
         let mut parts = s.trim().split(['x', 'X', '×']);
@@ -37,16 +41,32 @@ impl FromStr for InputSize {
             return Err(bad());
         }
         let parse = |v: &str| {
-            v.trim()
-                .parse::<usize>()
+            let v = v.trim().parse::<u64>().ok().filter(|&v| v >= 1);
+            let v = v.ok_or_else(bad)?;
+            usize::try_from(v)
                 .ok()
-                .filter(|&v| (1..=65_536).contains(&v))
-                .ok_or_else(bad)
+                .filter(|&v| v <= MAX_INPUT_SIDE)
+                .ok_or_else(|| {
+                    format!(
+                        "input size '{shown}' has a side of {v} pixels; effp accepts at most \
+                         {MAX_INPUT_SIDE} pixels a side and {DEFAULT_MAX_INPUT_PIXELS} pixels in \
+                         all (8192x8192): use a realistic size such as 640x640"
+                    )
+                })
         };
-        Ok(Self {
+        let size = Self {
             height: parse(h)?,
             width: parse(w)?,
-        })
+        };
+        let pixels = size.height as u64 * size.width as u64;
+        if pixels > DEFAULT_MAX_INPUT_PIXELS {
+            return Err(format!(
+                "input size '{shown}' has {pixels} pixels; effp accepts at most \
+                 {DEFAULT_MAX_INPUT_PIXELS} pixels (8192x8192): use a realistic size such as \
+                 640x640"
+            ));
+        }
+        Ok(size)
     }
 }
 
@@ -62,9 +82,26 @@ impl fmt::Display for InputSize {
 /// `input_size` is given, the last two axes of every 4-D input take that size.
 /// Values downstream of an unsupported op stay unknown (`None`); anything that is
 /// known but inconsistent is an error naming the node.
+///
+/// Every shape is held to the default [`Limits`] as soon as it is known; see
+/// [`infer_shapes_with`].
 pub fn infer_shapes(model: &mut Model, input_size: Option<InputSize>) -> Result<()> {
+    infer_shapes_with(model, input_size, &Limits::default())
+}
+
+/// [`infer_shapes`] under other [`Limits`] than the defaults: graph inputs (with the
+/// input size applied), constants and every node output are checked against the
+/// element, axis, channel and pixel caps the moment their shape is known, so that a
+/// model over a cap fails here with [`GraphError::LimitExceeded`] instead of
+/// allocating later.
+pub fn infer_shapes_with(
+    model: &mut Model,
+    input_size: Option<InputSize>,
+    limits: &Limits,
+) -> Result<()> {
     let graph = &mut model.graph;
-    set_input_shapes(graph, input_size)?;
+    set_input_shapes(graph, input_size, limits)?;
+    check_constants(graph, limits)?;
     check_constant_weights(graph)?;
     for index in 0..graph.nodes.len() {
         let node = &graph.nodes[index];
@@ -111,6 +148,18 @@ pub fn infer_shapes(model: &mut Model, input_size: Option<InputSize>) -> Result<
             .copied()
             .flatten()
             .and_then(|id| graph.values[id.0].dtype);
+        for (&id, shape) in node.outputs.iter().zip(&shapes) {
+            let subject = || {
+                format!(
+                    "value '{}' (output of {} node '{}')",
+                    display_name(&graph.values[id.0].name),
+                    node.op.op_type(),
+                    display_name(&node.name)
+                )
+            };
+            limits.check_channels(subject, shape)?;
+            limits.check_tensor(subject, shape)?;
+        }
         let outputs = node.outputs.clone();
         for (id, shape) in outputs.into_iter().zip(shapes) {
             let v = &mut graph.values[id.0];
@@ -121,7 +170,11 @@ pub fn infer_shapes(model: &mut Model, input_size: Option<InputSize>) -> Result<
     Ok(())
 }
 
-fn set_input_shapes(graph: &mut Graph, input_size: Option<InputSize>) -> Result<()> {
+fn set_input_shapes(
+    graph: &mut Graph,
+    input_size: Option<InputSize>,
+    limits: &Limits,
+) -> Result<()> {
     let mut images = 0;
     for io in &graph.inputs {
         let name = graph.values[io.value.0].name.clone();
@@ -151,9 +204,19 @@ fn set_input_shapes(graph: &mut Graph, input_size: Option<InputSize>) -> Result<
         }
         if shape.contains(&0) {
             return Err(GraphError::InputSize {
-                reason: format!("graph input '{name}' has a zero-sized axis: {shape:?}"),
+                reason: format!(
+                    "graph input '{}' has a zero-sized axis: {}",
+                    display_name(&name),
+                    crate::limits::display_shape(&shape)
+                ),
             });
         }
+        let subject = || format!("graph input '{}'", display_name(&name));
+        if shape.len() == 4 {
+            limits.check_pixels(subject, shape[2], shape[3])?;
+        }
+        limits.check_channels(subject, &shape)?;
+        limits.check_tensor(subject, &shape)?;
         images += usize::from(dims.len() == 4);
         graph.values[io.value.0].shape = Some(shape);
     }
@@ -161,6 +224,16 @@ fn set_input_shapes(graph: &mut Graph, input_size: Option<InputSize>) -> Result<
         return Err(GraphError::InputSize {
             reason: format!("the model has no 4-D image input to give the size {size}"),
         });
+    }
+    Ok(())
+}
+
+/// Constants are checked when loaded; a graph built in code is held to the same caps.
+fn check_constants(graph: &Graph, limits: &Limits) -> Result<()> {
+    for v in graph.values.iter().filter(|v| v.constant.is_some()) {
+        if let Some(shape) = &v.shape {
+            limits.check_tensor(|| format!("constant '{}'", display_name(&v.name)), shape)?;
+        }
     }
     Ok(())
 }

@@ -58,6 +58,21 @@ impl<'a> NodeInputs<'a> {
     }
 }
 
+/// Elements of a shape as i128, saturating: a zero axis gives 0 whatever the others.
+fn volume(s: &[usize]) -> i128 {
+    if s.contains(&0) {
+        return 0;
+    }
+    s.iter()
+        .try_fold(1i128, |acc, &d| acc.checked_mul(d as i128))
+        .unwrap_or(i128::MAX)
+}
+
+/// Size arithmetic that overflows i128 is a nonsense size, reported like one.
+fn overflow(what: &str) -> String {
+    format!("{what} overflows; the attributes or shapes are not valid sizes")
+}
+
 fn dim(v: i128, what: &str) -> ShapeResult<usize> {
     if (0..=MAX_DIM).contains(&v) {
         Ok(v as usize)
@@ -110,8 +125,44 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> ShapeResult<Vec<usize>> {
     Ok(out)
 }
 
+/// Most inputs an op takes in any opset effp reads; `None` for Concat (any number).
+fn max_inputs(op: &Op) -> Option<usize> {
+    Some(match op {
+        Op::BatchNormalization { .. } => 5,
+        Op::Slice { .. } => 5,
+        Op::Resize(_) | Op::Pad { .. } => 4,
+        Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. } | Op::Clip { .. } => 3,
+        Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Split { .. } => 2,
+        Op::Reshape { .. } => 2,
+        Op::Relu
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish
+        | Op::Identity
+        | Op::Softmax { .. }
+        | Op::Transpose { .. }
+        | Op::Flatten { .. }
+        | Op::MaxPool(_)
+        | Op::AveragePool(_)
+        | Op::GlobalAveragePool => 1,
+        Op::Constant(_) => 0,
+        Op::Concat { .. } | Op::Unsupported { .. } => return None,
+    })
+}
+
 /// The output shapes of `op` given its inputs.
 pub(crate) fn infer(op: &Op, x: &NodeInputs<'_>) -> ShapeResult<Vec<Vec<usize>>> {
+    // Inputs past the op's arity would be ignored here but read by later passes.
+    if let Some(max) = max_inputs(op)
+        && x.shapes.len() > max
+    {
+        return Err(format!(
+            "has {} inputs, but {} takes at most {max}",
+            x.shapes.len(),
+            op.op_type()
+        ));
+    }
     let one = |s: Vec<usize>| Ok(vec![s]);
     match op {
         Op::Conv(c) => one(conv(c, x)?),
@@ -193,7 +244,9 @@ pub(crate) fn infer(op: &Op, x: &NodeInputs<'_>) -> ShapeResult<Vec<Vec<usize>>>
                         "input #{i} has shape {s:?}, which does not fit {first:?} along axis {axis}"
                     ));
                 }
-                out[a] += s[a];
+                out[a] = out[a]
+                    .checked_add(s[a])
+                    .ok_or_else(|| overflow("the concatenated size"))?;
             }
             one(out)
         }
@@ -243,11 +296,9 @@ pub(crate) fn infer(op: &Op, x: &NodeInputs<'_>) -> ShapeResult<Vec<Vec<usize>>>
             } else {
                 norm_axis(*axis, s.len())?
             };
-            let lead: i128 = s[..a].iter().map(|&d| d as i128).product();
-            let rest: i128 = s[a..].iter().map(|&d| d as i128).product();
             one(vec![
-                dim(lead, "the leading size")?,
-                dim(rest, "the trailing size")?,
+                dim(volume(&s[..a]), "the leading size")?,
+                dim(volume(&s[a..]), "the trailing size")?,
             ])
         }
         Op::Resize(_) => one(resize(x)?),
@@ -264,9 +315,14 @@ fn spatial_out(
     kernel: usize,
     ceil: bool,
 ) -> ShapeResult<usize> {
+    // Every term fits i128 (i64 attributes, usize sizes); the checked operations
+    // guard the products and sums of them.
     let (stride, dil) = (w.stride(i) as i128, w.dilation(i) as i128);
     let (input, kernel) = (input as i128, kernel as i128);
-    let effective = dil * (kernel - 1) + 1;
+    let effective = (kernel - 1)
+        .checked_mul(dil)
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(|| overflow("the dilated window"))?;
     let out = match w.auto_pad {
         AutoPad::SameUpper | AutoPad::SameLower => (input + stride - 1) / stride,
         AutoPad::Valid => {
@@ -281,11 +337,13 @@ fn spatial_out(
             let n = w.kernel_shape.len().max(w.pads.len() / 2);
             let begin = w.pads.get(i).copied().unwrap_or(0) as i128;
             let end = w.pads.get(i + n).copied().unwrap_or(0) as i128;
-            let span = input + begin + end - effective;
+            let padded = input + begin + end;
+            let span = padded
+                .checked_sub(effective)
+                .ok_or_else(|| overflow("the padded window"))?;
             if span < 0 {
                 return Err(format!(
-                    "the window {effective} is larger than the padded input {} on spatial axis {i}",
-                    input + begin + end
+                    "the window {effective} is larger than the padded input {padded} on spatial axis {i}"
                 ));
             }
             let mut out = if ceil {
@@ -339,11 +397,12 @@ fn conv_operands<'a>(
 fn conv(c: &ConvAttrs, x: &NodeInputs<'_>) -> ShapeResult<Vec<usize>> {
     let (s, w, spatial) = conv_operands(c, x)?;
     let group = c.group as usize;
-    if s[1] != w[1] * group || !w[0].is_multiple_of(group) {
+    let expected = w[1].checked_mul(group);
+    if expected != Some(s[1]) || !w[0].is_multiple_of(group) {
         return Err(format!(
             "input has {} channels but the weight {w:?} with group={group} expects {}",
             s[1],
-            w[1] * group
+            expected.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
         ));
     }
     if x.has(2) && x.shape(2, "bias")? != [w[0]] {
@@ -376,7 +435,10 @@ fn conv_transpose(c: &ConvAttrs, x: &NodeInputs<'_>) -> ShapeResult<Vec<usize>> 
             s[1], w[0]
         ));
     }
-    let mut out = vec![s[0], w[1] * c.group as usize];
+    let cout = w[1]
+        .checked_mul(c.group as usize)
+        .ok_or_else(|| overflow("the output channel count (weight × group)"))?;
+    let mut out = vec![s[0], cout];
     for i in 0..spatial {
         if let Some(&o) = c.output_shape.get(i) {
             out.push(dim(o as i128, "output_shape")?);
@@ -385,15 +447,22 @@ fn conv_transpose(c: &ConvAttrs, x: &NodeInputs<'_>) -> ShapeResult<Vec<usize>> 
         let stride = c.window.stride(i) as i128;
         let input = s[2 + i] as i128;
         let size = match c.window.auto_pad {
-            AutoPad::SameUpper | AutoPad::SameLower => input * stride,
+            AutoPad::SameUpper | AutoPad::SameLower => input.checked_mul(stride),
             _ => {
                 let k = w[2 + i] as i128;
                 let begin = c.window.pads.get(i).copied().unwrap_or(0) as i128;
                 let end = c.window.pads.get(i + spatial).copied().unwrap_or(0) as i128;
                 let op = c.output_padding.get(i).copied().unwrap_or(0) as i128;
-                stride * (input - 1) + op + (k - 1) * c.window.dilation(i) as i128 + 1 - begin - end
+                let dil = c.window.dilation(i) as i128;
+                (input - 1).checked_mul(stride).and_then(|v| {
+                    (k - 1)
+                        .checked_mul(dil)
+                        .and_then(|kd| v.checked_add(kd))
+                        .and_then(|v| v.checked_add(op + 1 - begin - end))
+                })
             }
         };
+        let size = size.ok_or_else(|| overflow("the output size"))?;
         out.push(dim(size, "the output size")?);
     }
     Ok(out)
@@ -482,10 +551,11 @@ fn split_sizes(
             return Err(format!("cannot split {total} into {parts} equal parts"));
         }
         (0..parts)
-            .map(|i| chunk.min(total.saturating_sub(i * chunk)))
+            .map(|i| chunk.min(total.saturating_sub(i.saturating_mul(chunk))))
             .collect()
     };
-    if sizes.iter().sum::<usize>() != total {
+    let sum = sizes.iter().try_fold(0usize, |acc, &n| acc.checked_add(n));
+    if sum != Some(total) {
         return Err(format!(
             "split sizes {sizes:?} do not add up to the axis size {total}"
         ));
@@ -547,7 +617,7 @@ fn slice(
 fn reshape(x: &NodeInputs<'_>, allowzero: bool) -> ShapeResult<Vec<usize>> {
     let s = x.shape(0, "data")?;
     let target = x.ints(1, "shape")?.ok_or("is missing its shape input")?;
-    let total: i128 = s.iter().map(|&d| d as i128).product();
+    let total = volume(s);
     let mut out = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
@@ -563,7 +633,10 @@ fn reshape(x: &NodeInputs<'_>, allowzero: bool) -> ShapeResult<Vec<usize>> {
             _ => return Err(format!("shape {target:?} is not a valid reshape target")),
         }
     }
-    let known: i128 = out.iter().product();
+    let known = out
+        .iter()
+        .try_fold(1i128, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {target:?} is not a valid reshape target"))?;
     if let Some(i) = infer_at {
         if known == 0 || total % known != 0 {
             return Err(format!("cannot reshape {s:?} into {target:?}"));
