@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http
+.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -83,6 +83,11 @@ bench-http: fixtures $(OHA) ## Service throughput and p99 (oha), 500 MB uploads'
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_http.py --effp "$(EFFP_BIN)" --oha "$(OHA)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/http.json" $(BENCH_ARGS)
+
+bench-hostile: fixtures $(OHA) ## API memory over 300 jobs, worker start-up, /healthz under 2,000 idle and 50 slow clients
+	@cargo build --release --quiet --bin effp
+	@fixtures=$(FIXTURES); \
+	  $(PYTHON_ENV) scripts/bench_hostile.py --effp "$(EFFP_BIN)" --oha "$(OHA)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/hostile.json" $(BENCH_ARGS)
 
 bench-step: fixtures ## Gate overhead: a masked training step against a plain one
 	@cargo build --release --quiet --bin effp

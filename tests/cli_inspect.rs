@@ -315,3 +315,42 @@ fn groups_flag_reports_prunable_groups_and_why_the_rest_is_frozen() {
         text(&table.stdout)
     );
 }
+
+#[test]
+fn declared_sizes_past_the_caps_exit_1_with_the_limit_instead_of_aborting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, dims) in [
+        ("slots.onnx", [1i64, 1 << 40, 1, 1]),
+        ("pixels.onnx", [1, 3, 100_000, 100_000]),
+    ] {
+        let mut b = ModelBuilder::new("bomb", 0);
+        let x = b.input("x", &dims);
+        let y = b.op("Relu", &[&x], vec![]);
+        let path = write(dir.path(), name, &b.finish_as(&y, "y", &dims));
+        for extra in [&[][..], &["--groups"][..]] {
+            let mut args = vec!["inspect", path.as_str()];
+            args.extend_from_slice(extra);
+            let out = effp(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} {extra:?}: {}",
+                text(&out.stderr)
+            );
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("'x'") && stderr.contains("at most"),
+                "{stderr}"
+            );
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+    }
+    let out = effp(&[
+        "inspect",
+        &fixtures::path("yolov8t.onnx").display().to_string(),
+        "--input-size",
+        "9000x9000",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("8192"), "{}", text(&out.stderr));
+}

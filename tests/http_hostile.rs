@@ -116,7 +116,7 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
         let p = call("POST", &models, ACME, Some(&bytes)).problem(422);
         let detail = p["detail"].as_str().unwrap();
         assert!(
-            detail.contains("'x'") && detail.contains("limit"),
+            detail.contains("'x'") && detail.contains("at most"),
             "{detail}"
         );
     }
@@ -128,7 +128,7 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
         Some(&relu_model(&[1, 3, 100_000, 100_000])),
     )
     .problem(422);
-    assert!(p["detail"].as_str().unwrap().contains("limit"), "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("at most"), "{p}");
     let p = call(
         "POST",
         &models,
@@ -136,7 +136,7 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
         Some(&relu_model(&[1 << 20, 1 << 20, 64, 64])),
     )
     .problem(422);
-    assert!(p["detail"].as_str().unwrap().contains("limit"), "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("at most"), "{p}");
 
     // A YAML alias bomb in data.yaml: nine levels of ten aliases.
     let dir = tempfile::tempdir().unwrap();
@@ -248,15 +248,14 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
         "{hint}: {}",
         String::from_utf8_lossy(&accepted.body)
     );
+    let accepted_id = accepted.json()["id"].as_str().unwrap().to_string();
     call(
         "POST",
-        &format!(
-            "{base}/v1/jobs/{}/cancel",
-            accepted.json()["id"].as_str().unwrap()
-        ),
+        &format!("{base}/v1/jobs/{accepted_id}/cancel"),
         ACME,
         Some(b""),
     );
+    wait_for_end(base, &accepted_id, ACME);
 
     // The scheme of the Authorization header is case-insensitive.
     let lower = call_with(
@@ -621,4 +620,74 @@ fn connections_are_capped_idle_ones_closed_and_trickling_uploads_dropped() {
         "{answer}"
     );
     assert!(server.objects().is_empty());
+}
+
+#[test]
+fn a_restart_removes_files_no_record_refers_to_and_checkpoints_of_ended_jobs() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let bytes = fixture_bytes("yolov8t.onnx");
+    let model = call("POST", &format!("{base}/v1/models"), None, Some(&bytes));
+    assert_eq!(model.status, 201);
+    let model_id = model.json()["id"].as_str().unwrap().to_string();
+    let spec =
+        serde_json::json!({"model": model_id, "target": {"flops_ratio": 0.5}, "device": "cpu"});
+    let job = call(
+        "POST",
+        &format!("{base}/v1/jobs"),
+        None,
+        Some(spec.to_string().as_bytes()),
+    );
+    let job_id = job.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_end(&base, &job_id, None)["state"], "succeeded");
+    let kept = server.objects();
+    assert_eq!(kept.len(), 3, "the model, the pruned model and the report");
+
+    // What a crash between storing and recording leaves behind.
+    let data = server.kill();
+    let objects = data.path().join("objects").join("objects");
+    let stray = objects.join("ab".repeat(32));
+    std::fs::write(&stray, b"an upload whose record was never written").unwrap();
+    let checkpoints = data.path().join("checkpoints");
+    std::fs::write(checkpoints.join(format!("{job_id}.ckpt")), b"old").unwrap();
+    std::fs::write(checkpoints.join("job_unknown.ckpt"), b"old").unwrap();
+
+    let server = Server::start_in(data, &[], &[]);
+    let base = server.url.clone();
+    assert!(!stray.exists(), "an unreferenced file is removed");
+    let mut now = server.objects();
+    now.sort();
+    let mut before = kept.clone();
+    before.sort();
+    assert_eq!(now, before, "every referenced file stays");
+    assert_eq!(std::fs::read_dir(&checkpoints).unwrap().count(), 0);
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{base}/v1/models/{model_id}/file"),
+            None,
+            None
+        )
+        .body,
+        bytes
+    );
+    let pruned = call(
+        "GET",
+        &format!("{base}/v1/jobs/{job_id}/artifacts/pruned.onnx"),
+        None,
+        None,
+    );
+    assert_eq!(pruned.status, 200);
+    // Deleting the model keeps the job's artifacts, which are other files.
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("{base}/v1/models/{model_id}"),
+            None,
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(server.objects().len(), 2);
 }

@@ -42,6 +42,9 @@ enum Command {
     /// Run one job of the service (started by `effp serve` in its own process).
     #[command(hide = true)]
     RunJob(crate::service::worker::child::RunJobArgs),
+    /// Check an upload (started by `effp serve` in its own process).
+    #[command(hide = true)]
+    CheckUpload(crate::service::checks::CheckArgs),
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -56,6 +59,7 @@ pub fn run() -> ExitCode {
         Command::Synth(args) => data::synth(&args),
         Command::Serve(args) => crate::service::run(&args),
         Command::RunJob(args) => crate::service::worker::child::run(&args),
+        Command::CheckUpload(args) => crate::service::checks::run_command(&args),
         Command::Openapi => {
             println!("{}", crate::service::openapi_document());
             Ok(0)

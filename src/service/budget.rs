@@ -165,3 +165,49 @@ pub async fn check_job(
     p.errors = errors;
     Err(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: Workload = Workload {
+        activation_elements: 1_210_960.0,
+        params: 606_489.0,
+        batch: 8.0,
+        trains: true,
+    };
+
+    #[test]
+    fn the_estimate_grows_with_input_batch_and_weights() {
+        let base = estimate(&FIXTURE);
+        let bigger = |w: Workload| estimate(&w) > base;
+        assert!(bigger(Workload {
+            activation_elements: 4.0 * FIXTURE.activation_elements,
+            ..FIXTURE
+        }));
+        assert!(bigger(Workload {
+            batch: 16.0,
+            ..FIXTURE
+        }));
+        assert!(bigger(Workload {
+            params: 10.0 * FIXTURE.params,
+            ..FIXTURE
+        }));
+        assert!(
+            estimate(&Workload {
+                trains: false,
+                ..FIXTURE
+            }) < base
+        );
+        // Measured on the fixture detector: 225 MiB of private memory at batch 2 and
+        // 296 MiB at batch 16 (docs/benchmarks.md). The estimate covers both, within
+        // a factor of two.
+        for (batch, measured_mib) in [(2.0, 225.0), (16.0, 296.0)] {
+            let mib = estimate(&Workload { batch, ..FIXTURE }) / f64::from(1 << 20);
+            assert!(
+                mib >= measured_mib && mib <= 2.0 * measured_mib,
+                "batch {batch}: {mib} MiB"
+            );
+        }
+    }
+}

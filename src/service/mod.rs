@@ -4,7 +4,9 @@
 mod api;
 mod auth;
 mod budget;
+pub mod checks;
 mod content;
+mod isolation;
 pub mod limits;
 mod listener;
 mod metrics;
@@ -109,7 +111,6 @@ pub struct AppState {
     wake: Arc<tokio::sync::Notify>,
     keys: Arc<ApiKeys>,
     max_upload_bytes: u64,
-    archive_limits: effp_engine::data::archive::ArchiveLimits,
     scratch: PathBuf,
     /// Where running jobs keep their training checkpoints.
     checkpoints: PathBuf,
@@ -164,7 +165,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         objects,
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
-        archive_limits: effp_engine::data::archive::ArchiveLimits::default(),
         scratch,
         checkpoints,
         checkpoint_every: args.checkpoint_every as usize,
@@ -175,6 +175,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -229,6 +230,23 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// Lifts the soft limit on open files to the hard one: every connection is a file,
+/// and the usual soft default (1024) is below the connection cap.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// At start-up, before anything else uses the stores: content that no record refers

@@ -8,10 +8,6 @@ use axum::extract::{Path, State};
 use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use effp_engine::data::DataError;
-use effp_engine::data::archive::{ArchiveError, ArchiveLimits};
-use effp_engine::data::dataset::Dataset;
-use serde_json::json;
 
 use crate::service::AppState;
 use crate::service::auth::Tenant;
@@ -22,6 +18,7 @@ use super::models::{
     Page, UploadQuery, object_of, refuse_if_in_use, release_object, store_problem,
 };
 use super::upload::{Received, created, discard, receive};
+use crate::service::checks::Upload;
 
 /// A page of datasets.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -50,7 +47,7 @@ pub struct DatasetList {
         (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 408, description = "The upload stalled", content_type = "application/problem+json", body = crate::service::problem::Problem),
-        (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 413, description = "Larger than the upload limit, or than the tenant's storage quota leaves room for", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 422, description = "Not a dataset, bad labels, or an unsafe archive (links, paths outside it, decompression bomb)", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
@@ -74,7 +71,8 @@ pub async fn upload(
             return Err(store_problem(e));
         }
     }
-    let summary = match check_archive(&state, &object.sha256).await {
+    let summary = match crate::service::checks::check(&state, Upload::Dataset, &object.sha256).await
+    {
         Ok(summary) => summary,
         Err(problem) => {
             discard(&state, &object).await;
@@ -102,90 +100,6 @@ pub async fn upload(
             Err(store_problem(e))
         }
     }
-}
-
-/// Unpacks the stored archive into a scratch folder (removed afterwards) and reads it
-/// as a dataset: its summary, or a 422 saying what is wrong.
-async fn check_archive(state: &AppState, sha256: &str) -> Result<serde_json::Value, Problem> {
-    let scratch = tempfile::tempdir_in(&state.scratch)
-        .map_err(|e| Problem::internal("cannot create a scratch folder", e))?;
-    let archive = state
-        .objects
-        .local_file(sha256, scratch.path())
-        .await
-        .map_err(store_problem)?;
-    let limits = state.archive_limits;
-    tokio::task::spawn_blocking(move || {
-        let unpacked = scratch.path().join("unpacked");
-        std::fs::create_dir_all(&unpacked)
-            .map_err(|e| Problem::internal("cannot create a scratch folder", e))?;
-        let result = effp_engine::data::dataset::open(&archive, &unpacked, limits);
-        // Messages name files inside the archive, not where it was unpacked.
-        let prefix = format!("{}/", unpacked.join("dataset").display());
-        match result {
-            Ok(dataset) => Ok(summarise(&dataset, &prefix)),
-            Err(e) => Err(dataset_problem(&e, &prefix, limits)),
-        }
-    })
-    .await
-    .map_err(|e| Problem::internal("checking the dataset failed", e))?
-}
-
-fn dataset_problem(e: &DataError, prefix: &str, limits: ArchiveLimits) -> Problem {
-    let detail = e.to_string().replace(prefix, "");
-    let (kind, title) = match e {
-        DataError::Archive(ArchiveError::Format(_)) => (
-            "invalid-archive",
-            "the upload is not a .zip, .tar or .tar.gz archive effp can read",
-        ),
-        DataError::Archive(ArchiveError::Io { .. }) | DataError::Io { .. } => {
-            return Problem::internal("cannot unpack the dataset", detail);
-        }
-        DataError::Archive(_) => ("unsafe-archive", "the archive was refused as unsafe"),
-        DataError::Labels(_) | DataError::Layout(_) | DataError::Image { .. } => {
-            ("invalid-dataset", "the archive is not a valid dataset")
-        }
-    };
-    let mut p = Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        kind,
-        format!("{title}: {detail}"),
-    );
-    if kind == "unsafe-archive" {
-        p.detail.push_str(&format!(
-            " (limits: {} entries, {} bytes unpacked, {}× expansion)",
-            limits.max_entries, limits.max_bytes, limits.max_ratio
-        ));
-    }
-    p
-}
-
-/// The layout, classes and per-split counts of a dataset.
-fn summarise(dataset: &Dataset, prefix: &str) -> serde_json::Value {
-    let layout = if dataset.root.join("data.yaml").is_file() {
-        "yolo"
-    } else {
-        "coco"
-    };
-    let splits: serde_json::Map<String, serde_json::Value> = dataset
-        .splits
-        .iter()
-        .map(|(name, samples)| {
-            let objects: usize = samples.iter().map(|s| s.labels.len()).sum();
-            let background = samples.iter().filter(|s| s.labels.is_empty()).count();
-            (
-                name.clone(),
-                json!({ "images": samples.len(), "objects": objects, "background_images": background }),
-            )
-        })
-        .collect();
-    let root = format!("{}/", dataset.root.display());
-    json!({
-        "layout": layout,
-        "root": root.strip_prefix(prefix).unwrap_or("").trim_end_matches('/'),
-        "classes": dataset.names,
-        "splits": splits,
-    })
 }
 
 /// `GET /v1/datasets`: the tenant's datasets, newest first.

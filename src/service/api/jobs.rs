@@ -325,12 +325,9 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
         errors.push(field("/options/round_to", "must be in 1..=256"));
     }
     if let Some(size) = &spec.input_size
-        && size.parse::<effp_graph::shape::InputSize>().is_err()
+        && let Err(e) = size.parse::<effp_graph::shape::InputSize>()
     {
-        errors.push(field(
-            "/input_size",
-            format!("'{size}' is not HxW, e.g. 640x640"),
-        ));
+        errors.push(field("/input_size", e));
     }
     if spec
         .device
@@ -365,7 +362,8 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
         (status = 200, description = "The job created before with this Idempotency-Key", body = JobRecord),
         (status = 400, description = "Bad Idempotency-Key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
-        (status = 422, description = "Invalid request: errors lists every bad field", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 422, description = "Invalid request: errors lists every bad field (also a job estimated over the job memory limit, or asking for more training steps than a tenant may queue)", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 429, description = "The tenant's queued jobs or their training steps are at their quota; Retry-After says when to try again", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn submit(
@@ -430,7 +428,19 @@ pub async fn submit(
     if let Some(model) = &model {
         crate::service::budget::check_job(&state, model, &spec).await?;
     }
-    crate::service::quota::check_job(&state, &tenant, &spec).await?;
+    if let Err(refused) = crate::service::quota::check_job(&state, &tenant, &spec).await {
+        // A retry of a request that made the job that filled the quota gets that job.
+        if let Some(k) = &key
+            && let Some(existing) = state
+                .jobs
+                .job_by_key(&tenant, k)
+                .await
+                .map_err(store_problem)?
+        {
+            return replay(existing, &spec_value, k);
+        }
+        return Err(refused);
+    }
     let (ts, _) = now();
     let job = JobRecord {
         id: format!("job_{}", uuid::Uuid::new_v4().simple()),

@@ -16,6 +16,7 @@ use crate::service::problem::Problem;
 use crate::service::store::{ModelRecord, StoreError};
 
 use super::upload::{Received, created, discard, receive};
+use crate::service::checks::Upload;
 
 /// Query of an upload.
 #[derive(Debug, Deserialize)]
@@ -120,7 +121,7 @@ pub(crate) fn store_problem(e: StoreError) -> Problem {
         (status = 400, description = "Unreadable body", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 408, description = "The upload stalled", content_type = "application/problem+json", body = crate::service::problem::Problem),
-        (status = 413, description = "Larger than the upload limit", content_type = "application/problem+json", body = crate::service::problem::Problem),
+        (status = 413, description = "Larger than the upload limit, or than the tenant's storage quota leaves room for", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 422, description = "Not an ONNX model effp can read", content_type = "application/problem+json", body = crate::service::problem::Problem),
     ),
     security(("bearer" = [])))]
@@ -144,7 +145,7 @@ pub async fn upload(
             return Err(store_problem(e));
         }
     }
-    let inspect = match inspect_object(&state, &object.sha256).await {
+    let inspect = match crate::service::checks::check(&state, Upload::Model, &object.sha256).await {
         Ok(v) => v,
         Err(problem) => {
             // Nothing is kept of a file that is not a model.
@@ -173,63 +174,6 @@ pub async fn upload(
             Err(store_problem(e))
         }
     }
-}
-
-/// Reads the stored file as ONNX: the inspect report without the per-node list,
-/// plus a summary of the channel groups; 422 when it is not a model effp can read.
-async fn inspect_object(state: &AppState, sha256: &str) -> Result<serde_json::Value, Problem> {
-    let path = state
-        .objects
-        .local_file(sha256, &state.scratch)
-        .await
-        .map_err(store_problem)?;
-    tokio::task::spawn_blocking(move || {
-        let invalid = |e: effp_graph::GraphError| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-model",
-                format!("the upload is not an ONNX model effp can read: {e}"),
-            )
-        };
-        let (model, report) = effp_graph::analyse_file(&path, None).map_err(invalid)?;
-        let analysis =
-            effp_graph::channels::ChannelAnalysis::new(&model.graph).map_err(invalid)?;
-        let mut value = serde_json::to_value(&report).map_err(|e| Problem::internal("cannot encode the report", e))?;
-        let activations = activation_summary(&report);
-        if let Some(object) = value.as_object_mut() {
-            object.remove("nodes");
-            if let Some(a) = activations {
-                object.insert("activations".into(), a);
-            }
-            object.insert(
-                "channel_groups".into(),
-                json!({ "prunable": analysis.groups.len(), "frozen_classes": analysis.frozen.len() }),
-            );
-        }
-        Ok(value)
-    })
-    .await
-    .map_err(|e| Problem::internal("inspecting the model failed", e))?
-}
-
-/// The elements of every node's outputs for one image at the model's own input size
-/// (what a job's memory grows with), or `None` when some shape is unknown.
-fn activation_summary(report: &effp_graph::inspect::InspectReport) -> Option<serde_json::Value> {
-    let image = report.inputs.iter().find_map(|i| {
-        let s = i.shape.as_ref()?;
-        (s.len() == 4).then(|| (s[2], s[3], s[0].max(1)))
-    })?;
-    let mut elements: u128 = 0;
-    for node in &report.nodes {
-        for shape in &node.output_shapes {
-            elements += shape.as_ref()?.iter().map(|&d| d as u128).product::<u128>();
-        }
-    }
-    Some(json!({
-        "elements_per_image": (elements / image.2 as u128) as f64,
-        "input_height": image.0,
-        "input_width": image.1,
-    }))
 }
 
 /// `GET /v1/models`: the tenant's models, newest first.

@@ -83,7 +83,10 @@ pub async fn receive(
             ),
         )
     })?;
-    let mut parts = multer::Multipart::new(stream, boundary);
+    // The whole form, not only its file part, counts against the limit.
+    let constraints = multer::Constraints::new()
+        .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(framing)));
+    let mut parts = multer::Multipart::with_constraints(stream, boundary, constraints);
     loop {
         let part = parts.next_field().await.map_err(bad_multipart)?;
         let Some(part) = part else {
@@ -170,6 +173,13 @@ where
 }
 
 fn bad_multipart(e: multer::Error) -> Problem {
+    if let multer::Error::StreamSizeExceeded { limit } = e {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the form exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
+        );
+    }
     Problem::new(
         StatusCode::BAD_REQUEST,
         "bad-multipart",

@@ -15,12 +15,11 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::api::jobs::{JobMethod, JobSpec, artifact_entry};
 use super::store::JobRecord;
+use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
-use child::JobRun;
-use process::ChildExit;
+use child::{ChildMessage, JobRun};
 
 pub mod child;
-mod process;
 mod sanitize;
 
 use sanitize::tenant_message;
@@ -226,22 +225,39 @@ async fn execute(
         run.spec.training.steps as usize,
         steps_rx,
     ));
-    let exit = process::run_child(
-        &request,
-        process::Supervision {
-            work: work.path(),
-            memory_limit: state.job_memory_limit,
-            cap_address_space: cpu,
-            stop: stop.clone(),
-        },
-        steps_tx,
-    )
-    .await?;
+    let error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let exit = {
+        let error = Arc::clone(&error);
+        isolation::run_isolated(
+            &["run-job".as_ref(), request.as_os_str()],
+            isolation::Supervision {
+                work: work.path(),
+                memory_limit: state.job_memory_limit,
+                cap_address_space: cpu,
+                stop: stop.clone(),
+            },
+            move |line| match serde_json::from_str::<ChildMessage>(&line) {
+                Ok(ChildMessage::Step(r)) => {
+                    let _ = steps_tx.send(r);
+                }
+                Ok(ChildMessage::Error(e)) => {
+                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+                Err(_) => tracing::debug!(line, "worker process output"),
+            },
+        )
+        .await?
+    };
     let _ = reporter.await;
     match exit {
         ChildExit::Succeeded => {}
         ChildExit::Stopped => return Ok(Outcome::Stopped),
-        ChildExit::Failed(message) => {
+        ChildExit::Failed(code) => {
+            let message = error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| format!("the worker process exited with status {code}"));
             return Ok(Outcome::Failed(tenant_message(
                 &message,
                 work.path(),

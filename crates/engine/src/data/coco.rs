@@ -9,6 +9,9 @@ use serde::Deserialize;
 use super::dataset::{Dataset, Label, Sample};
 use super::{DataError, io};
 
+/// Largest annotation file read (COCO 2017's whole train set is 448 MiB).
+const MAX_ANNOTATION_BYTES: usize = 512 << 20;
+
 #[derive(Deserialize)]
 struct CocoFile {
     images: Vec<CocoImage>,
@@ -75,7 +78,13 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
             .unwrap_or(&file)
             .display()
             .to_string();
-        let text = std::fs::read_to_string(&file).map_err(io("read", &file))?;
+        let text =
+            super::dataset::read_bounded(&file, MAX_ANNOTATION_BYTES).map_err(io("read", &file))?;
+        if text.len() > MAX_ANNOTATION_BYTES {
+            return Err(DataError::Layout(format!(
+                "{display}: larger than {MAX_ANNOTATION_BYTES} bytes; split the dataset into smaller archives"
+            )));
+        }
         let coco: CocoFile = serde_json::from_str(&text)
             .map_err(|e| DataError::Layout(format!("{display}: not COCO JSON: {e}")))?;
         let mut categories: Vec<&CocoCategory> = coco.categories.iter().collect();

@@ -121,8 +121,16 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
                     .unwrap_or(&label_path)
                     .display()
                     .to_string();
-                let text = std::fs::read_to_string(&label_path).map_err(io("read", &label_path))?;
-                parse_labels(&text, &display, config.names.len(), &mut issues)
+                let text =
+                    read_bounded(&label_path, MAX_LABEL_BYTES).map_err(io("read", &label_path))?;
+                if text.len() > MAX_LABEL_BYTES {
+                    issues.push(format!(
+                        "{display}: larger than {MAX_LABEL_BYTES} bytes; a label file lists one box a line"
+                    ));
+                    Vec::new()
+                } else {
+                    parse_labels(&text, &display, config.names.len(), &mut issues)
+                }
             } else {
                 Vec::new()
             };
@@ -253,7 +261,7 @@ struct DataConfig {
 
 /// The text of a file, at most `limit` bytes of it (one more is read so that a
 /// longer file fails the size check instead of being cut silently).
-fn read_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -261,6 +269,9 @@ fn read_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
         .read_to_string(&mut text)?;
     Ok(text)
 }
+
+/// Largest label file read: 16 MiB is some 400,000 boxes for one image.
+const MAX_LABEL_BYTES: usize = 16 << 20;
 
 /// Largest `data.yaml` read: a real one is a few hundred bytes.
 const MAX_YAML_BYTES: usize = 1 << 20;

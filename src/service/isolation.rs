@@ -1,32 +1,32 @@
-//! Runs a job in its own worker process (`effp run-job`) and watches it: training
-//! steps come back as progress, a stop request becomes SIGTERM (the child checkpoints
-//! and exits), and a child over its memory budget is killed.
+//! Work on tenants' files in processes of its own: the service starts the same
+//! binary for each job (`effp run-job`) and each upload check (`effp check-upload`)
+//! and watches it. A stop request becomes SIGTERM (a job checkpoints and exits), a
+//! process over its memory budget is killed, and whatever the process does to itself
+//! (an abort in native code, running out of memory) ends that process, not the
+//! service.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use effp_engine::train::session::StepRecord;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
-
-use super::child::ChildMessage;
 
 /// How often the child's memory is measured.
 const MEMORY_POLL: Duration = Duration::from_millis(100);
 /// Lines of the child's standard error kept for the log when it fails.
 const STDERR_LINES: usize = 40;
 
-/// How a worker process ended.
+/// How an isolated process ended.
 #[derive(Debug)]
 pub enum ChildExit {
-    /// The artifacts are in the work folder.
+    /// Exit status 0.
     Succeeded,
-    /// Stopped on request after writing its checkpoint.
+    /// Stopped on request (exit status 130; a job wrote its checkpoint).
     Stopped,
-    /// The job failed; the message is the run's own.
-    Failed(String),
+    /// Another exit status.
+    Failed(i32),
     /// Killed for using more memory than its budget.
     OverMemory {
         /// Resident memory when it was stopped, in bytes.
@@ -36,31 +36,30 @@ pub enum ChildExit {
     Died(String),
 }
 
-/// What the supervisor needs besides the job file.
+/// How to run and watch an isolated process.
 pub struct Supervision<'a> {
-    /// Where the job's files live; the child's temporary files go here too.
+    /// Its working folder; its temporary files go here too.
     pub work: &'a Path,
     /// Resident memory the process may use, in bytes.
     pub memory_limit: u64,
     /// Whether to also cap the address space (CPU jobs; CUDA reserves far more
     /// address space than it uses).
     pub cap_address_space: bool,
-    /// Fires when the job should stop (cancellation, shutdown).
+    /// Fires when the process should stop (cancellation, shutdown).
     pub stop: CancellationToken,
 }
 
-/// Starts `effp run-job REQUEST` and waits for it, sending its training steps to
-/// `steps`.
-pub async fn run_child(
-    request: &Path,
+/// Starts this binary with `args`, hands every line of its standard output to
+/// `on_line`, and waits for it to end.
+pub async fn run_isolated(
+    args: &[&std::ffi::OsStr],
     how: Supervision<'_>,
-    steps: tokio::sync::mpsc::UnboundedSender<StepRecord>,
+    mut on_line: impl FnMut(String) + Send + 'static,
 ) -> std::io::Result<ChildExit> {
     let exe = std::env::current_exe()?;
     let mut command = tokio::process::Command::new(exe);
     command
-        .arg("run-job")
-        .arg(request)
+        .args(args)
         .env("TMPDIR", how.work)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -73,8 +72,8 @@ pub async fn run_child(
     // async-signal-safe system calls (prctl, setrlimit).
     unsafe {
         command.pre_exec(move || {
-            // The job dies with the service: a restarted service must be the only
-            // one to run it again.
+            // The process dies with the service: a restarted service must be the
+            // only one to run its job again.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -94,19 +93,11 @@ pub async fn run_child(
     let pid = child.id().unwrap_or(0) as i32;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let messages = tokio::spawn(async move {
+    let lines = tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
-        let mut error = None;
         while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<ChildMessage>(&line) {
-                Ok(ChildMessage::Step(r)) => {
-                    let _ = steps.send(r);
-                }
-                Ok(ChildMessage::Error(e)) => error = Some(e),
-                Err(_) => tracing::debug!(line, "worker process output"),
-            }
+            on_line(line);
         }
-        error
     });
     let stderr_tail = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -140,16 +131,14 @@ pub async fn run_child(
             }
         }
     };
-    let error = messages.await.ok().flatten();
+    let _ = lines.await;
     let tail = stderr_tail.await.unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
     let exit = match (status.code(), over_memory) {
         (_, Some(used)) => ChildExit::OverMemory { used },
         (Some(0), _) => ChildExit::Succeeded,
         (Some(130), _) => ChildExit::Stopped,
-        (Some(code), _) => ChildExit::Failed(
-            error.unwrap_or_else(|| format!("the worker process exited with status {code}")),
-        ),
+        (Some(code), _) => ChildExit::Failed(code),
         (None, _) => ChildExit::Died(match status.signal() {
             Some(libc::SIGKILL) => {
                 "its worker process was killed (SIGKILL; the system may have run out of memory)"
@@ -161,12 +150,12 @@ pub async fn run_child(
             None => "its worker process ended without a status".into(),
         }),
     };
-    if !matches!(exit, ChildExit::Succeeded | ChildExit::Stopped) {
+    if matches!(exit, ChildExit::OverMemory { .. } | ChildExit::Died(_)) {
         tracing::warn!(
             pid,
             ?exit,
             stderr = %tail.iter().cloned().collect::<Vec<_>>().join("\n"),
-            "worker process failed"
+            "isolated process failed"
         );
     }
     Ok(exit)
