@@ -1,10 +1,13 @@
 //! Training with masks: the loop all trained methods share, EFFP's prune/regrow
-//! update and the baselines', the distillation loss, the optimiser, the schedules,
-//! and checkpoints.
+//! update and the baselines', the distillation loss, YOLOv8's labelled detection
+//! loss, the optimiser, the schedules, and checkpoints.
 
+mod assign;
 pub(crate) mod baselines;
+mod boxes;
 pub mod checkpoint;
 mod curvature;
+pub mod detection_loss;
 pub mod distill;
 pub(crate) mod effp;
 pub mod optim;
