@@ -14,8 +14,8 @@ normalised xywh), and answers, per case, what Ultralytics' trainer sees:
     {"total": loss.sum(), "box": ..., "cls": ..., "dfl": ..., "assigned": ...,
      "grads": [[...], ...]}
 
-with the number of anchors the assigner made foreground and the gradient of the
-total with respect to each level's predictions.
+with the number of anchors the assigner made foreground with a positive target
+score and the gradient of the total with respect to each level's predictions.
 """
 
 import json
@@ -58,7 +58,8 @@ def run(case: dict) -> dict:
 
     def recording(*args, **kwargs):
         out = assigner(*args, **kwargs)  # (labels, boxes, scores, fg_mask, gt_idx)
-        seen["assigned"] = int(out[3].sum())
+        # Foreground anchors that carry weight (zero-alignment ones are tie picks).
+        seen["assigned"] = int((out[3] & (out[2].sum(-1) > 0)).sum())
         return out
 
     criterion.assigner = recording

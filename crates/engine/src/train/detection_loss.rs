@@ -97,7 +97,10 @@ pub struct DetectionLoss {
     pub cls: f64,
     /// Distribution focal loss times its gain (`dfl_loss`).
     pub dfl: f64,
-    /// Anchors assigned a labelled box in the batch (the ones the box losses train).
+    /// Anchors assigned a labelled box with a positive target score in the batch: the
+    /// ones the box losses train. (The assigner also marks anchors whose alignment
+    /// with their box is 0; which of those it picks depends on how the device breaks
+    /// ties, and they weigh nothing, so they are not counted.)
     pub assigned: i64,
 }
 
@@ -182,12 +185,12 @@ pub fn detection_loss(
 
     // Box losses over the foreground anchors, weighted by their class targets.
     let fg = assigned.foreground.nonzero_numpy();
-    let count = fg[0].size()[0];
     let fg = [Some(&fg[0]), Some(&fg[1])];
     let weight = assigned
         .scores
         .index(&fg)
         .sum_dim_intlist(-1, true, Kind::Float);
+    let count = weight.gt(0.0).sum(Kind::Int64);
     let target_boxes = &assigned.boxes / &strides;
     let iou = ciou(&pred_boxes.index(&fg), &target_boxes.index(&fg));
     let box_loss = ((1f64 - iou) * &weight).sum(Kind::Float) / &score_sum;
@@ -212,7 +215,7 @@ pub fn detection_loss(
         box_loss: values[0],
         cls: values[1],
         dfl: values[2],
-        assigned: count,
+        assigned: count.int64_value(&[]),
     })
 }
 
