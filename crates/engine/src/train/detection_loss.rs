@@ -104,11 +104,11 @@ pub struct DetectionLoss {
     pub assigned: i64,
 }
 
-/// YOLOv8's detection loss of the raw head predictions `levels` (any order of
-/// strides, as long as it is the order the anchors should be numbered in: finest
-/// first, as Ultralytics does) against `targets`, `[M, 6]` rows of (image index in
-/// the batch, class, cx, cy, w, h) with the box normalised to `image_size`
-/// (height, width) in pixels — the layout of [`crate::data::loader::TrainBatch`].
+/// YOLOv8's detection loss of the raw head predictions `levels`, finest first (by
+/// increasing stride, as [`super::head::DetectionHead::head_levels`] gives them),
+/// against `targets`, `[M, 6]` rows of (image index in the batch, class, cx, cy, w,
+/// h) with the box normalised to `image_size` (height, width) in pixels — the layout
+/// of [`crate::data::loader::TrainBatch`]; rows of one image keep their order.
 ///
 /// Works on the device of the predictions (the targets may be anywhere); float32.
 pub fn detection_loss(
@@ -291,6 +291,14 @@ fn check_levels(
     if classes < 1 {
         return bad("the head predicts no classes".into());
     }
+    // Ultralytics numbers anchors finest level first and floors tiny boxes at the
+    // second level's stride.
+    if levels.windows(2).any(|w| w[0].stride >= w[1].stride) {
+        let strides: Vec<f64> = levels.iter().map(|l| l.stride).collect();
+        return bad(format!(
+            "head levels must come finest first, by increasing stride; got strides {strides:?}"
+        ));
+    }
     Ok(Shape { batch, classes })
 }
 
@@ -453,6 +461,9 @@ mod tests {
         assert!(m.contains("below 3"), "{m}");
         let m = err(detection_loss(&levels, &t(&[]), (32, 64), &cfg));
         assert!(m.contains("do not cover"), "{m}");
+        let swapped = [level(2, 3, 2, 2, 16.0), level(2, 3, 4, 4, 8.0)];
+        let m = err(detection_loss(&swapped, &t(&[]), (32, 32), &cfg));
+        assert!(m.contains("increasing stride"), "{m}");
         let m = err(detection_loss(&[], &t(&[]), (32, 32), &cfg));
         assert!(m.contains("at least one"), "{m}");
         let narrow = HeadLevel {
