@@ -34,6 +34,10 @@ pub enum EngineError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The model has no YOLOv8-style detection head, which the labelled detection
+    /// loss needs; the message says what was looked for and what was found.
+    #[error("no YOLOv8-style detection head: {0}")]
+    NoDetectionHead(String),
     /// The graph itself is at fault.
     #[error(transparent)]
     Graph(#[from] effp_graph::GraphError),
