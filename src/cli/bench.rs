@@ -279,7 +279,16 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
     let mut masked_ms = Vec::new();
     for i in 0..a.run.warmup + a.iters {
         let start = Instant::now();
-        distill_step(&teacher, &plain, &taps, &x, &mut opt_plain, 1e-4, None)?;
+        distill_step(
+            &teacher,
+            &plain,
+            &taps,
+            &x,
+            &mut opt_plain,
+            1e-4,
+            None,
+            None,
+        )?;
         sync();
         let t_plain = start.elapsed().as_secs_f64() * 1e3;
         let start = Instant::now();
@@ -296,6 +305,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
             &mut opt_masked,
             1e-4,
             Some(gating),
+            None,
         )?;
         sync();
         let t_masked = start.elapsed().as_secs_f64() * 1e3;

@@ -62,9 +62,9 @@ impl Method {
 pub struct PruneArgs {
     /// The ONNX model to prune.
     pub model: PathBuf,
-    /// Pruning method.
-    #[arg(long, value_enum, default_value = "l1")]
-    pub method: Method,
+    /// Pruning method (default: effp with --data, else l1).
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
     /// FLOPs to keep: a ratio of the original (e.g. 0.5) or an absolute count (e.g. 4.2e9).
     #[arg(long, value_name = "R|FLOPS")]
     pub target_flops: Option<f64>,
@@ -107,6 +107,18 @@ pub struct PruneArgs {
     pub training: TrainingArgs,
 }
 
+impl PruneArgs {
+    /// The method: the one asked for, or EFFP when there are images to train on and
+    /// one-shot L1 when there are none.
+    pub fn method(&self) -> Method {
+        self.method.unwrap_or(if self.data.is_some() {
+            Method::Effp
+        } else {
+            Method::L1
+        })
+    }
+}
+
 /// Settings of the trained methods.
 #[derive(Debug, Args)]
 pub struct TrainingArgs {
@@ -134,6 +146,11 @@ pub struct TrainingArgs {
     /// Images per step.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
+    /// Weight of YOLOv8's detection loss on the labels (per image) beside the
+    /// distillation loss, when the training images have labels; 0: learn from the
+    /// original's outputs alone.
+    #[arg(long, default_value_t = effp_engine::train::session::DEFAULT_LABEL_WEIGHT)]
+    pub label_weight: f64,
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -198,6 +215,10 @@ pub struct PruneReport {
     /// Loss, FLOPs, budget and mask changes over the steps.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     curve: Vec<StepRecord>,
+    /// What the user should know about the result (one-shot pruning recovers
+    /// nothing of what the removed filters did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     /// Seconds from start to the written model.
     wall_seconds: f64,
     compaction: CompactionReport,
@@ -285,12 +306,12 @@ pub fn execute(
         ),
         None => None,
     };
-    let trains = args.method != Method::L1 || (dataset.is_some() && args.training.steps > 0);
+    let trains = args.method() != Method::L1 || (dataset.is_some() && args.training.steps > 0);
     let (trained, mask, curve, training) = if trains {
         let Some(ds) = &dataset else {
             anyhow::bail!(
                 "--method {} trains on images from the model's domain: pass --data DIR|ARCHIVE",
-                args.method
+                args.method()
                     .to_possible_value()
                     .expect("no skipped variants")
                     .get_name()
@@ -349,7 +370,7 @@ pub fn execute(
     let after = graph_cost(&pruned.graph);
     let report = PruneReport {
         schema: PRUNE_REPORT_SCHEMA,
-        method: args.method,
+        method: args.method(),
         target: match target {
             Target::FlopsRatio(r) => serde_json::json!({ "flops_ratio": r }),
             Target::Flops(f) => serde_json::json!({ "flops": f }),
@@ -376,6 +397,11 @@ pub fn execute(
             t
         }),
         curve,
+        note: (!trains).then(|| {
+            "one-shot pruning without training: accuracy was not recovered after the filters were removed; \
+             give images from the model's domain (--data, or a dataset for a job) to train with effp"
+                .to_string()
+        }),
         wall_seconds: started.elapsed().as_secs_f64(),
         compaction,
     };
@@ -418,6 +444,9 @@ fn print_summary(report: &PruneReport, args: &PruneArgs) {
             e.device, e.max_relative_error
         );
     }
+    if let Some(note) = &report.note {
+        println!("note    {note}");
+    }
     println!("wrote   {}", args.out.display());
 }
 
@@ -457,6 +486,9 @@ struct TrainingSummary {
     resumed_from_step: Option<usize>,
     regrown: usize,
     pruned: usize,
+    label_weight: f64,
+    /// Whether the run learnt from the labels, and if not, why not.
+    labels: effp_engine::train::session::LabelUse,
 }
 
 /// Trains with the chosen method, showing a progress bar, saving checkpoints, and
@@ -480,7 +512,7 @@ fn train(
         anyhow::bail!("--lr must be a positive number, got {}", t.lr);
     }
     let options = TrainOptions {
-        method: args.method.trained(),
+        method: args.method().trained(),
         steps: t.steps,
         prune_share: t.prune_share,
         interval: t.interval as usize,
@@ -499,6 +531,7 @@ fn train(
         lr: t.lr,
         seed: t.seed,
         limits,
+        label_weight: t.label_weight,
         ..TrainOptions::default()
     };
     let checkpoint = t.checkpoint.clone().unwrap_or_else(|| {
@@ -524,7 +557,7 @@ fn train(
             .expect("a valid template"),
     );
     bar.set_prefix(
-        args.method
+        args.method()
             .to_possible_value()
             .expect("no skipped variants")
             .get_name()
@@ -575,6 +608,8 @@ fn train(
         resumed_from_step,
         regrown: 0,
         pruned: 0,
+        label_weight: t.label_weight,
+        labels: run.labels.clone(),
     };
     Ok((run, summary))
 }

@@ -141,6 +141,12 @@ pub struct TrainingSpec {
     /// Seed for shuffling, augmentation and random masks (default 0).
     #[serde(default)]
     pub seed: u64,
+    /// Weight of YOLOv8's detection loss on the dataset's labels (per image) beside
+    /// the distillation loss, in [0, 100] (default 1; 0 learns from the original's
+    /// outputs alone).
+    #[serde(default = "default_label_weight")]
+    #[schema(minimum = 0.0, maximum = 100.0)]
+    pub label_weight: f64,
 }
 
 fn default_steps() -> u32 {
@@ -164,6 +170,9 @@ fn default_stages() -> u32 {
 fn default_batch() -> u32 {
     8
 }
+fn default_label_weight() -> f64 {
+    effp_engine::train::session::DEFAULT_LABEL_WEIGHT
+}
 fn default_lr() -> f64 {
     1e-3
 }
@@ -180,6 +189,7 @@ impl Default for TrainingSpec {
             batch: default_batch(),
             lr: default_lr(),
             seed: 0,
+            label_weight: default_label_weight(),
         }
     }
 }
@@ -209,6 +219,9 @@ impl TrainingSpec {
         if !(self.lr > 0.0 && self.lr <= 1.0) {
             errors.push(field("/training/lr", "must be in (0, 1]"));
         }
+        if !(0.0..=100.0).contains(&self.label_weight) {
+            errors.push(field("/training/label_weight", "must be in [0, 100]"));
+        }
         errors
     }
 }
@@ -224,7 +237,7 @@ pub struct JobSpec {
     /// and the labels for mAP before and after (any method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
-    /// The method (default l1).
+    /// The method (default: effp with a dataset, l1 without).
     #[serde(default = "default_method")]
     pub method: JobMethod,
     /// The target.
@@ -272,8 +285,16 @@ pub(crate) fn field(path: &str, message: impl Into<String>) -> FieldError {
 
 /// Parses and checks a request body; every problem found is reported at once.
 fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let spec: JobSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(vec![field("", format!("not a JSON job request: {e}"))]))?;
+    // The method defaults to what the data allows: EFFP with images, L1 without.
+    if let Some(object) = value.as_object_mut()
+        && !object.contains_key("method")
+        && object.get("dataset").is_some_and(|d| !d.is_null())
+    {
+        object.insert("method".into(), "effp".into());
+    }
+    let spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let pointer = if path == "." {
             String::new()

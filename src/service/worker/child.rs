@@ -161,6 +161,8 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
         t.lr.to_string(),
         "--seed".into(),
         t.seed.to_string(),
+        "--label-weight".into(),
+        t.label_weight.to_string(),
         "--checkpoint".into(),
         job.checkpoint.display().to_string(),
         "--checkpoint-every".into(),

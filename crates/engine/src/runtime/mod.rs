@@ -322,7 +322,8 @@ impl Network {
                     message: torch_message(&e),
                 })?;
             for (&id, t) in node.outputs.iter().zip(outputs) {
-                if let Some(k) = taps.iter().position(|&v| v == id) {
+                // A value may be tapped twice (by distillation and by the labelled loss).
+                for (k, _) in taps.iter().enumerate().filter(|&(_, &v)| v == id) {
                     tapped[k] = Some(t.shallow_clone());
                 }
                 values[id.0] = Some(t);

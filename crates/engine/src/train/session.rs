@@ -15,7 +15,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress};
 use super::curvature::gate_curvature;
+use super::detection_loss::detection_loss;
 use super::distill::{Distill, distillation_loss, prediction_taps};
+use super::head::{DetectionHead, find_detection_head};
 use super::optim::AdamW;
 use super::schedule::learning_rate;
 use super::{baselines, effp};
@@ -59,6 +61,10 @@ pub enum Criterion {
     Curvature,
 }
 
+/// How much the labelled detection loss weighs beside the distillation loss unless
+/// told otherwise.
+pub const DEFAULT_LABEL_WEIGHT: f64 = 1.0;
+
 /// The settings of a training run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainOptions {
@@ -93,6 +99,10 @@ pub struct TrainOptions {
     pub augment: Option<Augment>,
     /// Per-layer limits of every pruning step.
     pub limits: L1Options,
+    /// Weight of YOLOv8's labelled detection loss (per image) beside the
+    /// distillation loss when the training images have labels; 0 learns from the
+    /// original's outputs alone.
+    pub label_weight: f64,
 }
 
 impl Default for TrainOptions {
@@ -113,6 +123,7 @@ impl Default for TrainOptions {
             seed: 0,
             augment: Some(Augment::default()),
             limits: L1Options::default(),
+            label_weight: DEFAULT_LABEL_WEIGHT,
         }
     }
 }
@@ -135,6 +146,10 @@ pub struct StepRecord {
     pub regrown: usize,
     /// Groups switched off so far (counting every switch-off).
     pub pruned: usize,
+    /// YOLOv8's detection loss per image on the step's labels, when it trained on
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_loss: Option<f64>,
 }
 
 /// Where and when a run saves its state, and how it is told to stop.
@@ -161,6 +176,48 @@ pub struct TrainRun {
     pub model: Model,
     /// Every step's record.
     pub history: Vec<StepRecord>,
+    /// Whether it learnt from the labels too, and if not, why not.
+    pub labels: LabelUse,
+}
+
+/// Whether a run learnt from the images' labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "used")]
+pub enum LabelUse {
+    /// YOLOv8's detection loss on the labels, beside distillation.
+    Yes,
+    /// Distillation only: why.
+    No {
+        /// Why the labels were not used.
+        reason: String,
+    },
+}
+
+/// Whether (and with which head) a run can learn from labels.
+fn label_plan(
+    graph: &effp_graph::ir::Graph,
+    analysis: &ChannelAnalysis,
+    samples: &[Sample],
+    weight: f64,
+) -> (Option<DetectionHead>, LabelUse) {
+    let no = |reason: &str| {
+        (
+            None,
+            LabelUse::No {
+                reason: reason.into(),
+            },
+        )
+    };
+    if weight <= 0.0 {
+        return no("label-free training was asked for");
+    }
+    if samples.iter().all(|s| s.labels.is_empty()) {
+        return no("the training images have no labels");
+    }
+    match find_detection_head(graph, analysis) {
+        Ok(head) => (Some(head), LabelUse::Yes),
+        Err(e) => no(&format!("the labelled loss needs a YOLOv8-style head: {e}")),
+    }
 }
 
 /// The error a cancelled run ends with, after saving its checkpoint.
@@ -306,6 +363,7 @@ pub fn train(
         Distill::Outputs => Vec::new(),
         Distill::Heads => prediction_taps(g, analysis),
     };
+    let (head, labels_used) = label_plan(g, analysis, samples, options.label_weight);
     let params: Vec<Tensor> = student
         .trainable()
         .into_iter()
@@ -417,6 +475,12 @@ pub fn train(
             benefit: &mut benefit,
             sensitivity: &mut sensitivity,
         };
+        let targets = batch.targets.to_device(device);
+        let labelled = head.as_ref().map(|head| Labelled {
+            head,
+            targets: &targets,
+            weight: options.label_weight,
+        });
         let loss = distill_step(
             &teacher,
             &student,
@@ -425,6 +489,7 @@ pub fn train(
             &mut optimizer,
             lr,
             Some(gating),
+            labelled,
         )?;
 
         let mut budget_now = budget.goal;
@@ -486,7 +551,8 @@ pub fn train(
         let flops = ActiveChannels::for_mask(g, analysis, &mask).cost().flops();
         let record = StepRecord {
             step,
-            loss,
+            loss: loss.distill,
+            detection_loss: loss.detection,
             flops_ratio: flops as f64 / original.flops().max(1) as f64,
             budget: budget_now,
             active_groups: groups - mask.pruned(),
@@ -511,6 +577,7 @@ pub fn train(
         mask,
         model: student.export()?,
         history: state.history,
+        labels: labels_used,
     })
 }
 
@@ -524,9 +591,32 @@ pub struct Gating<'a> {
     pub sensitivity: &'a mut Tensor,
 }
 
+/// The labels of a step and what turns the student's head into YOLOv8's detection
+/// loss.
+pub struct Labelled<'a> {
+    /// The head the loss reads (its taps follow the distillation taps).
+    pub head: &'a DetectionHead,
+    /// The batch's targets (`[M, 6]`, as the loader makes them).
+    pub targets: &'a Tensor,
+    /// Weight of the detection loss (per image) beside the distillation loss.
+    pub weight: f64,
+}
+
+/// What one step's losses came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLoss {
+    /// The distillation loss.
+    pub distill: f64,
+    /// The detection loss per image (box + cls + dfl, Ultralytics' gains), when the
+    /// step had labels.
+    pub detection: Option<f64>,
+}
+
 /// One optimiser step of `student` toward `teacher` on the images `x`, masked when
 /// `gating` is given (the unit the training loop repeats, and what the gate-overhead
-/// benchmark times with and without gates). Returns the loss before the step.
+/// benchmark times with and without gates). With `labels`, the step also minimises
+/// YOLOv8's detection loss on them. Returns the losses before the step.
+#[allow(clippy::too_many_arguments)]
 pub fn distill_step(
     teacher: &Network,
     student: &Network,
@@ -535,14 +625,38 @@ pub fn distill_step(
     optimizer: &mut AdamW,
     lr: f64,
     gating: Option<Gating<'_>>,
-) -> Result<f64, EngineError> {
+    labels: Option<Labelled<'_>>,
+) -> Result<StepLoss, EngineError> {
     let (t_out, t_taps) =
         tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, taps))?;
-    let (s_out, s_taps) =
-        student.forward_tapped(&[x.shallow_clone()], gating.as_ref().map(|g| g.gates), taps)?;
+    let student_taps: Vec<ValueId> = match &labels {
+        Some(l) => taps.iter().copied().chain(l.head.taps()).collect(),
+        None => taps.to_vec(),
+    };
+    let (s_out, mut s_taps) = student.forward_tapped(
+        &[x.shallow_clone()],
+        gating.as_ref().map(|g| g.gates),
+        &student_taps,
+    )?;
+    let head_maps = s_taps.split_off(taps.len());
     let student_all: Vec<Tensor> = s_out.into_iter().chain(s_taps).collect();
     let teacher_all: Vec<Tensor> = t_out.into_iter().chain(t_taps).collect();
-    let loss = distillation_loss(&student_all, &teacher_all);
+    let distill = distillation_loss(&student_all, &teacher_all);
+    let mut step = StepLoss {
+        distill: distill.double_value(&[]),
+        detection: None,
+    };
+    let loss = match labels {
+        Some(l) => {
+            let levels = l.head.head_levels(&head_maps)?;
+            let d = detection_loss(&levels, l.targets, l.head.image_size, &l.head.loss_config())?;
+            let images = x.size()[0].max(1) as f64;
+            let per_image = d.total / images;
+            step.detection = Some(per_image.double_value(&[]));
+            distill + per_image * l.weight
+        }
+        None => distill,
+    };
     optimizer.zero_grad();
     if let Some(g) = &gating {
         let mut gates = g.gates.shallow_clone();
@@ -564,7 +678,7 @@ pub fn distill_step(
     optimizer
         .step(lr)
         .map_err(|e| EngineError::Input(e.to_string()))?;
-    Ok(loss.double_value(&[]))
+    Ok(step)
 }
 
 /// Puts a mask's values into the gate vector. Soft masks leave every gate open and
