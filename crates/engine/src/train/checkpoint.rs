@@ -184,6 +184,7 @@ mod tests {
                     active_groups: i * 3,
                     regrown: i,
                     pruned: 2 * i,
+                    detection_loss: (i % 2 == 0).then_some(loss * 3.0),
                 })
                 .collect();
             let progress = Progress {
