@@ -11,7 +11,8 @@ prepare)
   cp target/release/effp .device/effp && strip .device/effp
   cp "$fixtures/trained.onnx" "$fixtures/yolov8n.onnx" .device/
   cp -r "$fixtures/synth" .device/synth
-  grep -qx '/.device/' .git/info/exclude || echo '/.device/' >> .git/info/exclude
+  mkdir -p .git/info && touch .git/info/exclude
+  grep -qx "/.device/" .git/info/exclude || echo '/.device/' >> .git/info/exclude
   du -sh .device
   ;;
 run)
@@ -22,8 +23,8 @@ run)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   d=.device
   # Gate overhead of a masked training step against a plain one.
-  $d/effp bench step $d/yolov8n.onnx --batch 8 --device cuda --json "$out/step-yolov8n.json" 2>&1 | tail -n 3
-  $d/effp bench step $d/trained.onnx --batch 8 --device cuda --json "$out/step-trained.json" 2>&1 | tail -n 3
+  [ -n "${SKIP_STEP:-}" ] || $d/effp bench step $d/yolov8n.onnx --batch 8 --device cuda --json "$out/step-yolov8n.json" 2>&1 | tail -n 3
+  [ -n "${SKIP_STEP:-}" ] || $d/effp bench step $d/trained.onnx --batch 8 --device cuda --json "$out/step-trained.json" 2>&1 | tail -n 3
   # The labelled loss against label-free EFFP and the baselines, 0.5 FLOPs.
   steps=${STEPS:-500}
   run() {
@@ -33,9 +34,12 @@ run)
       grep -E "mAP|wall|error" | sed "s/^/$name: /"
   }
   run effp-labels --method effp --target-flops 0.5
+  run effp-labels-w0.3 --method effp --target-flops 0.5 --label-weight 0.3
   run effp-label-free --method effp --target-flops 0.5 --label-weight 0
+  [ -n "${ONLY_EFFP:-}" ] && exit 0
   run effp-labels-w3 --method effp --target-flops 0.5 --label-weight 3
   run l1-labels --method l1 --target-flops 0.5
+  run random-labels --method random --target-flops 0.5
   run ceiling-0.99 --method l1 --target-flops 0.99
   ;;
 *)

@@ -50,8 +50,10 @@ pub fn equivalence(
     device: Device,
     batch: i64,
 ) -> Result<Equivalence, EngineError> {
-    let masked = Network::new(original, device)?.with_gates(analysis);
-    let small = Network::new(compacted, device)?;
+    let masked = Network::new(original, device)?
+        .with_gates(analysis)
+        .precise();
+    let small = Network::new(compacted, device)?.precise();
     let gates = masked
         .gate_map()
         .expect("gates were added")

@@ -32,6 +32,8 @@ pub struct Network {
     gates: Option<GateMap>,
     /// How each node is executed (fusions decided once, at build time).
     plan: Vec<Step>,
+    /// Whether convolutions run in full float32 (see [`Network::precise`]).
+    precise: bool,
 }
 
 /// How one node is executed.
@@ -151,7 +153,16 @@ impl Network {
             reference_batch,
             gates: None,
             plan: plan_steps(model),
+            precise: false,
         })
+    }
+
+    /// Runs convolutions in full float32 even where the GPU would use TF32 (about
+    /// three decimal digits): what a check that two networks compute the same thing
+    /// to float tolerance needs. Training keeps the faster default.
+    pub fn precise(mut self) -> Self {
+        self.precise = true;
+        self
     }
 
     /// Adds gates for the groups of `analysis` (computed on this model's graph).
@@ -314,6 +325,7 @@ impl Network {
                 graph: g,
                 batch,
                 reference_batch: self.reference_batch,
+                precise: self.precise,
             };
             let outputs =
                 ops::run(&ctx, node, &args, gate.as_ref()).map_err(|e| EngineError::Torch {

@@ -14,6 +14,53 @@ pub(crate) struct Context<'g> {
     pub batch: i64,
     /// Batch size the graph's shapes were inferred with.
     pub reference_batch: i64,
+    /// Convolutions in full float32 (no TF32 on GPUs that have it), for checks that
+    /// compare two networks to float tolerance.
+    pub precise: bool,
+}
+
+/// A convolution, in full float32 when `precise` (cuDNN otherwise uses TF32, with
+/// about three decimal digits, for float32 convolutions on GPUs that have it).
+#[allow(clippy::too_many_arguments)]
+fn convolution(
+    precise: bool,
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    strides: &[i64],
+    padding: &[i64],
+    dilations: &[i64],
+    transposed: bool,
+    output_padding: &[i64],
+    groups: i64,
+) -> R<Tensor> {
+    if precise {
+        input.f_internal_convolution(
+            weight,
+            bias,
+            strides,
+            padding,
+            dilations,
+            transposed,
+            output_padding,
+            groups,
+            false,
+            false,
+            true,
+            false,
+        )
+    } else {
+        input.f_convolution(
+            weight,
+            bias,
+            strides,
+            padding,
+            dilations,
+            transposed,
+            output_padding,
+            groups,
+        )
+    }
 }
 
 fn err(msg: impl Into<String>) -> TchError {
@@ -108,14 +155,16 @@ pub(crate) fn run(
             let (input, padding) = pad_input(x, &c.window, spatial, &w.size()[2..], 0.0)?;
             let strides = window_vec(&c.window.strides, spatial, 1);
             let dilations = window_vec(&c.window.dilations, spatial, 1);
-            one(input.f_convolution(
+            one(convolution(
+                ctx.precise,
+                &input,
                 &w,
                 args.get(2).copied().flatten(),
                 &strides,
                 &padding,
                 &dilations,
                 false,
-                vec![0; spatial],
+                &vec![0; spatial],
                 c.group,
             )?)
         }
@@ -135,7 +184,9 @@ pub(crate) fn run(
                 .collect();
             let strides = window_vec(&c.window.strides, spatial, 1);
             let dilations = window_vec(&c.window.dilations, spatial, 1);
-            one(x.f_convolution(
+            one(convolution(
+                ctx.precise,
+                x,
                 &w,
                 args.get(2).copied().flatten(),
                 &strides,
