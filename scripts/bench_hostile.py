@@ -28,28 +28,13 @@ from pathlib import Path
 from bench_http import Server, cpu_name, oha, rss
 
 
-def start(effp: str, data: Path, extra: list[str]) -> Server:
-    server = Server.__new__(Server)
-    server.proc = subprocess.Popen(
-        [effp, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "EFFP_API_KEYS": "", "EFFP_LOG": "error"},
-    )
-    line = server.proc.stdout.readline()
-    server.url = next(w for w in line.split() if w.startswith("http://"))
-    server.host, port = server.url.removeprefix("http://").split(":")
-    server.port = int(port)
-    return server
-
-
 def settle(pid: int) -> int:
     time.sleep(2)
     return rss(pid)
 
 
 def jobs_memory(effp: str, fixtures: Path, tmp: Path, count: int) -> dict:
-    server = start(effp, tmp / "jobs", [])
+    server = Server(effp, tmp / "jobs", [])
     try:
         status, model = server.request("POST", "/v1/models", body=(fixtures / "yolov8t.onnx").read_bytes())
         assert status == 201, model
@@ -137,7 +122,7 @@ def connections(effp: str, oha_tool: str, tmp: Path, seconds: int) -> dict:
         ("cap 4096", ["--max-connections", "4096", "--header-read-timeout-secs", "60"]),
         ("defaults (cap 1024, 10 s head timeout)", []),
     ]:
-        server = start(effp, tmp / f"conn-{len(rows)}", extra)
+        server = Server(effp, tmp / f"conn-{len(rows)}", extra)
         try:
             alone = oha(oha_tool, f"{server.url}/healthz", seconds, 4, [])
             stop = threading.Event()

@@ -45,9 +45,9 @@ def rss(pid: int) -> int:
 class Server:
     """A release `effp serve` on a free loopback port with its own data directory."""
 
-    def __init__(self, effp: str, data: Path):
+    def __init__(self, effp: str, data: Path, extra: list[str] | None = None):
         self.proc = subprocess.Popen(
-            [effp, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+            [effp, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), *(extra or [])],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "EFFP_API_KEYS": "", "EFFP_LOG": "error"},

@@ -44,32 +44,6 @@ fn zip_dir(dir: &std::path::Path, skip: &[&str], extra: &[(&str, Vec<u8>)]) -> V
     z.finish().unwrap().into_inner()
 }
 
-fn upload(base: &str, what: &str, token: Option<&str>, bytes: &[u8]) -> String {
-    let reply = call("POST", &format!("{base}/v1/{what}"), token, Some(bytes));
-    assert!(
-        matches!(reply.status, 200 | 201),
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
-fn submit(base: &str, token: Option<&str>, body: &serde_json::Value) -> String {
-    let created = call(
-        "POST",
-        &format!("{base}/v1/jobs"),
-        token,
-        Some(body.to_string().as_bytes()),
-    );
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
-    created.json()["id"].as_str().unwrap().to_string()
-}
-
 /// The server's one worker process, once a job is running in it.
 fn worker_process(server: &Server) -> u32 {
     let started = Instant::now();
@@ -125,7 +99,7 @@ fn a_job_over_its_memory_budget_fails_and_the_api_keeps_serving() {
         ],
     );
     let dataset = upload(&base, "datasets", None, &archive);
-    let id = submit(
+    let id = submit_job(
         &base,
         None,
         &serde_json::json!({
@@ -144,7 +118,7 @@ fn a_job_over_its_memory_budget_fails_and_the_api_keeps_serving() {
     // Same server process, still answering, and it runs the next job.
     assert_eq!(server.child.id(), pid);
     assert!(alive(pid));
-    let next = submit(
+    let next = submit_job(
         &base,
         None,
         &serde_json::json!({"model": model, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
@@ -167,7 +141,7 @@ fn killed_and_aborting_worker_processes_cost_attempts_not_the_service() {
 
     // SIGKILL mid-training: the job goes back to the queue and resumes from its
     // last checkpoint in a new worker process.
-    let id = submit(&base, None, &spec);
+    let id = submit_job(&base, None, &spec);
     wait_for_step(&base, &id, 6);
     let worker = worker_process(&server);
     assert!(
@@ -186,7 +160,7 @@ fn killed_and_aborting_worker_processes_cost_attempts_not_the_service() {
 
     // A worker process that aborts every time: the job fails after three attempts
     // and says why.
-    let id = submit(&base, None, &spec);
+    let id = submit_job(&base, None, &spec);
     for attempt in 1..=3 {
         let started = Instant::now();
         let worker = loop {
@@ -245,7 +219,7 @@ fn a_tenant_with_fifty_queued_jobs_does_not_hold_back_another_tenants_job() {
         &zip_dir(&fixtures::dir().join("synth"), &[], &[]),
     );
     // acme: one long job running, then fifty queued behind it.
-    let long = submit(
+    let long = submit_job(
         &base,
         ACME,
         &serde_json::json!({
@@ -255,8 +229,8 @@ fn a_tenant_with_fifty_queued_jobs_does_not_hold_back_another_tenants_job() {
     );
     let quick =
         serde_json::json!({"model": acme_model, "target": {"flops_ratio": 0.5}, "device": "cpu"});
-    let queued: Vec<String> = (0..50).map(|_| submit(&base, ACME, &quick)).collect();
-    let theirs = submit(
+    let queued: Vec<String> = (0..50).map(|_| submit_job(&base, ACME, &quick)).collect();
+    let theirs = submit_job(
         &base,
         GLOBEX,
         &serde_json::json!({"model": globex_model, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
@@ -294,7 +268,7 @@ fn failed_jobs_tell_the_tenant_why_without_server_paths() {
     let base = server.url.clone();
     let model = upload(&base, "models", None, &fixture_bytes("yolov8t.onnx"));
     // One FLOP is out of reach: the job fails with the smallest reachable size.
-    let id = submit(
+    let id = submit_job(
         &base,
         None,
         &serde_json::json!({"model": model, "target": {"flops": 1}, "device": "cpu"}),

@@ -326,22 +326,6 @@ fn upload_model_and_data(base: &str) -> (String, String) {
     )
 }
 
-fn submit(base: &str, body: &serde_json::Value) -> String {
-    let created = call(
-        "POST",
-        &format!("{base}/v1/jobs"),
-        None,
-        Some(body.to_string().as_bytes()),
-    );
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
-    created.json()["id"].as_str().unwrap().to_string()
-}
-
 /// Waits until a running job has reported at least `step` training steps.
 fn wait_for_step(base: &str, id: &str, step: u64) -> serde_json::Value {
     let started = Instant::now();
@@ -362,8 +346,9 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy() {
     let server = Server::start(&[], &[]);
     let base = &server.url;
     let (model, dataset) = upload_model_and_data(base);
-    let id = submit(
+    let id = submit_job(
         base,
+        None,
         &serde_json::json!({
             "model": model, "dataset": dataset, "method": "effp",
             "target": { "flops_ratio": 0.7 },
@@ -440,8 +425,9 @@ fn a_training_job_survives_sigterm_and_sigkill_and_resumes_from_its_checkpoint()
     let base = server.url.clone();
     let (model, dataset) = upload_model_and_data(&base);
     let steps = 90;
-    let id = submit(
+    let id = submit_job(
         &base,
+        None,
         &serde_json::json!({
             "model": model, "dataset": dataset, "method": "effp",
             "target": { "flops_ratio": 0.6 },
@@ -540,8 +526,9 @@ fn cancelling_a_training_job_stops_it_between_steps() {
     let server = Server::start(&[], &[]);
     let base = server.url.clone();
     let (model, dataset) = upload_model_and_data(&base);
-    let id = submit(
+    let id = submit_job(
         &base,
+        None,
         &serde_json::json!({
             "model": model, "dataset": dataset, "method": "sfp",
             "target": { "flops_ratio": 0.5 },

@@ -267,3 +267,32 @@ pub fn alive(pid: u32) -> bool {
         .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
         .unwrap_or(false)
 }
+
+/// Submits a job as `token`'s tenant; asserts 201 and returns its id.
+pub fn submit_job(base: &str, token: Option<&str>, body: &serde_json::Value) -> String {
+    let created = call(
+        "POST",
+        &format!("{base}/v1/jobs"),
+        token,
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    created.json()["id"].as_str().unwrap().to_string()
+}
+
+/// Uploads `bytes` to `/v1/{what}` (models or datasets); asserts it was kept (201, or
+/// 200 for content the tenant had) and returns the id.
+pub fn upload(base: &str, what: &str, token: Option<&str>, bytes: &[u8]) -> String {
+    let reply = call("POST", &format!("{base}/v1/{what}"), token, Some(bytes));
+    assert!(
+        matches!(reply.status, 200 | 201),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_string()
+}

@@ -7,17 +7,15 @@ use axum::extract::{Path, State};
 
 use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::DatasetRecord;
 
-use super::models::{
-    Page, UploadQuery, object_of, refuse_if_in_use, release_object, store_problem,
-};
-use super::upload::{Received, created, discard, receive};
+use super::models::{Page, UploadQuery, refuse_if_in_use, release_object, store_problem};
+use super::upload::{Received, answer_existing, created, discard, receive};
 use crate::service::checks::Upload;
 
 /// A page of datasets.
@@ -60,16 +58,9 @@ pub async fn upload(
 ) -> Result<Response, Problem> {
     let Received { object, name } =
         receive(&state, &tenant, &headers, body, query.name, "dataset").await?;
-    match state.jobs.dataset_by_hash(&tenant, &object.sha256).await {
-        Ok(None) => {}
-        Ok(Some(existing)) => {
-            discard(&state, &object).await;
-            return Ok((StatusCode::OK, Json(existing)).into_response());
-        }
-        Err(e) => {
-            discard(&state, &object).await;
-            return Err(store_problem(e));
-        }
+    let known = state.jobs.dataset_by_hash(&tenant, &object.sha256).await;
+    if let Some(answer) = answer_existing(&state, &object, known).await {
+        return answer;
     }
     let summary = match crate::service::checks::check(&state, Upload::Dataset, &object.sha256).await
     {
@@ -83,23 +74,17 @@ pub async fn upload(
         id: format!("ds_{}", uuid::Uuid::new_v4().simple()),
         tenant,
         name,
-        sha256: object.sha256,
+        sha256: object.sha256.clone(),
         size: object.size,
         created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         summary,
     };
-    match state.jobs.insert_dataset(&record).await {
-        Ok(None) => Ok(created(format!("/v1/datasets/{}", record.id), &record)),
-        // The same archive arrived twice at once: one record, one reference.
-        Ok(Some(existing)) => {
-            discard(&state, &object_of(&record)).await;
-            Ok((StatusCode::OK, Json(existing)).into_response())
-        }
-        Err(e) => {
-            discard(&state, &object_of(&record)).await;
-            Err(store_problem(e))
-        }
+    // The same file may have arrived twice at once: one record, one reference.
+    let inserted = state.jobs.insert_dataset(&record).await;
+    if let Some(answer) = answer_existing(&state, &object, inserted).await {
+        return answer;
     }
+    Ok(created(format!("/v1/datasets/{}", record.id), &record))
 }
 
 /// `GET /v1/datasets`: the tenant's datasets, newest first.

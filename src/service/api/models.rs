@@ -15,7 +15,7 @@ use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::{ModelRecord, StoreError};
 
-use super::upload::{Received, created, discard, receive};
+use super::upload::{Received, answer_existing, created, discard, receive};
 use crate::service::checks::Upload;
 
 /// Query of an upload.
@@ -134,16 +134,9 @@ pub async fn upload(
 ) -> Result<Response, Problem> {
     let Received { object, name } =
         receive(&state, &tenant, &headers, body, query.name, "model.onnx").await?;
-    match state.jobs.model_by_hash(&tenant, &object.sha256).await {
-        Ok(None) => {}
-        Ok(Some(existing)) => {
-            discard(&state, &object).await;
-            return Ok((StatusCode::OK, Json(existing)).into_response());
-        }
-        Err(e) => {
-            discard(&state, &object).await;
-            return Err(store_problem(e));
-        }
+    let known = state.jobs.model_by_hash(&tenant, &object.sha256).await;
+    if let Some(answer) = answer_existing(&state, &object, known).await {
+        return answer;
     }
     let inspect = match crate::service::checks::check(&state, Upload::Model, &object.sha256).await {
         Ok(v) => v,
@@ -157,23 +150,17 @@ pub async fn upload(
         id: format!("mdl_{}", uuid::Uuid::new_v4().simple()),
         tenant,
         name,
-        sha256: object.sha256,
+        sha256: object.sha256.clone(),
         size: object.size,
         created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         inspect,
     };
-    match state.jobs.insert_model(&record).await {
-        Ok(None) => Ok(created(format!("/v1/models/{}", record.id), &record)),
-        // The same file arrived twice at once: one record, one reference.
-        Ok(Some(existing)) => {
-            discard(&state, &object_of(&record)).await;
-            Ok((StatusCode::OK, Json(existing)).into_response())
-        }
-        Err(e) => {
-            discard(&state, &object_of(&record)).await;
-            Err(store_problem(e))
-        }
+    // The same file may have arrived twice at once: one record, one reference.
+    let inserted = state.jobs.insert_model(&record).await;
+    if let Some(answer) = answer_existing(&state, &object, inserted).await {
+        return answer;
     }
+    Ok(created(format!("/v1/models/{}", record.id), &record))
 }
 
 /// `GET /v1/models`: the tenant's models, newest first.
@@ -372,31 +359,4 @@ pub(super) async fn refuse_if_in_use(
 /// Gives back a deleted record's reference to its stored file.
 pub(super) async fn release_object(state: &AppState, sha256: &str) -> Result<(), Problem> {
     state.content.release(sha256).await.map_err(store_problem)
-}
-
-/// The stored content a record names.
-pub(super) fn object_of(record: &impl HasContent) -> crate::service::store::StoredObject {
-    let (sha256, size) = record.content();
-    crate::service::store::StoredObject {
-        sha256: sha256.to_string(),
-        size,
-    }
-}
-
-/// A record that names stored content.
-pub(super) trait HasContent {
-    /// Its SHA-256 and size.
-    fn content(&self) -> (&str, u64);
-}
-
-impl HasContent for ModelRecord {
-    fn content(&self) -> (&str, u64) {
-        (&self.sha256, self.size)
-    }
-}
-
-impl HasContent for crate::service::store::DatasetRecord {
-    fn content(&self) -> (&str, u64) {
-        (&self.sha256, self.size)
-    }
 }

@@ -212,6 +212,25 @@ pub async fn discard(state: &AppState, object: &StoredObject) {
     }
 }
 
+/// The answer to an upload whose tenant already keeps the same content (`lookup`
+/// found its record, or a concurrent upload of the same bytes wrote it first): that
+/// record (200), with the upload's reference given back; `None` when there is no such
+/// record.
+pub async fn answer_existing<T: serde::Serialize>(
+    state: &AppState,
+    object: &StoredObject,
+    lookup: Result<Option<T>, StoreError>,
+) -> Option<Result<axum::response::Response, Problem>> {
+    use axum::response::IntoResponse;
+    let answer = match lookup {
+        Ok(None) => return None,
+        Ok(Some(existing)) => Ok((StatusCode::OK, axum::Json(existing)).into_response()),
+        Err(e) => Err(store_problem(e)),
+    };
+    discard(state, object).await;
+    Some(answer)
+}
+
 /// The 201 answer to an upload: the new resource, with its URL as `Location`.
 pub fn created<T: serde::Serialize>(location: String, record: &T) -> axum::response::Response {
     use axum::response::IntoResponse;
