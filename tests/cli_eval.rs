@@ -62,12 +62,15 @@ fn eval_agrees_with_ultralytics_val_on_the_trained_detector() {
         reference["map50_95"].as_f64().unwrap(),
         reference["map50"].as_f64().unwrap(),
     );
+    // Measured on this fixture: mAP50-95 0.00008 apart, mAP50 0.0022 (one matched
+    // detection at the 0.5 IoU boundary). The margins are about ten and two times that.
+    eprintln!("mAP50-95 {map} vs {umap}, mAP50 {map50} vs {umap50}");
     assert!(
-        (map - umap).abs() <= 0.02,
+        (map - umap).abs() <= 0.001,
         "mAP50-95 {map} vs Ultralytics {umap}"
     );
     assert!(
-        (map50 - umap50).abs() <= 0.02,
+        (map50 - umap50).abs() <= 0.005,
         "mAP50 {map50} vs Ultralytics {umap50}"
     );
 }

@@ -334,3 +334,74 @@ fn a_resumed_run_ends_with_the_same_masks_as_an_uninterrupted_one() {
     let err = Checkpoint::load(&junk).unwrap_err().to_string();
     assert!(err.contains("is not an effp checkpoint"), "{err}");
 }
+
+#[test]
+fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_one() {
+    // What a crash (SIGKILL) leaves behind: no cancellation, only the last checkpoint
+    // written every few steps.
+    let fx = setup();
+    let options = TrainOptions {
+        steps: 14,
+        interval: 2,
+        batch: 4,
+        seed: 11,
+        ..TrainOptions::default()
+    };
+    let fingerprint = "the fixture".to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("run.ckpt");
+    let kept = tmp.path().join("at-step-8.ckpt");
+    let problem = Problem {
+        model: &fx.0,
+        analysis: &fx.1,
+        samples: fx.2.split("train").unwrap(),
+        target: Target::FlopsRatio(0.6),
+    };
+    // The uninterrupted run writes a checkpoint every 4 steps; the one on disk when
+    // step 9 starts is what a crash during step 9 would leave.
+    let whole = train(
+        &problem,
+        &options,
+        Device::Cpu,
+        Control {
+            checkpoint: Some(path.clone()),
+            every: 4,
+            fingerprint: fingerprint.clone(),
+            ..Control::default()
+        },
+        |r| {
+            if r.step == 9 {
+                std::fs::copy(&path, &kept).unwrap();
+            }
+        },
+    )
+    .unwrap();
+    let saved = Checkpoint::load(&kept).unwrap();
+    assert_eq!(saved.step(), 8);
+    let resumed = run(
+        &fx,
+        0.6,
+        &options,
+        Control {
+            resume: Some(saved),
+            fingerprint,
+            ..Control::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(flags(&resumed.mask), flags(&whole.mask));
+    assert_eq!(resumed.history.len(), whole.history.len());
+    for (a, b) in resumed.history.iter().zip(&whole.history) {
+        assert_eq!(
+            (a.active_groups, a.regrown, a.pruned),
+            (b.active_groups, b.regrown, b.pruned),
+            "step {}",
+            a.step
+        );
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+            "step {}",
+            a.step
+        );
+    }
+}

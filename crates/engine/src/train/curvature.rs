@@ -5,12 +5,16 @@
 //! gradient are zero, and a first-order criterion ranks all groups equal. The
 //! curvature is not zero there: it says how strongly each group moves the outputs
 //! the student must reproduce. It is estimated with a random probe (Hutchinson):
-//! for P = Σ w·r·s with r ~ N(0, 1) and s the student's distilled tensors, the squared
-//! gate gradient of P has the Gauss-Newton diagonal as its expectation.
+//! for P = Σ w·r·s with r random signs (±1, independent) and s the student's
+//! distilled tensors, the squared gate gradient of P has the Gauss-Newton diagonal as
+//! its expectation. The signs come from the crate's own seeded generator, not
+//! libtorch's global one, which every thread of a process shares: a probe must not
+//! depend on what else runs at the same time.
 
 use effp_graph::ir::ValueId;
 use tch::{Kind, Tensor};
 
+use crate::data::rng::SplitMix;
 use crate::error::EngineError;
 use crate::runtime::Network;
 
@@ -27,7 +31,7 @@ pub(crate) fn gate_curvature(
     let (out, tapped) = student.forward_tapped(&[x.shallow_clone()], Some(gates), taps)?;
     let all: Vec<Tensor> = out.into_iter().chain(tapped).collect();
     let count = all.len().max(1) as f64;
-    tch::manual_seed(seed);
+    let mut rng = SplitMix(seed as u64);
     let mut terms = Vec::with_capacity(all.len());
     for s in &all {
         if s.dim() < 2 {
@@ -49,7 +53,7 @@ pub(crate) fn gate_curvature(
             .reciprocal()
             .sqrt()
             .reshape(&shape);
-        let noise = s.randn_like();
+        let noise = random_signs(&mut rng, s);
         terms.push((s * noise * weight).sum(Kind::Float));
     }
     if terms.is_empty() {
@@ -67,4 +71,18 @@ pub(crate) fn gate_curvature(
     };
     g.zero_grad();
     Ok(curvature.detach())
+}
+
+/// A tensor shaped like `like` (on its device) of independent random signs ±1.
+fn random_signs(rng: &mut SplitMix, like: &Tensor) -> Tensor {
+    let n = like.numel();
+    let mut signs = Vec::with_capacity(n);
+    while signs.len() < n {
+        let bits = rng.next();
+        let take = (n - signs.len()).min(64);
+        signs.extend((0..take).map(|i| if bits >> i & 1 == 1 { 1.0f32 } else { -1.0 }));
+    }
+    Tensor::from_slice(&signs)
+        .reshape(like.size())
+        .to_device(like.device())
 }
