@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "EFFP_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,
-    /// Jobs run at once by the in-process worker.
+    /// Jobs run at once, each in its own worker process.
     #[arg(long, env = "EFFP_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// API keys as tenant:key[,tenant:key…]; without keys only loopback is served.

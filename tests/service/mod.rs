@@ -191,7 +191,15 @@ pub struct Sse {
 
 /// Reads an event stream to its end.
 pub fn sse(url: &str, last_event_id: Option<i64>) -> Vec<Sse> {
+    sse_as(url, None, last_event_id)
+}
+
+/// Reads an event stream to its end as the tenant of `token`.
+pub fn sse_as(url: &str, token: Option<&str>, last_event_id: Option<i64>) -> Vec<Sse> {
     let mut req = ureq::get(url).set("Accept", "text/event-stream");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
     if let Some(id) = last_event_id {
         req = req.set("Last-Event-ID", &id.to_string());
     }
