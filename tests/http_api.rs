@@ -372,6 +372,37 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     let ratio = after as f64 / before as f64;
     assert!((0.48..=0.5).contains(&ratio), "{ratio}");
     assert_eq!(done["metrics"]["flops_after"], after);
+    // The served file runs in onnxruntime and computes what `effp prune` writes with
+    // the same settings.
+    let cli = tmp.path().join("cli.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["prune", fixtures::path("yolov8t.onnx").to_str().unwrap()])
+        .args([
+            "--method",
+            "l1",
+            "--target-flops",
+            "0.5",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&cli)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = effp_testkit::fixtures::reference(
+        "compare",
+        &serde_json::json!({ "pairs": [[cli, path]] }),
+    );
+    assert_eq!(answer[0]["shapes_equal"], true, "{answer}");
+    assert!(
+        answer[0]["max_rel"].as_f64().unwrap() <= 1e-6,
+        "the job's file differs from the command's: {answer}"
+    );
     let report = call(
         "GET",
         &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
