@@ -45,6 +45,26 @@ fn flags(mask: &Mask) -> Vec<bool> {
     (0..mask.len()).map(|g| mask.is_active(g)).collect()
 }
 
+/// A resumed run ended where the uninterrupted one did: the same mask, the same mask
+/// changes at every step, and the same losses to float tolerance.
+fn assert_same_run(resumed: &TrainRun, whole: &TrainRun) {
+    assert_eq!(flags(&resumed.mask), flags(&whole.mask));
+    assert_eq!(resumed.history.len(), whole.history.len());
+    for (a, b) in resumed.history.iter().zip(&whole.history) {
+        assert_eq!(
+            (a.active_groups, a.regrown, a.pruned),
+            (b.active_groups, b.regrown, b.pruned),
+            "step {}",
+            a.step
+        );
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+            "step {}",
+            a.step
+        );
+    }
+}
+
 /// Largest relative difference between the masked student and its compaction.
 fn masked_vs_compacted(result: &TrainRun, analysis: &ChannelAnalysis) -> f64 {
     let masked = Network::new(&result.model, Device::Cpu)
@@ -282,19 +302,7 @@ fn a_resumed_run_ends_with_the_same_masks_as_an_uninterrupted_one() {
         },
     )
     .unwrap();
-    assert_eq!(flags(&resumed.mask), flags(&whole.mask));
-    assert_eq!(resumed.history.len(), whole.history.len());
-    for (a, b) in resumed.history.iter().zip(&whole.history) {
-        assert_eq!(
-            (a.active_groups, a.regrown, a.pruned),
-            (b.active_groups, b.regrown, b.pruned)
-        );
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
-            "step {}",
-            a.step
-        );
-    }
+    assert_same_run(&resumed, &whole);
 
     // A checkpoint only continues the run it came from.
     let other = TrainOptions {
@@ -389,19 +397,5 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
         },
     )
     .unwrap();
-    assert_eq!(flags(&resumed.mask), flags(&whole.mask));
-    assert_eq!(resumed.history.len(), whole.history.len());
-    for (a, b) in resumed.history.iter().zip(&whole.history) {
-        assert_eq!(
-            (a.active_groups, a.regrown, a.pruned),
-            (b.active_groups, b.regrown, b.pruned),
-            "step {}",
-            a.step
-        );
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
-            "step {}",
-            a.step
-        );
-    }
+    assert_same_run(&resumed, &whole);
 }
