@@ -344,7 +344,11 @@ def main() -> int:
                     if label in extra_of:
                         row = run_effp(args, model, data, label, extra_of[label], target, seed, Path(tmp))
                     else:
-                        row = run_ultralytics(args, label, target, seed, original, imgsz, work, log)
+                        try:
+                            row = run_ultralytics(args, label, target, seed, original, imgsz, work, log)
+                        except RuntimeError as e:  # e.g. a target the ignored layers put out of reach
+                            print(f"  {label} @ {target}, seed {seed}: skipped: {e}", file=sys.stderr, flush=True)
+                            continue
                     rows.append(row)
                     print(f"  {label} @ {target}, seed {seed}: mAP50-95 {row['map50_95']:.4f}, "
                           f"FLOPs {row['flops_ratio']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
