@@ -69,7 +69,7 @@ bench-eval: fixtures ## effp eval vs Ultralytics val throughput on the trained d
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_eval.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/eval.json"
 
-bench-prune: fixtures ## Every pruning method at 0.7/0.5/0.3 FLOPs: mAP, size, ORT latency, wall time
+bench-prune: bench-venv fixtures ## Every pruning method, Torch-Pruning + Ultralytics and the retrained ceiling at 0.7/0.5/0.3 FLOPs
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_prune.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/prune.json" $(BENCH_ARGS)
