@@ -78,7 +78,7 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
 #[test]
 fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
     let tmp = tempfile::tempdir().unwrap();
-    for method in ["sfp", "progressive", "random", "l1"] {
+    for method in ["sfp", "progressive", "uniform", "random", "l1"] {
         let (run, json) = prune(
             tmp.path(),
             method,
@@ -98,6 +98,12 @@ fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
         assert!(run.status.success(), "{method}: {}", text(&run.stderr));
         let r = report(&json);
         assert_eq!(r["method"], method);
+        let scope = if method == "uniform" {
+            "layer"
+        } else {
+            "global"
+        };
+        assert_eq!(r["scope"], scope, "{method}");
         assert_eq!(r["training"]["steps"], 6, "{method}");
         assert_eq!(r["curve"].as_array().unwrap().len(), 6, "{method}");
         let ratio = r["flops_ratio"].as_f64().unwrap();
@@ -116,6 +122,28 @@ fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
     );
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(report(&json).get("training").is_none());
+
+    // Uniform is per layer by definition.
+    let run = effp(&[
+        "prune",
+        fixtures::path("trained.onnx").to_str().unwrap(),
+        "--method",
+        "uniform",
+        "--scope",
+        "global",
+        "--target-flops",
+        "0.7",
+        "--data",
+        fixtures::dir().join("synth").to_str().unwrap(),
+        "--out",
+        tmp.path().join("x.onnx").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("drop --scope global"),
+        "{}",
+        text(&run.stderr)
+    );
 
     // The trained methods need images.
     for method in ["effp", "sfp"] {

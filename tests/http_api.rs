@@ -285,6 +285,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
         "model": model["id"],
         "method": "l1",
         "target": { "flops_ratio": 0.5 },
+        "options": { "scope": "layer" },
     });
     let body = spec.to_string();
     let mut req = ureq::post(&format!("{base}/v1/jobs"));
@@ -382,6 +383,8 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
             "l1",
             "--target-flops",
             "0.5",
+            "--scope",
+            "layer",
             "--device",
             "cpu",
             "--out",
@@ -411,6 +414,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     )
     .json();
     assert_eq!(report["schema"], "effp.prune-report/v1");
+    assert_eq!(report["scope"], "layer");
     assert_eq!(report["after"]["flops"], after);
     let names = call("GET", &format!("{base}/v1/jobs/{id}/artifacts"), None, None).json();
     assert!(names["items"]["pruned.onnx"]["sha256"].is_string());
@@ -511,6 +515,14 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
     )
     .problem(422);
     assert_eq!(p["errors"][0]["path"], "/model");
+    let p = call(
+        "POST",
+        &url,
+        None,
+        Some(br#"{"model":"m","dataset":"d","method":"uniform","target":{"flops_ratio":0.5},"options":{"scope":"global"}}"#),
+    )
+    .problem(422);
+    assert_eq!(p["errors"][0]["path"], "/options/scope", "{p}");
     let p = call(
         "POST",
         &url,

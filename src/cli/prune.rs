@@ -9,14 +9,15 @@ use clap::{Args, ValueEnum};
 use effp_engine::data::archive::ArchiveLimits;
 use effp_engine::data::dataset::Dataset;
 use effp_engine::eval::run::{EvalOptions, evaluate_network};
-use effp_engine::prune::{L1Options, Target, l1_mask};
+use effp_engine::prune::{L1Options, Scope, Target, l1_mask};
 use effp_engine::runtime::{DeviceChoice, Network};
 use effp_engine::train::checkpoint::Checkpoint;
 use effp_engine::train::distill::Distill;
 use effp_engine::train::session::{
-    Control, Criterion, Method as TrainMethod, Problem, StepRecord, TrainOptions, TrainRun,
+    Control, Criterion, FineTune, Method as TrainMethod, PhaseSeconds, Problem, StepRecord,
+    TrainOptions, TrainRun,
 };
-use effp_engine::verify::{Equivalence, equivalence};
+use effp_engine::verify::{EQUIVALENCE_TOLERANCE, Equivalence, equivalence};
 use effp_graph::channels::{ChannelAnalysis, CompactionReport, compact};
 use effp_graph::cost::graph_cost;
 use effp_graph::ir::Model;
@@ -42,6 +43,9 @@ pub enum Method {
     Progressive,
     /// A random mask of the target's size, then fine-tuning (needs --data).
     Random,
+    /// Torch-Pruning's recipe: the same share of every layer by group L2 norm, in
+    /// --stages stages with fine-tuning between them (needs --data).
+    Uniform,
 }
 
 impl Method {
@@ -52,6 +56,7 @@ impl Method {
             Method::Sfp => TrainMethod::Sfp,
             Method::Progressive => TrainMethod::Progressive,
             Method::Random => TrainMethod::Random,
+            Method::Uniform => TrainMethod::Uniform,
         }
     }
 }
@@ -90,6 +95,11 @@ pub struct PruneArgs {
     /// ignored.
     #[arg(long, value_name = "E", default_value_t = 1.0)]
     pub cost_exponent: f64,
+    /// Where removed groups compete: across the network (global, by importance per
+    /// MAC) or within each layer (layer: every layer loses the same share). Default:
+    /// layer for uniform, global for the others.
+    #[arg(long, value_enum)]
+    pub scope: Option<ScopeArg>,
     /// Image input size as HxW; defaults to the size the model declares.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
@@ -137,7 +147,7 @@ pub struct TrainingArgs {
     /// effp: how active groups are ranked for pruning.
     #[arg(long, value_enum, default_value = "curvature")]
     pub criterion: CriterionArg,
-    /// progressive: number of prune-then-fine-tune stages.
+    /// progressive, uniform: number of prune-then-fine-tune stages.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     pub stages: u64,
     /// What the student learns to reproduce: the outputs, or also the prediction layers.
@@ -151,6 +161,10 @@ pub struct TrainingArgs {
     /// measured best so far): learn from the original's outputs alone.
     #[arg(long, default_value_t = effp_engine::train::session::DEFAULT_LABEL_WEIGHT)]
     pub label_weight: f64,
+    /// What the steps after the pruning phase train: the compacted network (faster,
+    /// same result) or the masked full-size one.
+    #[arg(long, value_enum, default_value = "compacted")]
+    pub fine_tune: FineTuneArg,
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -168,6 +182,27 @@ pub struct TrainingArgs {
     pub resume: Option<PathBuf>,
 }
 
+/// Selection scopes, as spelled on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    /// Groups compete across the whole network by importance per MAC.
+    Global,
+    /// Every layer loses the same share of its channels.
+    Layer,
+}
+
+/// The scope a method selects in: the one asked for, or the method's own.
+pub fn scope_for(method: Method, asked: Option<ScopeArg>) -> anyhow::Result<Scope> {
+    match (method, asked) {
+        (Method::Uniform, Some(ScopeArg::Global)) => anyhow::bail!(
+            "--method uniform prunes the same share of every layer: drop --scope global, or use \
+             --method progressive --scope global"
+        ),
+        (Method::Uniform, _) | (_, Some(ScopeArg::Layer)) => Ok(Scope::Layer),
+        (_, _) => Ok(Scope::Global),
+    }
+}
+
 /// Pruning criteria, as spelled on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CriterionArg {
@@ -179,6 +214,15 @@ pub enum CriterionArg {
     Magnitude,
 }
 
+/// Fine-tuning modes, as spelled on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FineTuneArg {
+    /// Remove the switched-off groups when the pruning phase ends, then train.
+    Compacted,
+    /// Keep training the full-size network with its gates closed.
+    Masked,
+}
+
 /// Distillation targets, as spelled on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DistillArg {
@@ -188,9 +232,6 @@ pub enum DistillArg {
     Outputs,
 }
 
-/// Largest relative difference between masked and compacted outputs that is accepted.
-const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
-
 /// Identifier of the report layout.
 pub const PRUNE_REPORT_SCHEMA: &str = "effp.prune-report/v1";
 
@@ -199,6 +240,8 @@ pub const PRUNE_REPORT_SCHEMA: &str = "effp.prune-report/v1";
 pub struct PruneReport {
     schema: &'static str,
     method: Method,
+    /// Where removed groups competed (global or per layer).
+    scope: Scope,
     target: serde_json::Value,
     pub(crate) before: Totals,
     pub(crate) after: Totals,
@@ -295,6 +338,7 @@ pub fn execute(
         min_fraction: args.min_fraction,
         round_to: args.round_to as usize,
         cost_exponent: args.cost_exponent,
+        scope: scope_for(args.method(), args.scope)?,
     };
     let started = std::time::Instant::now();
     let device = args.device.resolve()?;
@@ -307,7 +351,7 @@ pub fn execute(
         None => None,
     };
     let trains = args.method() != Method::L1 || (dataset.is_some() && args.training.steps > 0);
-    let (trained, mask, curve, training) = if trains {
+    let (trained, mask, curve, training, compacted) = if trains {
         let Some(ds) = &dataset else {
             anyhow::bail!(
                 "--method {} trains on images from the model's domain: pass --data DIR|ARCHIVE",
@@ -323,31 +367,36 @@ pub fn execute(
             samples: ds.split("train")?,
             target,
         };
-        let run = train(args, &problem, options, device, cancel, on_step)?;
-        (run.0.model, run.0.mask, run.0.history, Some(run.1))
+        let (run, summary) = train(args, &problem, options, device, cancel, on_step)?;
+        (
+            run.model,
+            run.mask,
+            run.history,
+            Some(summary),
+            run.compacted,
+        )
     } else {
         (
             model.clone(),
             l1_mask(&model.graph, &analysis, target, options)?,
             Vec::new(),
             None,
+            None,
         )
     };
     let model_before = model;
-    let model = trained;
-    let (pruned, compaction) = compact(&model, &analysis, &mask)?;
-    let checked = if args.no_verify {
-        None
-    } else {
-        let e = equivalence(&model, &analysis, &mask, &pruned, device, 2)?;
-        if e.max_relative_error > EQUIVALENCE_TOLERANCE {
-            anyhow::bail!(
-                "the compacted model differs from the masked original by {:.2e} (relative), more than {EQUIVALENCE_TOLERANCE:e}; \
-                 nothing was written. This is a bug in effp: please report it with the model",
-                e.max_relative_error
-            );
+    let (pruned, compaction, checked) = match compacted {
+        // Fine-tuning trained the compacted network; it was checked against the
+        // masked student when it was cut.
+        Some(e) => {
+            let (_, compaction) = compact(&model_before, &analysis, &mask)?;
+            (trained, compaction, Some(e))
         }
-        Some(e)
+        None => {
+            let (pruned, compaction) = compact(&trained, &analysis, &mask)?;
+            let checked = verified(&trained, &analysis, &mask, &pruned, device, args.no_verify)?;
+            (pruned, compaction, checked)
+        }
     };
     effp_graph::onnx::save_file(&pruned, &args.out)?;
     let accuracy = match &dataset {
@@ -366,11 +415,12 @@ pub fn execute(
         _ => None,
     };
 
-    let before = graph_cost(&model.graph);
+    let before = graph_cost(&model_before.graph);
     let after = graph_cost(&pruned.graph);
     let report = PruneReport {
         schema: PRUNE_REPORT_SCHEMA,
         method: args.method(),
+        scope: options.scope,
         target: match target {
             Target::FlopsRatio(r) => serde_json::json!({ "flops_ratio": r }),
             Target::Flops(f) => serde_json::json!({ "flops": f }),
@@ -489,6 +539,35 @@ struct TrainingSummary {
     label_weight: f64,
     /// Whether the run learnt from the labels, and if not, why not.
     labels: effp_engine::train::session::LabelUse,
+    /// What the fine-tuning phase trained.
+    fine_tune: FineTune,
+    /// Wall time of the pruning and the fine-tuning phase (of this process, when
+    /// resumed).
+    seconds: PhaseSeconds,
+}
+
+/// Checks (unless told not to) that the compacted model computes what the masked one
+/// computes, and refuses to go on when it does not.
+fn verified(
+    masked: &effp_graph::ir::Model,
+    analysis: &ChannelAnalysis,
+    mask: &effp_graph::channels::Mask,
+    pruned: &effp_graph::ir::Model,
+    device: effp_engine::tch::Device,
+    skip: bool,
+) -> anyhow::Result<Option<Equivalence>> {
+    if skip {
+        return Ok(None);
+    }
+    let e = equivalence(masked, analysis, mask, pruned, device, 2)?;
+    if e.max_relative_error > EQUIVALENCE_TOLERANCE {
+        anyhow::bail!(
+            "the compacted model differs from the masked original by {:.2e} (relative), more than {EQUIVALENCE_TOLERANCE:e}; \
+             nothing was written. This is a bug in effp: please report it with the model",
+            e.max_relative_error
+        );
+    }
+    Ok(Some(e))
 }
 
 /// Trains with the chosen method, showing a progress bar, saving checkpoints, and
@@ -532,6 +611,10 @@ fn train(
         seed: t.seed,
         limits,
         label_weight: t.label_weight,
+        fine_tune: match t.fine_tune {
+            FineTuneArg::Compacted => FineTune::Compacted,
+            FineTuneArg::Masked => FineTune::Masked,
+        },
         ..TrainOptions::default()
     };
     let checkpoint = t.checkpoint.clone().unwrap_or_else(|| {
@@ -610,6 +693,8 @@ fn train(
         pruned: 0,
         label_weight: t.label_weight,
         labels: run.labels.clone(),
+        fine_tune: options.fine_tune,
+        seconds: run.seconds,
     };
     Ok((run, summary))
 }

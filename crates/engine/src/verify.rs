@@ -40,6 +40,10 @@ pub fn channel_relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
     (diff / scale).max().double_value(&[])
 }
 
+/// Largest relative difference (per output channel) between a masked network and its
+/// compaction that is accepted: both compute the same sums in another order.
+pub const EQUIVALENCE_TOLERANCE: f64 = 1e-4;
+
 /// Runs the original model with `mask` as gates and the compacted model on the same
 /// random batch (seeded) and compares their outputs.
 pub fn equivalence(

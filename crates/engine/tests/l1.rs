@@ -1,7 +1,7 @@
 //! One-shot L1 pruning reaches its target on real detectors, with no hand-written
 //! list of layers to skip: the channel analysis alone decides what may go.
 
-use effp_engine::prune::{L1Options, PruneError, Target, l1_mask};
+use effp_engine::prune::{L1Options, PruneError, Scope, Target, importance_from_norms, l1_mask};
 use effp_graph::channels::{ChannelAnalysis, compact};
 use effp_graph::cost::graph_cost;
 use effp_graph::onnx::load_file;
@@ -131,4 +131,134 @@ fn rounding_keeps_pruned_layers_at_multiples_of_eight() {
             l.out_channels_after
         );
     }
+}
+
+/// Whether one share `s` explains every layer's kept count as ⌈(1 − s)·size⌉, or
+/// one more where a layer steps down exactly at `s`: `kept ≤ (1 − s)·size + 1`
+/// and `kept ≥ (1 − s)·size` for all layers at once.
+fn one_share_fits(layers: &[(usize, usize)]) -> bool {
+    let below = layers
+        .iter()
+        .map(|&(kept, size)| (kept as f64 - 1.0) / size as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let above = layers
+        .iter()
+        .map(|&(kept, size)| kept as f64 / size as f64)
+        .fold(f64::INFINITY, f64::min);
+    below <= above
+}
+
+/// L2 norm of each output filter of a Conv, computed here from the stored weights.
+fn conv_filter_norms(model: &effp_graph::ir::Model, node: effp_graph::ir::NodeId) -> Vec<f64> {
+    let node = model.graph.node(node);
+    let Some(w) = node.input(1).and_then(|w| model.graph.constant(w)) else {
+        return Vec::new();
+    };
+    let values = w.to_f32_vec();
+    let filters = w.dims()[0];
+    values
+        .chunks(values.len() / filters)
+        .map(|f| f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt())
+        .collect()
+}
+
+/// The layer a group belongs to: its producers and the feature maps it runs through.
+fn layer_of(
+    g: &effp_graph::channels::PrunableGroup,
+) -> (Vec<effp_graph::ir::NodeId>, Vec<effp_graph::ir::ValueId>) {
+    let mut producers: Vec<_> = g.producers.iter().map(|&(n, _)| n).collect();
+    producers.sort();
+    producers.dedup();
+    let mut values: Vec<_> = g.members.iter().map(|&(v, _)| v).collect();
+    values.sort();
+    values.dedup();
+    (producers, values)
+}
+
+/// (kept, size) of every layer: groups with the same producers and feature maps.
+fn layer_counts(
+    analysis: &ChannelAnalysis,
+    mask: &effp_graph::channels::Mask,
+) -> Vec<(usize, usize)> {
+    let mut layers: std::collections::BTreeMap<_, (usize, usize)> = Default::default();
+    for g in &analysis.groups {
+        let entry = layers.entry(layer_of(g)).or_default();
+        entry.0 += usize::from(mask.is_active(g.id));
+        entry.1 += 1;
+    }
+    layers.into_values().collect()
+}
+
+#[test]
+fn per_layer_scope_thins_every_layer_by_one_share_and_global_does_not() {
+    let model = load("yolov8n.onnx");
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
+    let before = graph_cost(&model.graph).flops() as f64;
+    let layer = L1Options {
+        scope: Scope::Layer,
+        ..L1Options::default()
+    };
+    let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.5), layer).unwrap();
+    let (pruned, _) = compact(&model, &analysis, &mask).unwrap();
+    let ratio = graph_cost(&pruned.graph).flops() as f64 / before;
+    assert!((0.49..=0.5).contains(&ratio), "{ratio}");
+    let counts = layer_counts(&analysis, &mask);
+    assert!(counts.len() > 40, "{} layers", counts.len());
+    assert!(one_share_fits(&counts), "{counts:?}");
+    // Every layer lost about 30% (FLOPs fall about quadratically with the share).
+    for &(kept, size) in &counts {
+        let share = 1.0 - kept as f64 / size as f64;
+        assert!((0.2..0.4).contains(&share), "{kept} of {size}");
+    }
+
+    // Within every layer, the weakest filters went.
+    let importance = importance_from_norms(&analysis, |node| conv_filter_norms(&model, node));
+    let mut layers: std::collections::BTreeMap<_, (f64, f64)> = Default::default();
+    for g in &analysis.groups {
+        let (removed_max, kept_min) = layers
+            .entry(layer_of(g))
+            .or_insert((f64::NEG_INFINITY, f64::INFINITY));
+        if mask.is_active(g.id) {
+            *kept_min = kept_min.min(importance[g.id]);
+        } else {
+            *removed_max = removed_max.max(importance[g.id]);
+        }
+    }
+    for (layer, (removed_max, kept_min)) in layers {
+        assert!(
+            removed_max <= kept_min,
+            "{layer:?}: {removed_max} > {kept_min}"
+        );
+    }
+
+    let global = l1_mask(
+        &model.graph,
+        &analysis,
+        Target::FlopsRatio(0.5),
+        L1Options::default(),
+    )
+    .unwrap();
+    assert!(!one_share_fits(&layer_counts(&analysis, &global)));
+}
+
+#[test]
+fn per_layer_scope_keeps_multiples_of_the_rounding_and_the_per_layer_floor() {
+    let model = load("yolov8n.onnx");
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
+    let options = L1Options {
+        scope: Scope::Layer,
+        round_to: 8,
+        ..L1Options::default()
+    };
+    let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.5), options).unwrap();
+    for (kept, size) in layer_counts(&analysis, &mask) {
+        assert!(kept == size || kept % 8 == 0, "{kept} of {size}");
+    }
+    let options = L1Options {
+        scope: Scope::Layer,
+        min_fraction: 0.8,
+        ..L1Options::default()
+    };
+    let err = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.5), options).unwrap_err();
+    assert!(matches!(err, PruneError::Unreachable { .. }), "{err}");
 }

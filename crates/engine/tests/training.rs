@@ -11,7 +11,9 @@ use effp_engine::prune::Target;
 use effp_engine::runtime::Network;
 use effp_engine::tch::{self, Device, Kind, Tensor};
 use effp_engine::train::checkpoint::Checkpoint;
-use effp_engine::train::session::{Control, Method, Problem, TrainOptions, TrainRun, train};
+use effp_engine::train::session::{
+    Control, FineTune, Method, Problem, TrainOptions, TrainRun, train,
+};
 use effp_graph::channels::{ChannelAnalysis, Mask, compact};
 use effp_graph::ir::Model;
 use effp_graph::onnx::load_file;
@@ -89,6 +91,7 @@ fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
         steps: 40,
         interval: 4,
         batch: 8,
+        fine_tune: FineTune::Masked,
         ..TrainOptions::default()
     };
     let result = run(&fx, 0.5, &options, Control::default()).unwrap();
@@ -128,6 +131,26 @@ fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
 }
 
 #[test]
+fn a_run_shorter_than_the_update_interval_still_ends_at_the_target() {
+    let fx = setup();
+    for steps in [1, 3, 7] {
+        let options = TrainOptions {
+            steps,
+            interval: 5,
+            batch: 2,
+            ..TrainOptions::default()
+        };
+        let result = run(&fx, 0.5, &options, Control::default()).unwrap();
+        let last = result.history.last().unwrap();
+        assert!(
+            (0.48..=0.5).contains(&last.flops_ratio),
+            "{steps} steps: {}",
+            last.flops_ratio
+        );
+    }
+}
+
+#[test]
 fn without_regrowing_nothing_is_revived() {
     let fx = setup();
     let options = TrainOptions {
@@ -145,12 +168,19 @@ fn without_regrowing_nothing_is_revived() {
 fn every_baseline_meets_the_budget_its_own_way_and_compacts_exactly() {
     let fx = setup();
     let steps = 16;
-    for method in [Method::L1, Method::Random, Method::Progressive, Method::Sfp] {
+    for method in [
+        Method::L1,
+        Method::Random,
+        Method::Progressive,
+        Method::Uniform,
+        Method::Sfp,
+    ] {
         let options = TrainOptions {
             method,
             steps,
             batch: 4,
             stages: 2,
+            fine_tune: FineTune::Masked,
             ..TrainOptions::default()
         };
         let result = run(&fx, 0.6, &options, Control::default()).unwrap();
@@ -170,7 +200,7 @@ fn every_baseline_meets_the_budget_its_own_way_and_compacts_exactly() {
                 assert_eq!(last.regrown, 0);
             }
             // Two stages: 0.8 first, then 0.6; nothing comes back.
-            Method::Progressive => {
+            Method::Progressive | Method::Uniform => {
                 assert!(
                     (0.78..=0.8).contains(&h[0].flops_ratio),
                     "{}",
@@ -359,6 +389,7 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("run.ckpt");
     let kept = tmp.path().join("at-step-8.ckpt");
+    let late = tmp.path().join("at-step-12.ckpt");
     let problem = Problem {
         model: &fx.0,
         analysis: &fx.1,
@@ -381,21 +412,123 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
             if r.step == 9 {
                 std::fs::copy(&path, &kept).unwrap();
             }
+            if r.step == 13 {
+                std::fs::copy(&path, &late).unwrap();
+            }
         },
     )
     .unwrap();
-    let saved = Checkpoint::load(&kept).unwrap();
-    assert_eq!(saved.step(), 8);
-    let resumed = run(
-        &fx,
-        0.6,
-        &options,
-        Control {
-            resume: Some(saved),
-            fingerprint,
-            ..Control::default()
-        },
-    )
+    // Step 8 is in the pruning phase (10 steps), step 12 in the fine-tuning of the
+    // compacted network.
+    assert!(whole.compacted.is_some());
+    for (file, step) in [(&kept, 8), (&late, 12)] {
+        let saved = Checkpoint::load(file).unwrap();
+        assert_eq!(saved.step(), step);
+        let resumed = run(
+            &fx,
+            0.6,
+            &options,
+            Control {
+                resume: Some(saved),
+                fingerprint: fingerprint.clone(),
+                ..Control::default()
+            },
+        )
+        .unwrap();
+        assert_same_run(&resumed, &whole);
+        assert_eq!(
+            resumed
+                .model
+                .graph
+                .constant(conv_weight(&fx.0))
+                .unwrap()
+                .dims(),
+            whole
+                .model
+                .graph
+                .constant(conv_weight(&fx.0))
+                .unwrap()
+                .dims(),
+            "from step {step}"
+        );
+    }
+}
+
+/// The weight of the first convolution.
+fn conv_weight(model: &Model) -> effp_graph::ir::ValueId {
+    model
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.op.op_type() == "Conv")
+        .and_then(|n| n.input(1))
+        .unwrap()
+}
+
+#[test]
+fn fine_tuning_the_compacted_network_ends_like_fine_tuning_the_masked_one() {
+    let fx = setup();
+    let masked = TrainOptions {
+        steps: 16,
+        interval: 2,
+        batch: 4,
+        prune_share: 0.5,
+        fine_tune: FineTune::Masked,
+        ..TrainOptions::default()
+    };
+    let compacted = TrainOptions {
+        fine_tune: FineTune::Compacted,
+        ..masked
+    };
+    let a = run(&fx, 0.5, &masked, Control::default()).unwrap();
+    let b = run(&fx, 0.5, &compacted, Control::default()).unwrap();
+    assert!(a.compacted.is_none());
+    let check = b.compacted.as_ref().expect("the fine-tuning ran compacted");
+    assert!(check.max_relative_error <= 1e-4, "{check:?}");
+    assert_eq!(flags(&a.mask), flags(&b.mask));
+    // The same steps, to float tolerance: the pruning phase identically, the
+    // fine-tuning phase up to the order of the sums.
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert!(
+            (x.loss - y.loss).abs() <= 1e-4 * x.loss.abs().max(1e-3),
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+    }
+    assert!(b.seconds.pruning > 0.0 && b.seconds.fine_tuning > 0.0);
+    // The model is already the small one, and computes what the masked run's
+    // compaction computes.
+    let (small, _) = compact(&a.model, &fx.1, &a.mask).unwrap();
+    let w = conv_weight(&fx.0);
+    assert_eq!(
+        small.graph.constant(w).unwrap().dims(),
+        b.model.graph.constant(w).unwrap().dims()
+    );
+    let x = Tensor::rand([2, 3, 128, 128], (Kind::Float, Device::Cpu));
+    let p = tch::no_grad(|| {
+        Network::new(&small, Device::Cpu)
+            .unwrap()
+            .forward(&[x.shallow_clone()], None)
+    })
     .unwrap();
-    assert_same_run(&resumed, &whole);
+    let q = tch::no_grad(|| {
+        Network::new(&b.model, Device::Cpu)
+            .unwrap()
+            .forward(&[x], None)
+    })
+    .unwrap();
+    let diff = effp_engine::verify::channel_relative_error(&q[0], &p[0]);
+    assert!(diff <= 1e-3, "{diff}");
+    // Unlike a random other network: the untrained compaction.
+    let (untrained, _) = compact(&fx.0, &fx.1, &a.mask).unwrap();
+    let r = tch::no_grad(|| {
+        Network::new(&untrained, Device::Cpu).unwrap().forward(
+            &[Tensor::rand([2, 3, 128, 128], (Kind::Float, Device::Cpu))],
+            None,
+        )
+    })
+    .unwrap();
+    assert!(effp_engine::verify::channel_relative_error(&r[0], &p[0]) > 10.0 * diff.max(1e-6));
 }

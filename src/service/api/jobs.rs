@@ -36,6 +36,19 @@ pub enum JobMethod {
     Progressive,
     /// Random mask and fine-tuning (needs a dataset).
     Random,
+    /// Torch-Pruning's recipe: the same share of every layer by group L2 norm, in
+    /// stages with fine-tuning (needs a dataset).
+    Uniform,
+}
+
+/// Where removed groups compete (as `effp prune --scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeSpec {
+    /// Across the whole network, by importance per MAC.
+    Global,
+    /// Within each layer: every layer loses the same share of its channels.
+    Layer,
 }
 
 /// What to reach: exactly one of the three.
@@ -72,6 +85,10 @@ pub struct PruneOptions {
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 256)]
     pub round_to: u32,
+    /// Where removed groups compete (default: layer for `uniform`, global for the
+    /// other methods; `uniform` accepts only layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeSpec>,
 }
 
 fn one() -> u32 {
@@ -84,6 +101,7 @@ impl Default for PruneOptions {
             min_channels: 1,
             min_fraction: 0.0,
             round_to: 1,
+            scope: None,
         }
     }
 }
@@ -147,6 +165,21 @@ pub struct TrainingSpec {
     #[serde(default = "default_label_weight")]
     #[schema(minimum = 0.0, maximum = 100.0)]
     pub label_weight: f64,
+    /// What the steps after the pruning phase train: `compacted` (default: the
+    /// network with the switched-off groups removed, faster) or `masked`.
+    #[serde(default)]
+    pub fine_tune: FineTuneSpec,
+}
+
+/// What a job's fine-tuning phase trains (as `effp prune --fine-tune`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FineTuneSpec {
+    /// The compacted network.
+    #[default]
+    Compacted,
+    /// The full-size network with its gates closed.
+    Masked,
 }
 
 fn default_steps() -> u32 {
@@ -190,6 +223,7 @@ impl Default for TrainingSpec {
             lr: default_lr(),
             seed: 0,
             label_weight: default_label_weight(),
+            fine_tune: FineTuneSpec::default(),
         }
     }
 }
@@ -338,6 +372,12 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
     let o = &spec.options;
     if o.min_channels == 0 {
         errors.push(field("/options/min_channels", "must be at least 1"));
+    }
+    if spec.method == JobMethod::Uniform && o.scope == Some(ScopeSpec::Global) {
+        errors.push(field(
+            "/options/scope",
+            "uniform prunes the same share of every layer: leave scope out, or use method progressive with scope global",
+        ));
     }
     if !(0.0..1.0).contains(&o.min_fraction) {
         errors.push(field("/options/min_fraction", "must be in [0, 1)"));

@@ -17,7 +17,7 @@ use effp_engine::train::session::StepRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::prune::PruneArgs;
-use crate::service::api::jobs::{CriterionSpec, JobSpec};
+use crate::service::api::jobs::{CriterionSpec, FineTuneSpec, JobSpec, ScopeSpec};
 
 /// Everything a worker process needs to run one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,11 +163,24 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
         t.seed.to_string(),
         "--label-weight".into(),
         t.label_weight.to_string(),
+        "--fine-tune".into(),
+        match t.fine_tune {
+            FineTuneSpec::Compacted => "compacted",
+            FineTuneSpec::Masked => "masked",
+        }
+        .into(),
         "--checkpoint".into(),
         job.checkpoint.display().to_string(),
         "--checkpoint-every".into(),
         job.checkpoint_every.to_string(),
     ];
+    if let Some(scope) = spec.options.scope {
+        let scope = match scope {
+            ScopeSpec::Global => "global",
+            ScopeSpec::Layer => "layer",
+        };
+        argv.extend(["--scope".into(), scope.into()]);
+    }
     if job.resume {
         argv.extend(["--resume".into(), job.checkpoint.display().to_string()]);
     }

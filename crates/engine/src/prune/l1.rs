@@ -23,6 +23,19 @@ pub struct L1Options {
     /// order of importance / MACs^exponent (default 1: importance per FLOP; 0: cost
     /// ignored). Below 1, cheap layers are not spared just for being cheap.
     pub cost_exponent: f64,
+    /// Whether groups compete across the network or within their layer (default
+    /// global).
+    pub scope: Scope,
+}
+
+impl L1Options {
+    /// The channels feature map `v` keeps at least.
+    pub(crate) fn floor(&self, analysis: &ChannelAnalysis, v: ValueId) -> usize {
+        let n = analysis.channels(v).unwrap_or(1);
+        self.min_channels
+            .max((self.min_fraction * n as f64).ceil() as usize)
+            .min(n)
+    }
 }
 
 impl Default for L1Options {
@@ -32,8 +45,23 @@ impl Default for L1Options {
             min_fraction: 0.0,
             round_to: 1,
             cost_exponent: 1.0,
+            scope: Scope::Global,
         }
     }
+}
+
+/// Where the groups a pruning step removes compete with each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Across the whole network, by importance per MAC: layers end up thinned by
+    /// different amounts.
+    #[default]
+    Global,
+    /// Within each layer: every layer loses the same share of its channels (the
+    /// least important first), the share chosen so that the target holds. This is
+    /// Torch-Pruning's default and Li et al.'s recipe.
+    Layer,
 }
 
 /// Chooses groups to switch off: importance = L2 norm of each producer filter,
@@ -80,6 +108,11 @@ pub fn select(
     done: impl Fn(NodeCost) -> bool,
     options: L1Options,
 ) -> (Mask, NodeCost) {
+    if options.scope == Scope::Layer {
+        return super::per_layer::select_per_layer(
+            graph, analysis, importance, start, done, options,
+        );
+    }
     let active: Vec<usize> = (0..analysis.groups.len())
         .filter(|&g| start.is_active(g))
         .collect();
@@ -92,13 +125,7 @@ pub fn select(
     chunks.sort_by(|a, b| score(a).total_cmp(&score(b)));
 
     let mut counts = ActiveChannels::for_mask(graph, analysis, start);
-    let floor = |v: ValueId| {
-        let n = analysis.channels(v).unwrap_or(1);
-        options
-            .min_channels
-            .max((options.min_fraction * n as f64).ceil() as usize)
-            .min(n)
-    };
+    let floor = |v: ValueId| options.floor(analysis, v);
     let mut mask = start.clone();
     for chunk in chunks {
         if done(counts.cost()) {
@@ -135,6 +162,23 @@ fn removal_chunks(
     importance: &[f64],
     round_to: usize,
 ) -> Vec<Vec<usize>> {
+    let mut chunks = Vec::new();
+    for mut members in families(analysis, candidates) {
+        members.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]));
+        let first = members.len() % round_to;
+        let (head, rest) = members.split_at(first);
+        if !head.is_empty() {
+            chunks.push(head.to_vec());
+        }
+        chunks.extend(rest.chunks(round_to).map(<[usize]>::to_vec));
+    }
+    chunks
+}
+
+/// The groups of `candidates` split into layers: groups produced by the same filters
+/// and flowing through the same feature maps (one conv's output channels, one half
+/// of a Split, or the convs tied by a residual chain), in a fixed order.
+pub(crate) fn families(analysis: &ChannelAnalysis, candidates: &[usize]) -> Vec<Vec<usize>> {
     type Family = (Vec<NodeId>, Vec<ValueId>);
     let mut families: BTreeMap<Family, Vec<usize>> = BTreeMap::new();
     for group in candidates.iter().map(|&g| &analysis.groups[g]) {
@@ -150,17 +194,7 @@ fn removal_chunks(
             .or_default()
             .push(group.id);
     }
-    let mut chunks = Vec::new();
-    for (_, mut members) in families {
-        members.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]));
-        let first = members.len() % round_to;
-        let (head, rest) = members.split_at(first);
-        if !head.is_empty() {
-            chunks.push(head.to_vec());
-        }
-        chunks.extend(rest.chunks(round_to).map(<[usize]>::to_vec));
-    }
-    chunks
+    families.into_values().collect()
 }
 
 /// Mean normalised filter norm of each group's producers, from the model's weights.

@@ -193,11 +193,19 @@ impl Network {
 
     /// The model with its trainable weights replaced by this network's current values.
     pub fn export(&self) -> Result<Model, EngineError> {
+        self.export_values(&self.trainable())
+    }
+
+    /// The model with its trainable weights replaced by `values`, one tensor of the
+    /// same shape per trainable weight in [`Network::trainable`]'s order: how
+    /// per-weight state (optimiser moments) is carried through a compaction.
+    pub fn export_values(&self, values: &[&Tensor]) -> Result<Model, EngineError> {
         let mut model = self.model.clone();
-        for &id in &self.trainable {
-            let Some(t) = &self.constants[id.0] else {
-                continue;
-            };
+        let ids = self
+            .trainable
+            .iter()
+            .filter(|id| self.constants[id.0].is_some());
+        for (&id, t) in ids.zip(values) {
             let dims: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
             let values = Vec::<f32>::try_from(
                 t.detach()
@@ -217,6 +225,25 @@ impl Network {
                 Some(effp_graph::ir::Tensor::from_f32(dims, &values));
         }
         Ok(model)
+    }
+
+    /// The values `model` stores where this network has trainable weights, in
+    /// [`Network::trainable`]'s order, on this network's device (`model` has this
+    /// network's graph, with other numbers).
+    pub fn trainable_in(&self, model: &Model) -> Result<Vec<Tensor>, EngineError> {
+        self.trainable
+            .iter()
+            .filter(|id| self.constants[id.0].is_some())
+            .map(|&id| {
+                let t = model.graph.constant(id).ok_or_else(|| {
+                    EngineError::Input(format!("value {} is not a constant", id.0))
+                })?;
+                let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+                Ok(Tensor::from_slice(&t.to_f32_vec())
+                    .reshape(&dims)
+                    .to_device(self.device))
+            })
+            .collect()
     }
 
     /// The trainable weight tensors (they require gradients).

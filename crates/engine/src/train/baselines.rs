@@ -1,21 +1,28 @@
 //! The budgets and mask updates of the baseline methods (and the budget EFFP follows),
 //! run through the same training loop as EFFP so that they compare at equal cost.
 
-use effp_graph::channels::Mask;
+use std::collections::HashMap;
+
+use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::ir::{NodeId, Op};
+use tch::{Device, Kind};
 
 use super::effp::live_importance;
 use super::schedule::budget;
 use super::session::{MaskChange, MaskContext, Method};
 use crate::data::rng::SplitMix;
 use crate::error::EngineError;
-use crate::prune::select;
+use crate::prune::{Scope, select};
+use crate::runtime::Network;
 
 /// The budget (fraction of the original) a method's mask must meet after `step`.
 pub(crate) fn budget_at(ctx: &MaskContext<'_>, step: usize) -> f64 {
     let goal = ctx.budget.goal;
     match ctx.options.method {
+        // The last step of the pruning phase meets the target whatever the ramp.
+        Method::Effp if step + 1 >= ctx.prune_steps => goal,
         Method::Effp => budget(step, ctx.prune_steps, goal),
-        Method::Progressive => {
+        Method::Progressive | Method::Uniform => {
             let stages = ctx.options.stages.max(1);
             let done = stage_of(step, ctx.prune_steps, stages) + 1;
             1.0 - (1.0 - goal) * done as f64 / stages as f64
@@ -38,7 +45,7 @@ pub(crate) fn initial_mask(ctx: &MaskContext<'_>) -> Result<Option<Mask>, Engine
             let mut rng = SplitMix(ctx.options.seed ^ 0x005e_ed0f_7a4d_0e11);
             (0..ctx.analysis.groups.len()).map(|_| rng.unit()).collect()
         }
-        Method::Effp | Method::Progressive => return Ok(None),
+        Method::Effp | Method::Progressive | Method::Uniform => return Ok(None),
     };
     // Random order, not random-per-FLOP: scale by the cost so that `select`'s
     // division by it leaves a uniform ranking.
@@ -80,7 +87,11 @@ pub(crate) fn progressive_update(ctx: &MaskContext<'_>, mask: &Mask, step: usize
     if !starts_stage {
         return MaskChange::default();
     }
-    let importance = live_importance(ctx.student, ctx.analysis);
+    let importance = if ctx.options.method == Method::Uniform {
+        group_norms(ctx.student, ctx.analysis)
+    } else {
+        live_importance(ctx.student, ctx.analysis)
+    };
     let (next, _) = select_to(ctx, &importance, mask, budget_at(ctx, step));
     MaskChange {
         pruned: next.pruned().saturating_sub(mask.pruned()),
@@ -117,12 +128,76 @@ fn select_to(
     start: &Mask,
     ratio: f64,
 ) -> (Mask, effp_graph::cost::NodeCost) {
+    let mut limits = ctx.options.limits;
+    if ctx.options.method == Method::Uniform {
+        limits.scope = Scope::Layer;
+    }
     select(
         &ctx.model.graph,
         ctx.analysis,
         importance,
         start,
         |c| ctx.budget.holds(c, ratio),
-        ctx.options.limits,
+        limits,
     )
+}
+
+/// Torch-Pruning's group L2 importance from the student's live weights: the squared
+/// norms of a group's producer filters and of its consumers' weight columns, summed.
+/// Only compared within a layer, whose groups share producers and consumers, so no
+/// normalisation is needed.
+pub(crate) fn group_norms(net: &Network, analysis: &ChannelAnalysis) -> Vec<f64> {
+    let graph = &net.model().graph;
+    let mut cache: HashMap<(NodeId, bool), Vec<f64>> = HashMap::new();
+    let mut norms = |node: NodeId, output: bool| -> Vec<f64> {
+        cache
+            .entry((node, output))
+            .or_insert_with(|| {
+                let op = &graph.node(node).op;
+                let axis = match (op, output) {
+                    (Op::ConvTranspose(_) | Op::Gemm { trans_b: false, .. }, true) => 1,
+                    (_, true) => 0,
+                    (Op::ConvTranspose(_) | Op::Gemm { trans_b: false, .. }, false) => 0,
+                    (_, false) => 1,
+                };
+                squared_norms(net, node, axis)
+            })
+            .clone()
+    };
+    analysis
+        .groups
+        .iter()
+        .map(|group| {
+            let produced: f64 = group
+                .producers
+                .iter()
+                .map(|&(n, c)| norms(n, true).get(c).copied().unwrap_or(0.0))
+                .sum();
+            let consumed: f64 = group
+                .consumers
+                .iter()
+                .map(|&(n, c)| norms(n, false).get(c).copied().unwrap_or(0.0))
+                .sum();
+            produced + consumed
+        })
+        .collect()
+}
+
+/// Squared L2 norm of every slice of a node's weight along `axis`.
+fn squared_norms(net: &Network, node: NodeId, axis: i64) -> Vec<f64> {
+    let Some(w) = net
+        .model()
+        .graph
+        .node(node)
+        .input(1)
+        .and_then(|v| net.constant(v))
+    else {
+        return Vec::new();
+    };
+    let dims: Vec<i64> = (0..w.dim() as i64).filter(|&d| d != axis).collect();
+    let sums = tch::no_grad(|| {
+        w.square()
+            .sum_dim_intlist(dims.as_slice(), false, Kind::Double)
+    });
+    Vec::<f64>::try_from(sums.to_device(Device::Cpu)).unwrap_or_default()
 }

@@ -24,7 +24,7 @@ pub(crate) fn update(
     mask: &Mask,
     step: usize,
 ) -> Result<MaskChange, EngineError> {
-    if !updates_at(step, ctx.options.interval) {
+    if !updates_at(step, ctx.options.interval, ctx.prune_steps) {
         return Ok(MaskChange::default());
     }
     let mut mask = mask.clone();
@@ -59,10 +59,12 @@ pub(crate) fn update(
     })
 }
 
-/// Whether EFFP moves the mask after `step`.
-pub(crate) fn updates_at(step: usize, interval: usize) -> bool {
+/// Whether EFFP moves the mask after `step`: every `interval` steps, and after the
+/// last step of the pruning phase, whose budget is the target (so that a short run
+/// still ends at the target).
+pub(crate) fn updates_at(step: usize, interval: usize, prune_steps: usize) -> bool {
     let interval = interval.max(1);
-    step % interval == interval - 1
+    step % interval == interval - 1 || step + 1 == prune_steps
 }
 
 /// Switches on the `fraction` of switched-off groups with the largest positive

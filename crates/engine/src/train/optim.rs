@@ -42,6 +42,16 @@ impl AdamW {
         self.params.iter().zip(self.m.iter().zip(&self.v))
     }
 
+    /// Replaces the moments (one pair per parameter, same shapes) and the update
+    /// count: the state of another optimiser carried over to these parameters.
+    pub fn set_state(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, steps: i32) {
+        debug_assert_eq!(m.len(), self.params.len());
+        debug_assert_eq!(v.len(), self.params.len());
+        self.m = m;
+        self.v = v;
+        self.steps = steps;
+    }
+
     /// Updates taken so far (the bias correction depends on it).
     pub fn steps(&self) -> i32 {
         self.steps

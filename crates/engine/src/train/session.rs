@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use effp_graph::channels::cost::ActiveChannels;
-use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::channels::{ChannelAnalysis, Mask, compact};
 use effp_graph::cost::NodeCost;
 use effp_graph::ir::{Model, ValueId};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use crate::data::loader::{LoaderOptions, TrainBatch, epoch};
 use crate::error::EngineError;
 use crate::prune::{L1Options, Target};
 use crate::runtime::Network;
+use crate::verify::Equivalence;
 
 /// How the mask is chosen and moved during training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,10 @@ pub enum Method {
     Progressive,
     /// A random mask of the target's size before training, then fine-tuning.
     Random,
+    /// The practitioners' recipe (Torch-Pruning's default): the same share of every
+    /// layer by group L2 norm (producer filters and consumer columns), in a few
+    /// stages with fine-tuning between and after; nothing comes back.
+    Uniform,
 }
 
 /// How the importance of an active group is judged when pruning.
@@ -105,6 +110,20 @@ pub struct TrainOptions {
     /// distillation loss when the training images have labels; 0 learns from the
     /// original's outputs alone.
     pub label_weight: f64,
+    /// What the fine-tuning phase trains: the compacted network or the masked one.
+    pub fine_tune: FineTune,
+}
+
+/// What the steps after the pruning phase train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FineTune {
+    /// The student with its switched-off groups removed (weights and optimiser state
+    /// sliced alike): the same steps on a network of the target's size, so faster.
+    #[default]
+    Compacted,
+    /// The full-size student with its gates closed, as in the pruning phase.
+    Masked,
 }
 
 impl Default for TrainOptions {
@@ -126,6 +145,7 @@ impl Default for TrainOptions {
             augment: Some(Augment::default()),
             limits: L1Options::default(),
             label_weight: DEFAULT_LABEL_WEIGHT,
+            fine_tune: FineTune::default(),
         }
     }
 }
@@ -180,6 +200,64 @@ pub struct TrainRun {
     pub history: Vec<StepRecord>,
     /// Whether it learnt from the labels too, and if not, why not.
     pub labels: LabelUse,
+    /// When `model` is already compacted (the fine-tuning trained the compacted
+    /// network): how closely the compaction reproduced the masked student.
+    pub compacted: Option<Equivalence>,
+    /// Wall time of each phase in this process (a resumed run counts its own part).
+    pub seconds: PhaseSeconds,
+}
+
+/// Wall time of a run's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Steps in which the mask could change.
+    pub pruning: f64,
+    /// Steps that trained the final mask.
+    pub fine_tuning: f64,
+}
+
+/// The fine-tuning phase's network when it is compacted.
+struct Compacted {
+    net: Network,
+    equivalence: Equivalence,
+}
+
+/// The student with the switched-off groups of `mask` removed, its weights and the
+/// optimiser's moments sliced alike, after checking that it computes what the masked
+/// student computes; returns it with an optimiser that continues where `optimizer`
+/// stopped.
+fn compact_student(
+    student: &Network,
+    optimizer: &AdamW,
+    analysis: &ChannelAnalysis,
+    mask: &Mask,
+    weight_decay: f64,
+) -> Result<(Compacted, AdamW), EngineError> {
+    let device = student.device();
+    let weights = student.export()?;
+    let (model, _) = compact(&weights, analysis, mask)?;
+    let equivalence = crate::verify::equivalence(&weights, analysis, mask, &model, device, 2)?;
+    if equivalence.max_relative_error > crate::verify::EQUIVALENCE_TOLERANCE {
+        return Err(EngineError::Input(format!(
+            "the compacted student differs from the masked one by {:.2e} (relative) before fine-tuning; \
+             this is a bug in effp: please report it with the model, and fine-tune the masked network meanwhile",
+            equivalence.max_relative_error
+        )));
+    }
+    let net = Network::new(&model, device)?;
+    let (m, v): (Vec<&Tensor>, Vec<&Tensor>) = optimizer.moments().unzip();
+    let slice = |values: &[&Tensor]| -> Result<Vec<Tensor>, EngineError> {
+        let (sliced, _) = compact(&student.export_values(values)?, analysis, mask)?;
+        net.trainable_in(&sliced)
+    };
+    let params = net
+        .trainable()
+        .into_iter()
+        .map(Tensor::shallow_clone)
+        .collect();
+    let mut next = AdamW::new(params, weight_decay);
+    next.set_state(slice(&m)?, slice(&v)?, optimizer.steps());
+    Ok((Compacted { net, equivalence }, next))
 }
 
 /// Whether a run learnt from the images' labels.
@@ -403,7 +481,18 @@ pub fn train(
         history: Vec::with_capacity(options.steps),
     };
 
+    // The fine-tuning phase trains the compacted student from its first step on.
+    let compacting = options.fine_tune == FineTune::Compacted && prune_steps < options.steps;
+    let mut compacted: Option<Compacted> = None;
     if let Some(saved) = control.resume.take() {
+        if compacting && saved.progress.step > prune_steps {
+            // Saved by the compacted student: rebuild its shape, then load it.
+            let mask = Mask::from_flags(saved.progress.mask.clone());
+            let (c, next) =
+                compact_student(&student, &optimizer, analysis, &mask, options.weight_decay)?;
+            compacted = Some(c);
+            optimizer = next;
+        }
         restore(
             &saved,
             &mut state,
@@ -444,19 +533,29 @@ pub fn train(
     )?;
 
     let mut batches = skip(epoch(samples, loader, state.epoch), state.batches_in_epoch)?;
+    let mut seconds = PhaseSeconds::default();
     for step in state.step..options.steps {
+        let started = std::time::Instant::now();
         if control.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             state.step = step;
             let path = control.checkpoint.clone();
             if let Some(p) = &path {
                 let stats = [&benefit, &sensitivity, &curvature];
-                save(p, &mut state, &mask, &student, &optimizer, stats)?;
+                let net = compacted.as_ref().map_or(&student, |c| &c.net);
+                save(p, &mut state, &mask, net, &optimizer, stats)?;
             }
             return Err(EngineError::Cancelled(Cancelled {
                 step,
                 checkpoint: path,
             }));
         }
+        if compacting && step == prune_steps && compacted.is_none() {
+            let (c, next) =
+                compact_student(&student, &optimizer, analysis, &mask, options.weight_decay)?;
+            compacted = Some(c);
+            optimizer = next;
+        }
+        let net = compacted.as_ref().map_or(&student, |c| &c.net);
         let mut new_epoch = false;
         let batch: TrainBatch = match batches.next() {
             Some(b) => b?,
@@ -474,11 +573,11 @@ pub fn train(
         let x = batch.images.to_device(device);
         let batch_x = x.shallow_clone();
         let lr = learning_rate(step, options.steps, options.warmup, options.lr);
-        let gating = Gating {
+        let gating = compacted.is_none().then_some(Gating {
             gates: &gates,
             benefit: &mut benefit,
             sensitivity: &mut sensitivity,
-        };
+        });
         let targets = batch.targets.to_device(device);
         let labelled = head.as_ref().map(|head| Labelled {
             head,
@@ -487,12 +586,12 @@ pub fn train(
         });
         let loss = distill_step(
             &teacher,
-            &student,
+            net,
             &taps,
             &x,
             &mut optimizer,
             lr,
-            Some(gating),
+            gating,
             labelled,
         )?;
 
@@ -500,10 +599,10 @@ pub fn train(
         if step < prune_steps
             && options.method == Method::Effp
             && options.criterion == Criterion::Curvature
-            && effp::updates_at(step, options.interval)
+            && effp::updates_at(step, options.interval, prune_steps)
         {
             // Several probes for the first estimate, then a running mean.
-            let first = step + 1 == options.interval.max(1);
+            let first = step + 1 == options.interval.max(1).min(prune_steps);
             let probes = if first { 4 } else { 1 };
             let mut estimate = Tensor::zeros([groups as i64], (Kind::Float, device));
             for k in 0..probes {
@@ -523,7 +622,9 @@ pub fn train(
             budget_now = baselines::budget_at(&ctx, step);
             let change = match options.method {
                 Method::Effp => effp::update(&ctx, &mask, step)?,
-                Method::Progressive => baselines::progressive_update(&ctx, &mask, step),
+                Method::Progressive | Method::Uniform => {
+                    baselines::progressive_update(&ctx, &mask, step)
+                }
                 Method::Sfp => baselines::sfp_update(&ctx, &mask, step + 1),
                 Method::L1 | Method::Random => MaskChange::default(),
             };
@@ -572,16 +673,27 @@ pub fn train(
             && state.step < options.steps
         {
             let stats = [&benefit, &sensitivity, &curvature];
-            save(p, &mut state, &mask, &student, &optimizer, stats)?;
+            save(p, &mut state, &mask, net, &optimizer, stats)?;
+        }
+        let took = started.elapsed().as_secs_f64();
+        if step < prune_steps {
+            seconds.pruning += took;
+        } else {
+            seconds.fine_tuning += took;
         }
     }
     // The gates also carry gradients for the criteria; the exported student does not.
     let _ = gates.detach_();
     Ok(TrainRun {
         mask,
-        model: student.export()?,
+        model: match &compacted {
+            Some(c) => c.net.export()?,
+            None => student.export()?,
+        },
         history: state.history,
         labels: labels_used,
+        compacted: compacted.map(|c| c.equivalence),
+        seconds,
     })
 }
 
