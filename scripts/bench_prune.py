@@ -44,9 +44,15 @@ import onnxruntime as ort
 METHODS = [
     ("effp", ["--method", "effp"]),
     ("effp, no regrowing", ["--method", "effp", "--regrow", "0"]),
+    ("effp, labels w1", ["--method", "effp", "--label-weight", "1"]),
+    ("effp, masked fine-tune", ["--method", "effp", "--fine-tune", "masked"]),
+    ("uniform (TP recipe)", ["--method", "uniform"]),
     ("progressive", ["--method", "progressive"]),
+    ("progressive, per layer", ["--method", "progressive", "--scope", "layer"]),
     ("sfp", ["--method", "sfp"]),
+    ("sfp, per layer", ["--method", "sfp", "--scope", "layer"]),
     ("l1 + fine-tune", ["--method", "l1"]),
+    ("l1 per layer + fine-tune", ["--method", "l1", "--scope", "layer"]),
     ("random + fine-tune", ["--method", "random"]),
 ]
 TP = "torch-pruning + ultralytics"
@@ -119,17 +125,39 @@ def run_effp(args, model: Path, data: Path, label: str, extra: list[str], target
            "--steps", str(args.steps), "--batch", str(args.batch), "--seed", str(seed),
            "--device", args.device, "--out", str(out), "--report", str(report_path), *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = json.loads(report_path.read_text())
+    return effp_row(json.loads(report_path.read_text()), label, target, seed, out, args.threads)
+
+
+def effp_row(r: dict, label: str, target: float, seed: int, onnx: Path | None, threads: int) -> dict:
+    """The table's row of an effp prune report (and its file's latency, when the file is here)."""
     acc = r["accuracy"]
+    training = r.get("training", {})
+    seconds = training.get("seconds", {})
     return {
-        "method": label, "source": "effp", "target": target, "seed": seed, "steps": args.steps,
-        "batch": args.batch,
+        "method": label, "source": "effp", "target": target, "seed": seed, "steps": training.get("steps"),
+        "batch": training.get("batch"),
         "map50_95": acc["after"]["map50_95"], "map50": acc["after"]["map50"],
         "params": r["after"]["params"], "flops": r["after"]["flops"],
-        "flops_ratio": r["flops_ratio"], "ort_ms": ort_latency_ms(out, args.threads),
+        "flops_ratio": r["flops_ratio"],
+        "ort_ms": ort_latency_ms(onnx, threads) if onnx is not None and onnx.exists() else float("nan"),
         "train_seconds": r["wall_seconds"],
-        "regrown": r.get("training", {}).get("regrown", 0),
+        "pruning_seconds": seconds.get("pruning"), "fine_tuning_seconds": seconds.get("fine_tuning"),
+        "fine_tune": training.get("fine_tune"),
+        "device": training.get("device"),
+        "regrown": training.get("regrown", 0),
     }
+
+
+def rows_from_reports(folder: Path, threads: int) -> list[dict]:
+    """effp rows run elsewhere (scripts/gpu_check.sh on a GPU machine): FOLDER/reports/*.json,
+    each with a "bench" entry naming its row, and FOLDER/models/<same name>.onnx where kept."""
+    rows = []
+    for path in sorted((folder / "reports").glob("*.json")):
+        r = json.loads(path.read_text())
+        b = r["bench"]
+        onnx = folder / "models" / (path.stem + ".onnx")
+        rows.append(effp_row(r, b["method"], b["target"], b["seed"], onnx, threads))
+    return rows
 
 
 def run_ultralytics(args, label: str, target: float, seed: int, original: dict, imgsz: int, work: Path,
@@ -293,6 +321,8 @@ def main() -> int:
                         "(default: a temporary folder)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    parser.add_argument("--from-reports", type=Path, metavar="DIR",
+                        help="also take the effp rows that scripts/gpu_check.sh ran on a GPU machine from DIR")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -313,6 +343,10 @@ def main() -> int:
     rows: list[dict] = []
     if args.resume and args.out.exists():
         rows = json.loads(args.out.read_text())["rows"]
+    if args.from_reports:
+        known = {(r["method"], r["target"], r.get("seed", 0)) for r in rows}
+        rows += [r for r in rows_from_reports(args.from_reports, args.threads)
+                 if (r["method"], r["target"], r["seed"]) not in known]
     done = {(r["method"], r["target"], r.get("seed", 0)) for r in rows}
     imgsz = input_size(args.effp, model)
     original = {"method": "original", "target": 1.0, "imgsz": imgsz,
