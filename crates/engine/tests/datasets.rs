@@ -294,6 +294,55 @@ fn a_coco_dataset_reads_like_its_yolo_twin() {
     }
 }
 
+/// `iscrowd=1` annotations are crowd regions: kept apart from the objects (training
+/// never sees them; evaluation ignores detections on them), with the same boxes.
+#[test]
+fn coco_crowd_regions_are_kept_apart_from_the_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("yolo"), 6, 8);
+    let coco_dir = dir.path().join("coco");
+    yolo_to_coco(&dir.path().join("yolo"), &coco_dir);
+    let file = coco_dir.join("annotations/instances_train.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut crowd_ids = 0;
+    for a in doc["annotations"].as_array_mut().unwrap() {
+        if a["id"].as_u64().unwrap() % 3 == 0 {
+            a["iscrowd"] = 1.into();
+            crowd_ids += 1;
+        }
+    }
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let yolo = load(&dir.path().join("yolo")).unwrap();
+    let coco = load(&coco_dir).unwrap();
+    let (a, b) = (yolo.split("train").unwrap(), coco.split("train").unwrap());
+    let mut id = 0;
+    let mut crowds = 0;
+    for (x, y) in a.iter().zip(b) {
+        let (mut objects, mut regions) = (y.labels.iter(), y.crowd.iter());
+        for p in &x.labels {
+            id += 1;
+            let q = if id % 3 == 0 {
+                crowds += 1;
+                regions.next()
+            } else {
+                objects.next()
+            }
+            .unwrap();
+            assert_eq!(p.class, q.class);
+            assert!(
+                (p.cx - q.cx).abs() < 1e-5 && (p.w - q.w).abs() < 1e-5,
+                "{p:?} vs {q:?}"
+            );
+        }
+        assert!(objects.next().is_none() && regions.next().is_none());
+    }
+    assert_eq!(crowds, crowd_ids);
+    assert!(crowds > 0);
+    // YOLO labels have no crowd regions.
+    assert!(a.iter().all(|s| s.crowd.is_empty()));
+}
+
 #[test]
 fn coco_problems_are_collected() {
     let dir = tempfile::tempdir().unwrap();

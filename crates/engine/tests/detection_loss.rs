@@ -415,13 +415,16 @@ fn matching_predictions_cost_far_less_than_random_ones() {
     let (g, _) = good.loss();
     let (r, _) = random.loss();
     let (g_total, r_total) = (g.total.double_value(&[]), r.total.double_value(&[]));
-    assert!(g_total < 0.02 * r_total, "matching {g:?} vs random {r:?}");
+    // Measured ratios: total and cls 1.4e-4 (the classification loss of a perfect
+    // logit is small but not zero), box and DFL 1.5e-8 and 1.3e-8 (rounding). The
+    // bounds are about seven and seventy times those.
+    assert!(g_total < 1e-3 * r_total, "matching {g:?} vs random {r:?}");
     assert!(
-        g.box_loss < 0.02 * r.box_loss,
+        g.box_loss < 1e-6 * r.box_loss,
         "matching {g:?} vs random {r:?}"
     );
-    assert!(g.cls < 0.02 * r.cls, "matching {g:?} vs random {r:?}");
-    assert!(g.dfl < 0.02 * r.dfl, "matching {g:?} vs random {r:?}");
+    assert!(g.cls < 1e-3 * r.cls, "matching {g:?} vs random {r:?}");
+    assert!(g.dfl < 1e-6 * r.dfl, "matching {g:?} vs random {r:?}");
 
     // Moving the labels one cell off the predictions makes them wrong again.
     let mut shifted = good;

@@ -15,7 +15,7 @@ fn load(name: &str) -> effp_graph::ir::Model {
 }
 
 #[test]
-fn published_detectors_land_within_two_percent_of_each_flops_target() {
+fn published_detectors_land_within_half_a_percent_of_each_flops_target() {
     for &(file, ..) in fixtures::PUBLISHED {
         let model = load(file);
         let analysis = ChannelAnalysis::new(&model.graph).unwrap();
@@ -31,7 +31,9 @@ fn published_detectors_land_within_two_percent_of_each_flops_target() {
             let (pruned, report) = compact(&model, &analysis, &mask).unwrap();
             let ratio = graph_cost(&pruned.graph).flops() as f64 / before;
             assert!(
-                (ratio - target).abs() <= 0.02 * target,
+                // Measured: at most 0.19% below (yolov5nu at 0.3); the last group
+                // removed is that small a share of the network.
+                (ratio - target).abs() <= 0.005 * target,
                 "{file} at {target}: reached {ratio}"
             );
             assert!(
@@ -63,7 +65,8 @@ fn a_parameter_target_is_met_too() {
     .unwrap();
     let (pruned, _) = compact(&model, &analysis, &mask).unwrap();
     let ratio = graph_cost(&pruned.graph).params as f64 / graph_cost(&model.graph).params as f64;
-    assert!(ratio <= 0.6 && ratio > 0.55, "{ratio}");
+    // Measured: 0.5987.
+    assert!(ratio <= 0.6 && ratio > 0.595, "{ratio}");
 }
 
 #[test]
@@ -117,7 +120,8 @@ fn rounding_keeps_pruned_layers_at_multiples_of_eight() {
     let mask = l1_mask(&model.graph, &analysis, Target::FlopsRatio(0.5), options).unwrap();
     let (pruned, report) = compact(&model, &analysis, &mask).unwrap();
     let ratio = graph_cost(&pruned.graph).flops() as f64 / graph_cost(&model.graph).flops() as f64;
-    assert!((0.49..=0.5).contains(&ratio), "{ratio}");
+    // Measured: 0.4987; eight channels at a time land a little further below.
+    assert!((0.495..=0.5).contains(&ratio), "{ratio}");
     for l in report
         .layers
         .iter()

@@ -59,8 +59,10 @@ pub(crate) fn annotation_files(root: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Reads a COCO dataset. Categories become classes in id order; crowd regions are
-/// skipped; every problem is collected as `file: annotation N: what is wrong`.
+/// Reads a COCO dataset. Categories become classes in id order; crowd regions
+/// (`iscrowd=1`) go to [`Sample::crowd`], which training skips and evaluation
+/// ignores the COCO way; every problem is collected as
+/// `file: annotation N: what is wrong`.
 pub fn load(root: &Path) -> Result<Dataset, DataError> {
     let files = annotation_files(root);
     if files.is_empty() {
@@ -123,6 +125,7 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
             .map(|im| Sample {
                 image: images_dir.join(&im.file_name),
                 labels: Vec::new(),
+                crowd: Vec::new(),
             })
             .collect();
         for (k, a) in coco.annotations.iter().enumerate() {
@@ -141,9 +144,6 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
                 ));
                 continue;
             };
-            if a.iscrowd != 0 {
-                continue;
-            }
             let im = &coco.images[i];
             let [x, y, w, h] = a.bbox;
             let inside = w > 0.0
@@ -159,7 +159,13 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
                 ));
                 continue;
             }
-            samples[i].labels.push(Label {
+            let sample = &mut samples[i];
+            let list = if a.iscrowd != 0 {
+                &mut sample.crowd
+            } else {
+                &mut sample.labels
+            };
+            list.push(Label {
                 class,
                 cx: ((x + w / 2.0) / im.width) as f32,
                 cy: ((y + h / 2.0) / im.height) as f32,

@@ -41,6 +41,10 @@ pub struct Sample {
     pub image: PathBuf,
     /// Its objects (empty for a background image).
     pub labels: Vec<Label>,
+    /// Crowd regions (COCO's `iscrowd=1`): never trained on, and ignored by the
+    /// evaluation (detections on them are neither right nor wrong). YOLO-format
+    /// labels have none.
+    pub crowd: Vec<Label>,
 }
 
 /// A detection dataset.
@@ -138,6 +142,7 @@ pub fn load(root: &Path) -> Result<Dataset, DataError> {
             samples.push(Sample {
                 image: entry,
                 labels,
+                crowd: Vec::new(),
             });
         }
         if labels_dir.is_dir() {

@@ -1,6 +1,13 @@
 //! Mean average precision the COCO way, matching pycocotools' `COCOeval` for boxes:
 //! IoU thresholds 0.50:0.05:0.95, 101-point interpolated precision, at most 100
-//! detections per image and class, no crowd regions, all areas.
+//! detections per image and class, crowd regions ignored the COCO way, all areas.
+//!
+//! A crowd region (`iscrowd=1`) is neither found nor missed: it does not count among
+//! the objects to recall, and a detection matched to it is dropped (neither a true
+//! nor a false positive). A detection is matched to a crowd region only when no
+//! ordinary object is left for it, its overlap with the region is the intersection
+//! over the detection's own area, and one region may absorb any number of
+//! detections.
 
 use serde::Serialize;
 
@@ -16,6 +23,9 @@ pub struct GroundTruth {
     pub class: usize,
     /// The box.
     pub bbox: Xyxy,
+    /// A crowd region (COCO's `iscrowd=1`): detections on it are ignored, and it is
+    /// not an object to find.
+    pub crowd: bool,
 }
 
 /// A predicted object.
@@ -36,7 +46,7 @@ pub struct Detection {
 pub struct ClassAp {
     /// Class id.
     pub class: usize,
-    /// Labelled objects of this class.
+    /// Labelled objects of this class (crowd regions not counted).
     pub instances: usize,
     /// AP averaged over IoU 0.50:0.95.
     pub ap50_95: f64,
@@ -59,7 +69,7 @@ pub struct MapReport {
     pub f1: f64,
     /// That confidence threshold.
     pub confidence: f64,
-    /// Per-class APs (classes without labels are left out).
+    /// Per-class APs (classes without labels other than crowd regions are left out).
     pub per_class: Vec<ClassAp>,
 }
 
@@ -86,11 +96,101 @@ fn iou_thresholds() -> [f64; 10] {
 
 /// Intersection over union of two boxes.
 pub fn iou(a: &Xyxy, b: &Xyxy) -> f64 {
+    let inter = intersection(a, b);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
+
+/// The overlap of a detection with a crowd region, as COCO measures it: the
+/// intersection over the detection's own area (a detection wholly inside the region
+/// scores 1 however large the region is).
+pub fn crowd_overlap(detection: &Xyxy, region: &Xyxy) -> f64 {
+    let inter = intersection(detection, region);
+    let own = area(detection);
+    if own <= 0.0 { 0.0 } else { inter / own }
+}
+
+fn area(b: &Xyxy) -> f64 {
+    (b[2] - b[0]) * (b[3] - b[1])
+}
+
+fn intersection(a: &Xyxy, b: &Xyxy) -> f64 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
+    w * h
+}
+
+/// What became of one detection at one IoU threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Matched to an object.
+    Hit,
+    /// Matched to nothing.
+    Miss,
+    /// Matched to a crowd region: left out of the count.
+    Ignored,
+}
+
+/// Matches the detections of one image and class to its labels at every threshold,
+/// as `COCOeval.evaluateImg`: ordinary objects before crowd regions, each detection
+/// (best score first, at most [`MAX_DETECTIONS`]) taking the free object it overlaps
+/// most, ties going to the later one, and a crowd region only when no object is left
+/// at the threshold.
+fn match_image(
+    gts: &[&GroundTruth],
+    dts: &mut Vec<&Detection>,
+    thresholds: &[f64; 10],
+) -> Vec<(f64, [Outcome; 10])> {
+    // Stable sort by descending score, as numpy's mergesort on -score.
+    dts.sort_by(|a, b| b.score.total_cmp(&a.score));
+    dts.truncate(MAX_DETECTIONS);
+    // Stable: ordinary objects first, then crowd regions, each in label order.
+    let mut gts = gts.to_vec();
+    gts.sort_by_key(|g| g.crowd);
+    let mut matched = vec![[false; 10]; gts.len()];
+    let mut out = Vec::with_capacity(dts.len());
+    for d in dts.iter() {
+        let overlaps: Vec<f64> = gts
+            .iter()
+            .map(|g| {
+                if g.crowd {
+                    crowd_overlap(&d.bbox, &g.bbox)
+                } else {
+                    iou(&d.bbox, &g.bbox)
+                }
+            })
+            .collect();
+        let mut outcomes = [Outcome::Miss; 10];
+        for (t, &threshold) in thresholds.iter().enumerate() {
+            let mut best = threshold.min(1.0 - 1e-10);
+            let mut m: Option<usize> = None;
+            for (gi, g) in gts.iter().enumerate() {
+                if matched[gi][t] && !g.crowd {
+                    continue;
+                }
+                // Matched to an object already: crowd regions (sorted last) cannot
+                // take the detection from it.
+                if m.is_some_and(|k| !gts[k].crowd) && g.crowd {
+                    break;
+                }
+                if overlaps[gi] < best {
+                    continue;
+                }
+                best = overlaps[gi];
+                m = Some(gi);
+            }
+            if let Some(gi) = m {
+                matched[gi][t] = true;
+                outcomes[t] = if gts[gi].crowd {
+                    Outcome::Ignored
+                } else {
+                    Outcome::Hit
+                };
+            }
+        }
+        out.push((d.score, outcomes));
+    }
+    out
 }
 
 /// Evaluates detections against labels over `images` images and `classes` classes.
@@ -106,7 +206,7 @@ pub fn evaluate(
     let mut pr_points: Vec<(f64, bool)> = Vec::new();
     let mut total_labels = 0usize;
     for class in 0..classes {
-        let mut scored: Vec<(f64, [bool; 10])> = Vec::new();
+        let mut scored: Vec<(f64, [Outcome; 10])> = Vec::new();
         let mut instances = 0usize;
         for image in 0..images {
             let gts: Vec<&GroundTruth> = labels
@@ -117,44 +217,24 @@ pub fn evaluate(
                 .iter()
                 .filter(|d| d.image == image && d.class == class)
                 .collect();
-            // Stable sort by descending score, as numpy's mergesort on -score.
-            dts.sort_by(|a, b| b.score.total_cmp(&a.score));
-            dts.truncate(MAX_DETECTIONS);
-            instances += gts.len();
-            let mut matched = vec![[false; 10]; gts.len()];
-            for d in dts {
-                let mut hits = [false; 10];
-                for (t, &threshold) in thresholds.iter().enumerate() {
-                    let mut best = threshold.min(1.0 - 1e-10);
-                    let mut m: Option<usize> = None;
-                    for (gi, g) in gts.iter().enumerate() {
-                        if matched[gi][t] {
-                            continue;
-                        }
-                        let o = iou(&d.bbox, &g.bbox);
-                        if o < best {
-                            continue;
-                        }
-                        best = o;
-                        m = Some(gi);
-                    }
-                    if let Some(gi) = m {
-                        matched[gi][t] = true;
-                        hits[t] = true;
-                    }
-                }
-                scored.push((d.score, hits));
-            }
+            instances += gts.iter().filter(|g| !g.crowd).count();
+            scored.extend(match_image(&gts, &mut dts, &thresholds));
         }
         total_labels += instances;
-        pr_points.extend(scored.iter().map(|&(s, h)| (s, h[0])));
+        pr_points.extend(
+            scored
+                .iter()
+                .filter(|(_, o)| o[0] != Outcome::Ignored)
+                .map(|&(s, o)| (s, o[0] == Outcome::Hit)),
+        );
         if instances == 0 {
             continue;
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut aps = [0.0; 10];
         for (t, ap) in aps.iter_mut().enumerate() {
-            *ap = interpolated_ap(scored.iter().map(|(_, h)| h[t]), instances);
+            let counted = scored.iter().filter(|(_, o)| o[t] != Outcome::Ignored);
+            *ap = interpolated_ap(counted.map(|(_, o)| o[t] == Outcome::Hit), instances);
         }
         per_class.push(ClassAp {
             class,
@@ -251,6 +331,7 @@ mod tests {
             image: 0,
             class: 0,
             bbox: [0.0, 0.0, 10.0, 10.0],
+            crowd: false,
         }];
         let hit = [Detection {
             image: 0,
@@ -268,6 +349,41 @@ mod tests {
             score: 0.9,
         }];
         assert_eq!(evaluate(&gt, &miss, 1, 1).map50, 0.0);
+    }
+
+    #[test]
+    fn a_detection_on_a_crowd_region_is_neither_right_nor_wrong() {
+        let object = GroundTruth {
+            image: 0,
+            class: 0,
+            bbox: [0.0, 0.0, 10.0, 10.0],
+            crowd: false,
+        };
+        let crowd = GroundTruth {
+            bbox: [50.0, 50.0, 150.0, 150.0],
+            crowd: true,
+            ..object
+        };
+        let det = |bbox, score| Detection {
+            image: 0,
+            class: 0,
+            bbox,
+            score,
+        };
+        // Ranked first: a small box inside the crowd (IoU with it 0.01, overlap over
+        // its own area 1), then the object.
+        let dets = [
+            det([60.0, 60.0, 70.0, 70.0], 0.9),
+            det([0.0, 0.0, 10.0, 10.0], 0.8),
+        ];
+        let with_crowd = evaluate(&[object, crowd], &dets, 1, 1);
+        assert!((with_crowd.map50_95 - 1.0).abs() < 1e-12, "{with_crowd:?}");
+        assert_eq!(with_crowd.per_class[0].instances, 1);
+        // Without the region the first detection is a false positive ahead of the hit.
+        let without = evaluate(&[object], &dets, 1, 1);
+        assert!(without.map50_95 < 0.6, "{without:?}");
+        // A class with nothing but crowd regions has no AP to average.
+        assert!(evaluate(&[crowd], &dets, 1, 1).per_class.is_empty());
     }
 
     #[test]

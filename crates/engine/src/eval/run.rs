@@ -39,7 +39,7 @@ impl Default for EvalOptions {
 pub struct EvalReport {
     /// Images evaluated.
     pub images: usize,
-    /// Labelled objects.
+    /// Labelled objects (crowd regions not counted).
     pub instances: usize,
     /// Input size (height, width) the images were letterboxed to.
     pub input_size: [u32; 2],
@@ -126,11 +126,14 @@ pub fn evaluate_network(
                         score: c.score as f64,
                     });
                 }
-                for l in &samples[image].labels {
+                let sample = &samples[image];
+                let regions = sample.labels.iter().map(|l| (l, false));
+                for (l, crowd) in regions.chain(sample.crowd.iter().map(|l| (l, true))) {
                     labels.push(GroundTruth {
                         image,
                         class: l.class,
                         bbox: l.to_pixels(placement.width, placement.height),
+                        crowd,
                     });
                 }
             }
@@ -142,7 +145,7 @@ pub fn evaluate_network(
     let seconds = started.elapsed().as_secs_f64();
     Ok(EvalReport {
         images: samples.len(),
-        instances: labels.len(),
+        instances: labels.iter().filter(|l| !l.crowd).count(),
         input_size: [h, w],
         layout: layout.unwrap_or(Layout::Ultralytics),
         metrics,

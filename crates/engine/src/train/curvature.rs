@@ -11,12 +11,49 @@
 //! libtorch's global one, which every thread of a process shares: a probe must not
 //! depend on what else runs at the same time.
 
-use effp_graph::ir::ValueId;
+use effp_graph::channels::ChannelAnalysis;
+use effp_graph::ir::{Model, ValueId};
 use tch::{Kind, Tensor};
 
+use super::distill::{Distill, prediction_taps};
+use super::effp::{curvature_importance, to_vec};
 use crate::data::rng::SplitMix;
 use crate::error::EngineError;
 use crate::runtime::Network;
+
+/// What EFFP's curvature criterion predicts, at the start of training, for switching
+/// off each group of `analysis` alone: the rise of the distillation loss (toward the
+/// original's outputs, and its prediction layers' with [`Distill::Heads`]) on the
+/// images `x`, as the criterion ranks groups before its first mask update. The
+/// student still equals the original there, so the first-order term is zero and the
+/// estimate is half the curvature along the group's gate, averaged over `probes`
+/// random probes drawn from `seed` (one is what a training step uses; more lower the
+/// probe noise). One entry per group, on the device of `x`.
+pub fn predicted_loss_increase(
+    model: &Model,
+    analysis: &ChannelAnalysis,
+    x: &Tensor,
+    distill: Distill,
+    probes: usize,
+    seed: u64,
+) -> Result<Vec<f64>, EngineError> {
+    let device = x.device();
+    let student = Network::new(model, device)?.with_gates(analysis);
+    let taps = match distill {
+        Distill::Outputs => Vec::new(),
+        Distill::Heads => prediction_taps(&model.graph, analysis),
+    };
+    let groups = analysis.groups.len() as i64;
+    let gates = Tensor::ones([groups], (Kind::Float, device)).set_requires_grad(true);
+    let probes = probes.max(1);
+    let mut curvature = Tensor::zeros([groups], (Kind::Float, device));
+    for k in 0..probes {
+        let probe_seed = (seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64;
+        curvature += gate_curvature(&student, &taps, x, &gates, probe_seed)?;
+    }
+    curvature /= probes as f64;
+    to_vec(&curvature_importance(&curvature.zeros_like(), &curvature))
+}
 
 /// One probe's estimate of the curvature diagonal (one entry per group) on `x`,
 /// with probe noise drawn from `seed`. Leaves gradients in the student's weights,

@@ -33,11 +33,7 @@ pub(crate) fn update(
     let mut importance = match ctx.options.criterion {
         Criterion::Magnitude => live_importance(ctx.student, ctx.analysis),
         Criterion::Taylor => to_vec(&ctx.sensitivity)?,
-        Criterion::Curvature => {
-            // Closing a gate moves it by −1: Δloss ≈ −∂loss/∂g + ½·curvature.
-            let change = &ctx.benefit + &ctx.curvature * 0.5;
-            to_vec(&change.clamp_min(0.0))?
-        }
+        Criterion::Curvature => to_vec(&curvature_importance(&ctx.benefit, &ctx.curvature))?,
     };
     for &g in &revived {
         importance[g] = f64::INFINITY;
@@ -57,6 +53,13 @@ pub(crate) fn update(
         regrown: revived.len(),
         mask: Some(next),
     })
+}
+
+/// The loss increase the curvature criterion predicts for closing each gate (never
+/// below zero): closing moves a gate by −1, so Δloss ≈ −∂loss/∂g + ½·curvature, and
+/// `benefit` is −∂loss/∂g.
+pub(crate) fn curvature_importance(benefit: &Tensor, curvature: &Tensor) -> Tensor {
+    (benefit + curvature * 0.5).clamp_min(0.0)
 }
 
 /// Whether EFFP moves the mask after `step`: every `interval` steps, and after the

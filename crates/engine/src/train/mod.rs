@@ -6,7 +6,7 @@ mod assign;
 pub(crate) mod baselines;
 mod boxes;
 pub mod checkpoint;
-mod curvature;
+pub mod curvature;
 pub mod detection_loss;
 pub mod distill;
 pub(crate) mod effp;
