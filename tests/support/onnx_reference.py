@@ -3,10 +3,12 @@
 
 Reads a JSON request on stdin and writes a JSON answer on stdout.
 
-  compare  {"pairs": [[reference.onnx, candidate.onnx], ...], "seed": 0}
+  compare  {"pairs": [[reference.onnx, candidate.onnx], ...], "seed": 0,
+            "input_shapes": {"images": [1, 3, 160, 96]}}
            runs both files of each pair in onnxruntime on the same random inputs and
            answers, per pair, the output names, shapes and the largest absolute and
-           relative differences.
+           relative differences. Free input sizes are 1 unless `input_shapes` (optional)
+           gives the input's shape.
   run      {"jobs": [{"model": m.onnx, "inputs": [raw.f32, ...], "out_dir": d}, ...]}
            runs each model in onnxruntime on the given inputs (raw little-endian
            float32 in the shape the model declares) and writes every output as raw
@@ -24,23 +26,24 @@ import sys
 import numpy as np
 
 
-def random_inputs(session, seed: int) -> dict:
+def random_inputs(session, seed: int, given: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        shape = (given or {}).get(i.name, shape)
         feeds[i.name] = rng.standard_normal(shape, dtype=np.float32)
     return feeds
 
 
-def run(path: str, feeds: dict | None, seed: int):
+def run(path: str, feeds: dict | None, seed: int, given: dict | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    feeds = feeds if feeds is not None else random_inputs(session, seed)
+    feeds = feeds if feeds is not None else random_inputs(session, seed, given)
     names = [o.name for o in session.get_outputs()]
     return names, session.run(names, feeds), feeds
 
@@ -48,7 +51,7 @@ def run(path: str, feeds: dict | None, seed: int):
 def compare(req: dict) -> list:
     answers = []
     for reference, candidate in req["pairs"]:
-        ref_names, ref_out, feeds = run(reference, None, req.get("seed", 0))
+        ref_names, ref_out, feeds = run(reference, None, req.get("seed", 0), req.get("input_shapes"))
         cand_names, cand_out, _ = run(candidate, feeds, 0)
         max_abs, max_rel = 0.0, 0.0
         shapes_equal = ref_names == cand_names and all(a.shape == b.shape for a, b in zip(ref_out, cand_out))
