@@ -157,9 +157,11 @@ fn expanded(size: &[i64], target: &[i64]) -> Vec<i64> {
     (0..rank)
         .map(|i| {
             let pick = |s: &[i64]| {
-                (i + s.len() >= rank)
-                    .then(|| s[i + s.len() - rank])
-                    .unwrap_or(1)
+                if i + s.len() >= rank {
+                    s[i + s.len() - rank]
+                } else {
+                    1
+                }
             };
             let (a, b) = (pick(size), pick(target));
             if a == 1 { b } else { a }
