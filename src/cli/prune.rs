@@ -90,7 +90,9 @@ pub struct PruneArgs {
     /// ignored.
     #[arg(long, value_name = "E", default_value_t = 1.0)]
     pub cost_exponent: f64,
-    /// Image input size as HxW; defaults to the size the model declares.
+    /// Image input size as HxW; defaults to the size the model declares. Required for
+    /// a model with free input sizes (a dynamic-shape export), which is pruned and
+    /// trained at this size and keeps its free sizes in the written file.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
     /// Where to train and check: auto (CUDA when available), cpu, cuda, cuda:N.

@@ -236,6 +236,17 @@ fn output_dtype(op: &Op, first: Option<DataType>) -> Option<DataType> {
     }
 }
 
+/// Whether a 4-D graph input leaves its height or width free (a dynamic-shape
+/// export): such a model is analysed, pruned and trained at an input size the
+/// caller gives, and keeps its free sizes in the file effp writes.
+pub fn has_free_input_size(graph: &Graph) -> bool {
+    graph.inputs.iter().any(|io| {
+        io.dims.as_ref().is_some_and(|dims| {
+            dims.len() == 4 && dims[2..].iter().any(|d| !matches!(d, Dim::Fixed(_)))
+        })
+    })
+}
+
 /// The input size a graph's shapes were inferred at: the last two axes of its first
 /// 4-D input. What compaction re-infers the smaller model at, so that a model with
 /// free input sizes keeps the size it was analysed at.
