@@ -13,6 +13,10 @@ Reads a JSON request on stdin and writes a JSON answer on stdout.
            runs each model in onnxruntime on the given inputs (raw little-endian
            float32 in the shape the model declares) and writes every output as raw
            float32 to out_dir/<index>.f32; answers their names, shapes and paths.
+  values   {"models": [{"model": m.onnx, "input_shapes": {"x": [1, 3, 8, 8]}}, ...], "seed": 0}
+           runs each model in onnxruntime on random inputs of its given shapes and
+           answers, per model, its outputs' element types and values (nested lists;
+           for small outputs such as computed shapes).
   shapes   {"models": [model.onnx, ...]}
            answers every value's shape as inferred by onnx.shape_inference, and
            whether onnx.checker (full check) accepts the file.
@@ -98,6 +102,15 @@ def run_jobs(req: dict) -> list:
     return answers
 
 
+def values(req: dict) -> list:
+    answers = []
+    for job in req["models"]:
+        path = job["model"]
+        _, outputs, _ = run(path, None, req.get("seed", 0), job.get("input_shapes"))
+        answers.append({"model": path, "dtypes": [str(o.dtype) for o in outputs], "values": [o.tolist() for o in outputs]})
+    return answers
+
+
 def shapes(req: dict) -> list:
     import onnx
 
@@ -122,7 +135,7 @@ def shapes(req: dict) -> list:
 def main() -> int:
     command = sys.argv[1]
     req = json.load(sys.stdin)
-    answer = {"compare": compare, "run": run_jobs, "shapes": shapes}[command](req)
+    answer = {"compare": compare, "run": run_jobs, "shapes": shapes, "values": values}[command](req)
     json.dump(answer, sys.stdout)
     return 0
 
