@@ -16,7 +16,8 @@ use super::table::{new_table, shape, si, thousands};
 pub struct InspectArgs {
     /// The ONNX model file.
     pub model: PathBuf,
-    /// Image input size as HxW (e.g. 640x640); defaults to the size the model declares.
+    /// Image input size as HxW (e.g. 640x640); defaults to the size the model declares
+    /// (required for a model with free input sizes, a dynamic-shape export).
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
     /// Print the report as JSON (schema "effp.inspect/v1") instead of tables.

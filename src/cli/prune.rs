@@ -100,7 +100,9 @@ pub struct PruneArgs {
     /// layer for uniform, global for the others.
     #[arg(long, value_enum)]
     pub scope: Option<ScopeArg>,
-    /// Image input size as HxW; defaults to the size the model declares.
+    /// Image input size as HxW; defaults to the size the model declares. Required for
+    /// a model with free input sizes (a dynamic-shape export), which is pruned and
+    /// trained at this size and keeps its free sizes in the written file.
     #[arg(long, value_name = "HxW", allow_hyphen_values = true)]
     pub input_size: Option<InputSize>,
     /// Where to train and check: auto (CUDA when available), cpu, cuda, cuda:N.

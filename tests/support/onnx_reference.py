@@ -3,14 +3,20 @@
 
 Reads a JSON request on stdin and writes a JSON answer on stdout.
 
-  compare  {"pairs": [[reference.onnx, candidate.onnx], ...], "seed": 0}
+  compare  {"pairs": [[reference.onnx, candidate.onnx], ...], "seed": 0,
+            "input_shapes": {"images": [1, 3, 160, 96]}}
            runs both files of each pair in onnxruntime on the same random inputs and
            answers, per pair, the output names, shapes and the largest absolute and
-           relative differences.
+           relative differences. Free input sizes are 1 unless `input_shapes` (optional)
+           gives the input's shape.
   run      {"jobs": [{"model": m.onnx, "inputs": [raw.f32, ...], "out_dir": d}, ...]}
            runs each model in onnxruntime on the given inputs (raw little-endian
            float32 in the shape the model declares) and writes every output as raw
            float32 to out_dir/<index>.f32; answers their names, shapes and paths.
+  values   {"models": [{"model": m.onnx, "input_shapes": {"x": [1, 3, 8, 8]}}, ...], "seed": 0}
+           runs each model in onnxruntime on random inputs of its given shapes and
+           answers, per model, its outputs' element types and values (nested lists;
+           for small outputs such as computed shapes).
   shapes   {"models": [model.onnx, ...]}
            answers every value's shape as inferred by onnx.shape_inference, and
            whether onnx.checker (full check) accepts the file.
@@ -24,23 +30,24 @@ import sys
 import numpy as np
 
 
-def random_inputs(session, seed: int) -> dict:
+def random_inputs(session, seed: int, given: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        shape = (given or {}).get(i.name, shape)
         feeds[i.name] = rng.standard_normal(shape, dtype=np.float32)
     return feeds
 
 
-def run(path: str, feeds: dict | None, seed: int):
+def run(path: str, feeds: dict | None, seed: int, given: dict | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    feeds = feeds if feeds is not None else random_inputs(session, seed)
+    feeds = feeds if feeds is not None else random_inputs(session, seed, given)
     names = [o.name for o in session.get_outputs()]
     return names, session.run(names, feeds), feeds
 
@@ -48,7 +55,7 @@ def run(path: str, feeds: dict | None, seed: int):
 def compare(req: dict) -> list:
     answers = []
     for reference, candidate in req["pairs"]:
-        ref_names, ref_out, feeds = run(reference, None, req.get("seed", 0))
+        ref_names, ref_out, feeds = run(reference, None, req.get("seed", 0), req.get("input_shapes"))
         cand_names, cand_out, _ = run(candidate, feeds, 0)
         max_abs, max_rel = 0.0, 0.0
         shapes_equal = ref_names == cand_names and all(a.shape == b.shape for a, b in zip(ref_out, cand_out))
@@ -95,6 +102,15 @@ def run_jobs(req: dict) -> list:
     return answers
 
 
+def values(req: dict) -> list:
+    answers = []
+    for job in req["models"]:
+        path = job["model"]
+        _, outputs, _ = run(path, None, req.get("seed", 0), job.get("input_shapes"))
+        answers.append({"model": path, "dtypes": [str(o.dtype) for o in outputs], "values": [o.tolist() for o in outputs]})
+    return answers
+
+
 def shapes(req: dict) -> list:
     import onnx
 
@@ -119,7 +135,7 @@ def shapes(req: dict) -> list:
 def main() -> int:
     command = sys.argv[1]
     req = json.load(sys.stdin)
-    answer = {"compare": compare, "run": run_jobs, "shapes": shapes}[command](req)
+    answer = {"compare": compare, "run": run_jobs, "shapes": shapes, "values": values}[command](req)
     json.dump(answer, sys.stdout)
     return 0
 

@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_CHANNEL_REFERENCES: u64 = 1 << 23;
 /// Default for [`Limits::max_input_pixels`]: 8192 × 8192.
 pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 8192 * 8192;
 
+/// Default for [`Limits::max_folded_elements`]: 2²⁶.
+pub const DEFAULT_MAX_FOLDED_ELEMENTS: u64 = 1 << 26;
+
 /// Longest side accepted in an input size (`--input-size`, the API's `input_size`).
 pub const MAX_INPUT_SIDE: usize = 65_536;
 
@@ -93,6 +96,17 @@ pub struct Limits {
     /// room for tiled aerial and satellite imagery while keeping the input itself
     /// under a gigabyte.
     pub max_input_pixels: u64,
+    /// Most elements that shape inference may compute, over all values of a graph,
+    /// when it folds the shape subgraph of a dynamic-shape export (`Shape`, `Range`,
+    /// `ConstantOfShape`, `Expand`, … evaluated at the input size). Each folded value
+    /// is also held to [`Limits::max_tensor_elements`] and
+    /// [`Limits::max_channels`]; both are checked before its elements are allocated.
+    ///
+    /// 2²⁶ ≈ 67 million (about half a GiB at eight bytes each): YOLOv8 exported with
+    /// `dynamic=True` folds about 20 values of at most one element per anchor (its
+    /// anchor grid and strides), under 500,000 elements in all at 1280×1280 and about
+    /// 25 million at the largest input size, 8192×8192.
+    pub max_folded_elements: u64,
 }
 
 impl Default for Limits {
@@ -104,6 +118,7 @@ impl Default for Limits {
             max_channel_slots: DEFAULT_MAX_CHANNEL_SLOTS,
             max_channel_references: DEFAULT_MAX_CHANNEL_REFERENCES,
             max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            max_folded_elements: DEFAULT_MAX_FOLDED_ELEMENTS,
         }
     }
 }
@@ -125,6 +140,8 @@ pub enum Quantity {
     ChannelReferences,
     /// [`Limits::max_input_pixels`].
     InputPixels,
+    /// [`Limits::max_folded_elements`].
+    FoldedElements,
 }
 
 impl Quantity {
@@ -140,6 +157,7 @@ impl Quantity {
                 "channel references (filters, weight columns and per-channel parameters)"
             }
             Self::InputPixels => "pixels (height × width) per image input",
+            Self::FoldedElements => "elements computed by folding shape subgraphs per graph",
         }
     }
 
@@ -156,6 +174,11 @@ impl Quantity {
             Self::Elements | Self::AxisLength | Self::Channels => {
                 "export the model with a realistic input shape (e.g. 640x640) and check the \
                  declared dimensions"
+            }
+            Self::FoldedElements => {
+                "the model's size computations (Shape, Range, ConstantOfShape, Expand) \
+                 produce far more data than any detector; pass a smaller input size \
+                 (--input-size HxW) or export the model with a static input shape"
             }
             Self::ChannelSlots | Self::ChannelReferences => {
                 "the graph is far larger than any detector effp prunes; export a smaller \
@@ -175,6 +198,7 @@ impl fmt::Display for Quantity {
             Self::ChannelSlots => "channel slots",
             Self::ChannelReferences => "channel references",
             Self::InputPixels => "pixels",
+            Self::FoldedElements => "folded elements",
         })
     }
 }

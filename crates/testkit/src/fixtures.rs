@@ -129,3 +129,36 @@ pub fn manifest() -> serde_json::Value {
         std::fs::read_to_string(dir().join("MANIFEST.json")).expect("MANIFEST.json is readable");
     serde_json::from_str(&text).expect("MANIFEST.json is JSON")
 }
+
+/// The tiny YOLOv8 fixture (`yolov8t`, same weights) exported by Ultralytics with
+/// free input sizes (`dynamic=True`, input `[batch, 3, height, width]`) and, for
+/// comparison, with a static 128×128 input: `(dynamic, static)`.
+///
+/// Built once by `tests/support/dynamic_export.py` (a few seconds) and cached under
+/// [`cache_root`] by the hash of that script and `make_fixtures.py`, so that
+/// `make_fixtures.py` and its fixtures stay as they are.
+pub fn dynamic_yolov8t() -> (PathBuf, PathBuf) {
+    let out = std::process::Command::new(python())
+        .arg(support_script("dynamic_export.py"))
+        .arg("--cache")
+        .arg(cache_root())
+        .output()
+        .expect("the project's Python starts");
+    assert!(
+        out.status.success(),
+        "dynamic_export.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints its folder")
+            .trim(),
+    );
+    (
+        dir.join("yolov8t_dynamic.onnx"),
+        dir.join("yolov8t_static.onnx"),
+    )
+}

@@ -282,7 +282,9 @@ pub struct JobSpec {
     /// Schedule and optimiser settings of the trained methods.
     #[serde(default)]
     pub training: TrainingSpec,
-    /// Image size as HxW (default: the model's own).
+    /// Image size as HxW (default: the model's own). Required for a model with free
+    /// input sizes (a dynamic-shape export), which is pruned and trained at this size
+    /// and keeps its free sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[1-9][0-9]{0,4}(x[1-9][0-9]{0,4})?$")]
     pub input_size: Option<String>,
@@ -487,6 +489,16 @@ pub async fn submit(
         return Err(invalid(missing));
     }
     if let Some(model) = &model {
+        if model.inspect["free_input_size"] == json!(true) && spec.input_size.is_none() {
+            return Err(invalid(vec![field(
+                "/input_size",
+                format!(
+                    "model '{}' has free input sizes (a dynamic-shape export): give the size to \
+                     prune and train at, e.g. \"640x640\"; the pruned model keeps its free sizes",
+                    spec.model
+                ),
+            )]));
+        }
         crate::service::budget::check_job(&state, model, &spec).await?;
     }
     if let Err(refused) = crate::service::quota::check_job(&state, &tenant, &spec).await {

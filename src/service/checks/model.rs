@@ -7,9 +7,16 @@ use serde_json::json;
 
 use super::Refusal;
 
+/// The input size at which a model with free input sizes is summarised.
+const DYNAMIC_SUMMARY_SIZE: effp_graph::shape::InputSize = effp_graph::shape::InputSize {
+    height: 640,
+    width: 640,
+};
+
 /// The inspect report without the per-node list, plus the activation size (for job
-/// memory estimates) and a summary of the channel groups; or why the file is not a
-/// model effp can use.
+/// memory estimates), a summary of the channel groups and whether the model leaves
+/// its input size free (`free_input_size`; then the report is at 640×640 and jobs
+/// must give `input_size`); or why the file is not a model effp can use.
 pub fn check_model(path: &Path) -> Result<serde_json::Value, Refusal> {
     let invalid = |e: effp_graph::GraphError| {
         Refusal::unprocessable(
@@ -17,7 +24,12 @@ pub fn check_model(path: &Path) -> Result<serde_json::Value, Refusal> {
             format!("the upload is not an ONNX model effp can read: {e}"),
         )
     };
-    let (model, report) = effp_graph::analyse_file(path, None).map_err(invalid)?;
+    let loaded = effp_graph::onnx::load_file(path).map_err(invalid)?;
+    // A model with free input sizes is summarised at the usual detector size; jobs
+    // give the size they prune and train at (input_size).
+    let free = effp_graph::shape::has_free_input_size(&loaded.graph);
+    let size = free.then_some(DYNAMIC_SUMMARY_SIZE);
+    let (model, report) = effp_graph::analyse(loaded, size).map_err(invalid)?;
     let analysis = effp_graph::channels::ChannelAnalysis::new(&model.graph).map_err(invalid)?;
     let mut value = serde_json::to_value(&report)
         .map_err(|e| Refusal::internal(format!("cannot encode the report: {e}")))?;
@@ -27,6 +39,7 @@ pub fn check_model(path: &Path) -> Result<serde_json::Value, Refusal> {
         if let Some(a) = activations {
             object.insert("activations".into(), a);
         }
+        object.insert("free_input_size".into(), json!(free));
         object.insert(
             "channel_groups".into(),
             json!({ "prunable": analysis.groups.len(), "frozen_classes": analysis.frozen.len() }),

@@ -100,7 +100,9 @@ pub struct ModelRecord {
     /// RFC 3339 time of the upload.
     pub created_at: String,
     /// `effp inspect --json` of the file (schema effp.inspect/v1) without the
-    /// per-node list.
+    /// per-node list. `free_input_size` is true for a model with free input sizes
+    /// (a dynamic-shape export): it is then inspected at 640x640 and jobs on it give
+    /// `input_size`.
     #[schema(value_type = Object)]
     pub inspect: serde_json::Value,
 }

@@ -41,7 +41,8 @@ pub struct Network {
 enum Step {
     /// By its op.
     Run,
-    /// Not at all: a later fused step computes what it fed.
+    /// Not at all: a later fused step computes what it fed, or shape inference
+    /// folded its outputs (a size computation at the inferred input size).
     Skip,
     /// As x · sigmoid(x) in one kernel, replacing Mul(x, Sigmoid(x)).
     Silu(ValueId),
@@ -87,6 +88,10 @@ impl Network {
     /// Prepares a model whose shapes have been inferred (see
     /// [`effp_graph::shape::infer_shapes`]); fails on ops or attributes the runtime
     /// cannot execute.
+    ///
+    /// A dynamic-shape export runs at the size its shapes were inferred at: the
+    /// values its shape subgraph computes are taken as constants (folded at
+    /// inference), and the nodes computing them are not executed.
     pub fn new(model: &Model, device: Device) -> Result<Self, EngineError> {
         effp_graph::require_supported(model)?;
         let g = &model.graph;
@@ -108,15 +113,19 @@ impl Network {
                 }
             }
         }
+        // Float constants, and every value the shape subgraph of a dynamic-shape
+        // export computes at the inferred size: those are what their consumers read,
+        // since the nodes computing them are not executed.
         let constants = g
             .values
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let t = v.constant.as_ref()?;
-                if !t.dtype().is_float() {
-                    return None;
-                }
+                let t = match (&v.constant, &v.folded) {
+                    (Some(t), _) if t.dtype().is_float() => t,
+                    (None, Some(t)) => t,
+                    _ => return None,
+                };
                 let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
                 let tensor = Tensor::from_slice(&t.to_f32_vec())
                     .reshape(&dims)
@@ -152,7 +161,11 @@ impl Network {
             last_use,
             reference_batch,
             gates: None,
-            plan: plan_steps(model),
+            plan: plan_steps(model)
+                .into_iter()
+                .zip(&g.nodes)
+                .map(|(step, node)| if g.is_folded(node) { Step::Skip } else { step })
+                .collect(),
             precise: false,
         })
     }

@@ -100,6 +100,34 @@ pub(crate) fn check_supported(g: &Graph, node: &Node) -> Result<(), EngineError>
         Op::ConvTranspose(c) if !symmetric(&c.window.pads) => {
             return Err(unsupported("asymmetric padding in ConvTranspose"));
         }
+        _ if g.is_folded(node) => {}
+        Op::Shape { .. } | Op::Range | Op::ConstantOfShape { .. } => {
+            return Err(unsupported(
+                "its result depends on the image data, not only on sizes; effp folds size \
+                 computations at the input size and cannot run data-dependent ones",
+            ));
+        }
+        Op::Gather { .. } => {
+            let scalar_or_vector = node
+                .input(1)
+                .and_then(|i| g.shape(i))
+                .is_some_and(|s| s.len() <= 1);
+            if !scalar_or_vector || node.input(1).and_then(|i| g.known(i)).is_none() {
+                return Err(unsupported(
+                    "Gather of a feature map needs constant scalar or vector indices",
+                ));
+            }
+        }
+        Op::Unsqueeze { axes } | Op::Squeeze { axes }
+            if axes.is_none() && node.input(1).is_some_and(|i| g.known(i).is_none()) =>
+        {
+            return Err(unsupported("the axes are computed from the image data"));
+        }
+        Op::Expand if node.input(1).and_then(|i| g.known(i)).is_none() => {
+            return Err(unsupported(
+                "the target shape is computed from the image data",
+            ));
+        }
         _ => {}
     }
     Ok(())
@@ -110,17 +138,35 @@ fn symmetric(pads: &[i64]) -> bool {
     (0..n).all(|i| pads[i] == pads[i + n])
 }
 
-/// Integer values of a constant input (shapes, sizes, axes).
+/// Integer values of a constant or folded input (shapes, sizes, axes).
 fn ints(ctx: &Context<'_>, node: &Node, position: usize) -> Option<Vec<i64>> {
     node.input(position)
-        .and_then(|id| ctx.graph.constant(id))
+        .and_then(|id| ctx.graph.known(id))
         .and_then(|t| t.to_i64_vec())
 }
 
 fn floats(ctx: &Context<'_>, node: &Node, position: usize) -> Option<Vec<f32>> {
     node.input(position)
-        .and_then(|id| ctx.graph.constant(id))
+        .and_then(|id| ctx.graph.known(id))
         .map(|t| t.to_f32_vec())
+}
+
+/// Numpy broadcasting of a tensor's size and a target shape (ONNX Expand).
+fn expanded(size: &[i64], target: &[i64]) -> Vec<i64> {
+    let rank = size.len().max(target.len());
+    (0..rank)
+        .map(|i| {
+            let pick = |s: &[i64]| {
+                if i + s.len() >= rank {
+                    s[i + s.len() - rank]
+                } else {
+                    1
+                }
+            };
+            let (a, b) = (pick(size), pick(target));
+            if a == 1 { b } else { a }
+        })
+        .collect()
 }
 
 fn arg<'a>(args: &[Option<&'a Tensor>], i: usize) -> R<&'a Tensor> {
@@ -415,6 +461,85 @@ pub(crate) fn run(
             }
         }
         Op::Identity => one(x.shallow_clone()),
+        Op::Gather { axis } => {
+            let a = norm(*axis, x.dim());
+            let n = x.size()[a as usize];
+            let indices: Vec<i64> = ints(ctx, node, 1)
+                .ok_or_else(|| err("indices are not constant"))?
+                .into_iter()
+                .map(|i| if i < 0 { i + n } else { i })
+                .collect();
+            let picked =
+                x.f_index_select(a, &Tensor::from_slice(&indices).to_device(x.device()))?;
+            let scalar = node
+                .input(1)
+                .and_then(|i| ctx.graph.shape(i))
+                .is_some_and(<[usize]>::is_empty);
+            one(if scalar {
+                picked.f_squeeze_dim(a)?
+            } else {
+                picked
+            })
+        }
+        Op::Unsqueeze { axes } => {
+            let axes = axes
+                .clone()
+                .or_else(|| ints(ctx, node, 1))
+                .ok_or_else(|| err("axes are not constant"))?;
+            let rank = x.dim() + axes.len();
+            let mut axes: Vec<i64> = axes.iter().map(|&a| norm(a, rank)).collect();
+            axes.sort_unstable();
+            let mut y = x.shallow_clone();
+            for a in axes {
+                y = y.f_unsqueeze(a)?;
+            }
+            one(y)
+        }
+        Op::Squeeze { axes } => match axes.clone().or_else(|| ints(ctx, node, 1)) {
+            Some(axes) => {
+                let mut axes: Vec<i64> = axes.iter().map(|&a| norm(a, x.dim())).collect();
+                axes.sort_unstable_by(|a, b| b.cmp(a));
+                let mut y = x.shallow_clone();
+                for a in axes {
+                    y = y.f_squeeze_dim(a)?;
+                }
+                one(y)
+            }
+            None => one(x.f_squeeze()?),
+        },
+        Op::Cast { to } => {
+            // The runtime computes in float32: casting to an integer type truncates.
+            use effp_graph::ir::DataType;
+            one(match to {
+                t if t.is_float() => x.shallow_clone(),
+                DataType::Bool => x.f_ne(0.0)?.f_to_kind(Kind::Float)?,
+                _ => x.f_trunc()?,
+            })
+        }
+        Op::Expand => {
+            let target = ints(ctx, node, 1).ok_or_else(|| err("the shape is not constant"))?;
+            one(x.f_broadcast_to(expanded(&x.size(), &target).as_slice())?)
+        }
+        Op::Compare(c) => {
+            use effp_graph::ir::Comparison;
+            let y = arg(args, 1)?;
+            let b = match c {
+                Comparison::Equal => x.f_eq_tensor(y)?,
+                Comparison::Less => x.f_lt_tensor(y)?,
+                Comparison::Greater => x.f_gt_tensor(y)?,
+                Comparison::LessOrEqual => x.f_le_tensor(y)?,
+                Comparison::GreaterOrEqual => x.f_ge_tensor(y)?,
+            };
+            one(b.f_to_kind(Kind::Float)?)
+        }
+        Op::Not => one(x.f_eq(0.0)?.f_to_kind(Kind::Float)?),
+        Op::Where => {
+            let (a, b) = (arg(args, 1)?, arg(args, 2)?);
+            one(a.f_where_self(&x.f_ne(0.0)?, b)?)
+        }
+        Op::Shape { .. } | Op::Range | Op::ConstantOfShape { .. } => {
+            Err(err("size computations are folded at build time"))
+        }
         Op::Constant(_) | Op::Unsupported { .. } => Err(err("not executable")),
     }
 }

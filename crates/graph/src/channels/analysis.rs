@@ -83,6 +83,9 @@ impl ChannelAnalysis {
         for (index, node) in graph.nodes.iter().enumerate() {
             b.node(NodeId(index), node)?;
         }
+        for read in super::shape_reads::channel_reads(graph, |v| b.slots(v).is_some()) {
+            b.freeze(read.value, || read.reason);
+        }
         for io in graph.inputs.iter() {
             b.freeze(io.value, || {
                 format!("graph input '{}'", graph.value(io.value).name)
@@ -138,7 +141,7 @@ impl<'g> SlotBuilder<'g> {
     /// slots in total than the limit before allocating any.
     fn new(graph: &'g Graph, limits: &'g Limits) -> Result<Self> {
         let channels = |v: &crate::ir::Value| {
-            if v.constant.is_some() {
+            if v.constant.is_some() || v.folded.is_some() {
                 return None;
             }
             let s = v.shape.as_ref()?;
@@ -262,6 +265,10 @@ impl<'g> SlotBuilder<'g> {
         let input = |i: usize| node.input(i);
         let out = node.outputs.first().copied();
         let label = self.node_label(id);
+        if g.is_folded(node) {
+            // A size computation: it reads no channels (see `shape_reads`).
+            return Ok(());
+        }
         match &node.op {
             Op::Conv(c) => {
                 let (Some(x), Some(y)) = (input(0), out) else {
@@ -382,7 +389,69 @@ impl<'g> SlotBuilder<'g> {
             Op::Reshape { .. } | Op::Transpose { .. } | Op::Flatten { .. } | Op::MatMul => {
                 self.freeze_all(id, "channels reach an op that mixes axes");
             }
-            Op::Constant(_) => {}
+            Op::Constant(_) | Op::Shape { .. } => {}
+            Op::Cast { .. } => {
+                if let (Some(x), Some(y)) = (input(0), out) {
+                    self.unify(x, y, &label);
+                }
+            }
+            Op::Gather { axis } => {
+                let (Some(x), Some(y)) = (input(0), out) else {
+                    return Ok(());
+                };
+                let rank = g.shape(x).map_or(0, <[usize]>::len);
+                let spatial = crate::shape::norm_axis(*axis, rank).is_ok_and(|a| a >= 2);
+                let vector = input(1)
+                    .and_then(|i| g.shape(i))
+                    .is_some_and(|s| s.len() == 1);
+                if spatial && vector {
+                    self.unify(x, y, &label);
+                } else {
+                    self.freeze_all(
+                        id,
+                        "Gather along the batch or channel axis, or one that changes the rank",
+                    );
+                }
+            }
+            Op::Unsqueeze { axes } | Op::Squeeze { axes } => {
+                let (Some(x), Some(y)) = (input(0), out) else {
+                    return Ok(());
+                };
+                let axes = axes.clone().or_else(|| {
+                    input(1)
+                        .and_then(|a| g.known(a))
+                        .and_then(|t| t.to_i64_vec())
+                });
+                let unsqueeze = matches!(node.op, Op::Unsqueeze { .. });
+                let rank =
+                    if unsqueeze { g.shape(y) } else { g.shape(x) }.map_or(0, <[usize]>::len);
+                let keeps_channels = axes.is_some_and(|axes| {
+                    axes.iter()
+                        .all(|&a| crate::shape::norm_axis(a, rank).is_ok_and(|a| a >= 2))
+                });
+                if keeps_channels {
+                    self.unify(x, y, &label);
+                } else {
+                    self.freeze_all(id, "adds or removes an axis before the channels");
+                }
+            }
+            Op::Expand => {
+                let (Some(x), Some(y)) = (input(0), out) else {
+                    return Ok(());
+                };
+                let (sx, sy) = (g.shape(x), g.shape(y));
+                let same = sx
+                    .zip(sy)
+                    .is_some_and(|(a, b)| a.len() == b.len() && a.len() >= 2 && a[1] == b[1]);
+                if same {
+                    self.unify(x, y, &label);
+                } else {
+                    self.freeze_all(id, "Expand changes the channel axis");
+                }
+            }
+            Op::Range | Op::ConstantOfShape { .. } | Op::Compare(_) | Op::Where | Op::Not => {
+                self.freeze_all(id, "a comparison or size computation on feature maps");
+            }
             Op::Unsupported { .. } => self.freeze_all(id, "unsupported op"),
         }
         Ok(())

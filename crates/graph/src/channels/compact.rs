@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{ChannelAnalysis, Mask};
 use crate::error::Result;
 use crate::ir::{Model, Node, NodeId, Op, Tensor, Value, ValueId};
-use crate::shape::infer_shapes;
+use crate::shape::{infer_shapes, inferred_input_size};
 
 /// How one weighted node changed.
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +40,9 @@ pub struct CompactionReport {
 
 /// Removes every channel of every switched-off group: producer filters and biases,
 /// consumer weight columns, BatchNormalization parameters and statistics, depthwise
-/// filters, per-channel constants; fixes Split sizes; re-infers shapes. Opset and
-/// input/output names are unchanged.
+/// filters, per-channel constants; fixes Split sizes; re-infers shapes at the input
+/// size the original was analysed at. Opset, input/output names and declared
+/// (possibly free) input sizes are unchanged, and so is any shape subgraph.
 pub fn compact(
     model: &Model,
     analysis: &ChannelAnalysis,
@@ -172,8 +173,11 @@ pub fn compact(
         if v.constant.is_none() {
             v.shape = None;
         }
+        v.folded = None;
     }
-    infer_shapes(&mut out, None)?;
+    // At the size the original was analysed at: a model with free input sizes has
+    // none of its own, and its shape subgraph now computes the new channel counts.
+    infer_shapes(&mut out, inferred_input_size(g))?;
     Ok((
         out,
         CompactionReport {
@@ -227,6 +231,7 @@ impl NodeEdit<'_> {
             dtype: Some(t.dtype()),
             shape: Some(t.dims().to_vec()),
             constant: Some(t),
+            folded: None,
             producer: None,
         });
         graph.nodes[self.node.0].inputs[position] = Some(id);
@@ -257,6 +262,7 @@ impl NodeEdit<'_> {
                 dtype: Some(t.dtype()),
                 shape: Some(vec![sizes.len()]),
                 constant: Some(t),
+                folded: None,
                 producer: None,
             });
             let inputs = &mut graph.nodes[self.node.0].inputs;

@@ -3,6 +3,7 @@
 mod analysis;
 mod compact;
 pub mod cost;
+mod shape_reads;
 mod union_find;
 
 pub use analysis::{Channel, ChannelAnalysis, FrozenClass, PrunableGroup};

@@ -33,6 +33,11 @@ pub struct Value {
     pub shape: Option<Vec<usize>>,
     /// The data of an initializer or folded `Constant`.
     pub constant: Option<Tensor>,
+    /// The data a shape subgraph (`Shape`, `Gather`, `Range`, … over sizes and
+    /// constants) computes at the input size shape inference ran with. Set by
+    /// shape inference, never written to a file: the nodes that compute it stay, so
+    /// that a dynamic-shape export stays dynamic.
+    pub folded: Option<Tensor>,
     /// The node that computes this value, if any.
     pub producer: Option<NodeId>,
 }
@@ -97,6 +102,23 @@ impl Graph {
     /// The constant data of a value, if it is an initializer.
     pub fn constant(&self, id: ValueId) -> Option<&Tensor> {
         self.values[id.0].constant.as_ref()
+    }
+
+    /// The data of a value known before the network runs: an initializer, or what
+    /// shape inference folded (see [`Value::folded`]).
+    pub fn known(&self, id: ValueId) -> Option<&Tensor> {
+        let v = &self.values[id.0];
+        v.constant.as_ref().or(v.folded.as_ref())
+    }
+
+    /// Whether a node's outputs were all folded by shape inference: the node
+    /// computes sizes, not features, and needs no executing at the inferred size.
+    pub fn is_folded(&self, node: &Node) -> bool {
+        !node.outputs.is_empty()
+            && node
+                .outputs
+                .iter()
+                .all(|&o| self.values[o.0].folded.is_some())
     }
 
     /// The shape of a value, if known.

@@ -7,5 +7,5 @@ pub(crate) mod tensor;
 
 pub use attr::{AttrValue, Attribute};
 pub use graph::{Dim, Graph, GraphIo, Model, Node, NodeId, Value, ValueId};
-pub use op::{AutoPad, ConvAttrs, Op, PoolAttrs, ResizeAttrs, SUPPORTED_OPS, Window};
+pub use op::{AutoPad, Comparison, ConvAttrs, Op, PoolAttrs, ResizeAttrs, SUPPORTED_OPS, Window};
 pub use tensor::{DataType, Tensor, element_count};

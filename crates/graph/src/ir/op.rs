@@ -1,7 +1,7 @@
 //! Typed operators: every op effp understands, with its attributes resolved.
 
 use super::attr::{AttrReader, AttrValue, Attribute};
-use super::tensor::Tensor;
+use super::tensor::{DataType, Tensor, onnx_type_name};
 use crate::error::GraphError;
 
 /// How a convolution or pooling window is padded.
@@ -145,6 +145,34 @@ pub struct ResizeAttrs {
     pub extrapolation_value: f32,
 }
 
+/// An elementwise comparison with broadcasting; the result is boolean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// a == b.
+    Equal,
+    /// a < b.
+    Less,
+    /// a > b.
+    Greater,
+    /// a <= b.
+    LessOrEqual,
+    /// a >= b.
+    GreaterOrEqual,
+}
+
+impl Comparison {
+    /// The ONNX op type.
+    pub fn op_type(self) -> &'static str {
+        match self {
+            Self::Equal => "Equal",
+            Self::Less => "Less",
+            Self::Greater => "Greater",
+            Self::LessOrEqual => "LessOrEqual",
+            Self::GreaterOrEqual => "GreaterOrEqual",
+        }
+    }
+}
+
 /// An operator with its attributes. Inputs and outputs live on the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -265,6 +293,48 @@ pub enum Op {
     },
     /// Pass-through.
     Identity,
+    /// The input's shape as an int64 vector, axes `start..end` (opset ≥ 15).
+    Shape {
+        /// First axis (may be negative).
+        start: i64,
+        /// One past the last axis (may be negative); `None` is the rank.
+        end: Option<i64>,
+    },
+    /// Picks entries of input 0 along an axis by the indices in input 1.
+    Gather {
+        /// The axis.
+        axis: i64,
+    },
+    /// Inserts axes of size 1; opset ≥ 13 takes them as input 1.
+    Unsqueeze {
+        /// Opset < 13 attribute form.
+        axes: Option<Vec<i64>>,
+    },
+    /// Removes axes of size 1; opset ≥ 13 takes them as input 1.
+    Squeeze {
+        /// Opset < 13 attribute form; `None` removes every axis of size 1.
+        axes: Option<Vec<i64>>,
+    },
+    /// The sequence start, start + delta, … below limit (inputs 0, 1, 2; scalars).
+    Range,
+    /// Converts the element type.
+    Cast {
+        /// The target type.
+        to: DataType,
+    },
+    /// A tensor of the shape given by input 0, every element `value`.
+    ConstantOfShape {
+        /// The one-element fill value; `None` is float32 zero.
+        value: Option<Tensor>,
+    },
+    /// Broadcasts input 0 to the shape in input 1 (both ways, like numpy).
+    Expand,
+    /// Elementwise comparison with broadcasting.
+    Compare(Comparison),
+    /// Elementwise choice: input 1 where input 0 is true, else input 2.
+    Where,
+    /// Elementwise logical negation.
+    Not,
     /// A constant (replaced by an initializer when a model is loaded).
     Constant(Tensor),
     /// An op effp does not support; kept so that it can be reported and written back.
@@ -309,6 +379,21 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Pad",
     "Constant",
     "Identity",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Range",
+    "Cast",
+    "ConstantOfShape",
+    "Expand",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Where",
+    "Not",
 ];
 
 impl Op {
@@ -505,6 +590,52 @@ impl Op {
             },
             "Identity" => Self::Identity,
             "Constant" => Self::Constant(parse_constant(&mut r)?),
+            "Shape" => Self::Shape {
+                start: r.int_or("start", 0)?,
+                end: r.int("end")?,
+            },
+            "Gather" => Self::Gather {
+                axis: r.int_or("axis", 0)?,
+            },
+            "Unsqueeze" => Self::Unsqueeze {
+                axes: r.ints("axes")?,
+            },
+            "Squeeze" => Self::Squeeze {
+                axes: r.ints("axes")?,
+            },
+            "Range" => Self::Range,
+            "Cast" => {
+                let code = r.int("to")?.ok_or_else(|| r.error("to", "is required"))?;
+                let to = i32::try_from(code)
+                    .ok()
+                    .and_then(DataType::from_onnx)
+                    .ok_or_else(|| {
+                        r.error(
+                            "to",
+                            format!(
+                                "names element type {}, which effp does not read",
+                                onnx_type_name(i32::try_from(code).unwrap_or(0))
+                            ),
+                        )
+                    })?;
+                r.int("saturate")?;
+                Self::Cast { to }
+            }
+            "ConstantOfShape" => {
+                let value = r.tensor("value")?;
+                if value.as_ref().is_some_and(|t| t.len() != 1) {
+                    return Err(r.error("value", "must hold exactly one element"));
+                }
+                Self::ConstantOfShape { value }
+            }
+            "Expand" => Self::Expand,
+            "Equal" => Self::Compare(Comparison::Equal),
+            "Less" => Self::Compare(Comparison::Less),
+            "Greater" => Self::Compare(Comparison::Greater),
+            "LessOrEqual" => Self::Compare(Comparison::LessOrEqual),
+            "GreaterOrEqual" => Self::Compare(Comparison::GreaterOrEqual),
+            "Where" => Self::Where,
+            "Not" => Self::Not,
             _ => unreachable!("SUPPORTED_OPS and this match list the same ops"),
         };
         r.finish()?;
@@ -543,6 +674,17 @@ impl Op {
             Self::Pad { .. } => "Pad",
             Self::Identity => "Identity",
             Self::Constant(_) => "Constant",
+            Self::Shape { .. } => "Shape",
+            Self::Gather { .. } => "Gather",
+            Self::Unsqueeze { .. } => "Unsqueeze",
+            Self::Squeeze { .. } => "Squeeze",
+            Self::Range => "Range",
+            Self::Cast { .. } => "Cast",
+            Self::ConstantOfShape { .. } => "ConstantOfShape",
+            Self::Expand => "Expand",
+            Self::Compare(c) => c.op_type(),
+            Self::Where => "Where",
+            Self::Not => "Not",
             Self::Unsupported { op_type, .. } => op_type,
         }
     }
@@ -687,10 +829,23 @@ impl Op {
                     }
                 }
             }
-            Self::Constant(t) => out.push(Attribute {
+            Self::Constant(t) | Self::ConstantOfShape { value: Some(t) } => out.push(Attribute {
                 name: "value".into(),
                 value: AttrValue::Tensor(t.clone()),
             }),
+            Self::Shape { start, end } => {
+                if *start != 0 {
+                    out.push(Attribute::int("start", *start));
+                }
+                if let Some(e) = end {
+                    out.push(Attribute::int("end", *e));
+                }
+            }
+            Self::Gather { axis } => out.push(Attribute::int("axis", *axis)),
+            Self::Unsqueeze { axes: Some(a) } | Self::Squeeze { axes: Some(a) } => {
+                out.push(Attribute::ints("axes", a))
+            }
+            Self::Cast { to } => out.push(Attribute::int("to", i64::from(to.to_onnx()))),
             Self::Unsupported { attributes, .. } => out.extend(attributes.iter().cloned()),
             _ => {}
         }

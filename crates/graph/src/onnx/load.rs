@@ -116,6 +116,7 @@ pub fn from_proto_with(mut proto: ModelProto, limits: &Limits) -> Result<Model> 
             dtype: Some(tensor.dtype()),
             shape: Some(tensor.dims().to_vec()),
             constant: Some(tensor),
+            folded: None,
             producer: None,
         })?;
     }
@@ -137,6 +138,7 @@ pub fn from_proto_with(mut proto: ModelProto, limits: &Limits) -> Result<Model> 
             dtype: DataType::from_onnx(elem_type),
             shape: None,
             constant: None,
+            folded: None,
             producer: None,
         })?;
         inputs.push(GraphIo {
@@ -171,6 +173,7 @@ pub fn from_proto_with(mut proto: ModelProto, limits: &Limits) -> Result<Model> 
                 dtype: Some(tensor.dtype()),
                 shape: Some(tensor.dims().to_vec()),
                 constant: Some(tensor),
+                folded: None,
                 producer: None,
             })?;
             continue;
@@ -193,6 +196,7 @@ pub fn from_proto_with(mut proto: ModelProto, limits: &Limits) -> Result<Model> 
                 dtype: None,
                 shape: None,
                 constant: None,
+                folded: None,
                 producer: None,
             })?);
         }

@@ -1,5 +1,6 @@
 //! Static shape inference: every value gets its shape from the input size.
 
+pub(crate) mod fold;
 mod ops;
 
 pub use ops::{broadcast, norm_axis};
@@ -8,8 +9,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{GraphError, Result};
-use crate::ir::{Dim, Graph, Model, Op};
-use crate::limits::{DEFAULT_MAX_INPUT_PIXELS, Limits, MAX_INPUT_SIDE, display_name};
+use crate::ir::{DataType, Dim, Graph, Model, Op};
+use crate::limits::{
+    DEFAULT_MAX_INPUT_PIXELS, Limits, MAX_INPUT_SIDE, Quantity, display_name, exceeded,
+};
 use ops::NodeInputs;
 
 /// Spatial size of the image input, as `HxW` on the command line.
@@ -83,6 +86,11 @@ impl fmt::Display for InputSize {
 /// Values downstream of an unsupported op stay unknown (`None`); anything that is
 /// known but inconsistent is an error naming the node.
 ///
+/// Shape subgraphs (a dynamic-shape export's `Shape`, `Gather`, `Range`, `Expand`, …
+/// over sizes and constants) are evaluated at that size: their outputs get
+/// [`crate::ir::Value::folded`] data, so that a `Reshape` or `Expand` fed by them
+/// gets a concrete shape. The nodes stay in the graph.
+///
 /// Every shape is held to the default [`Limits`] as soon as it is known; see
 /// [`infer_shapes_with`].
 pub fn infer_shapes(model: &mut Model, input_size: Option<InputSize>) -> Result<()> {
@@ -100,9 +108,13 @@ pub fn infer_shapes_with(
     limits: &Limits,
 ) -> Result<()> {
     let graph = &mut model.graph;
+    for v in &mut graph.values {
+        v.folded = None;
+    }
     set_input_shapes(graph, input_size, limits)?;
     check_constants(graph, limits)?;
     check_constant_weights(graph)?;
+    let mut folded_elements: u128 = 0;
     for index in 0..graph.nodes.len() {
         let node = &graph.nodes[index];
         let inputs = NodeInputs {
@@ -114,7 +126,7 @@ pub fn infer_shapes_with(
             constants: node
                 .inputs
                 .iter()
-                .map(|i| i.and_then(|id| graph.values[id.0].constant.as_ref()))
+                .map(|i| i.and_then(|id| graph.known(id)))
                 .collect(),
             output_count: node.outputs.len(),
         };
@@ -142,12 +154,14 @@ pub fn infer_shapes_with(
                 ),
             });
         }
-        let dtype = node
-            .inputs
-            .first()
-            .copied()
-            .flatten()
-            .and_then(|id| graph.values[id.0].dtype);
+        let dtype = output_dtype(
+            &node.op,
+            node.inputs
+                .first()
+                .copied()
+                .flatten()
+                .and_then(|id| graph.values[id.0].dtype),
+        );
         for (&id, shape) in node.outputs.iter().zip(&shapes) {
             let subject = || {
                 format!(
@@ -160,14 +174,90 @@ pub fn infer_shapes_with(
             limits.check_channels(subject, shape)?;
             limits.check_tensor(subject, shape)?;
         }
+        let readable = node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|&id| graph.known(id).is_some() || matches!(node.op, Op::Shape { .. }));
+        let folded = if readable && fold::is_foldable(&node.op) {
+            let elements: u128 = shapes
+                .iter()
+                .map(|s| crate::limits::exact_elements(s))
+                .sum();
+            folded_elements = folded_elements.saturating_add(elements);
+            if folded_elements > u128::from(limits.max_folded_elements) {
+                return Err(exceeded(
+                    format!(
+                        "{} node '{}' (output shape {})",
+                        node.op.op_type(),
+                        display_name(&node.name),
+                        crate::limits::display_shape(&shapes[0])
+                    ),
+                    Quantity::FoldedElements,
+                    folded_elements,
+                    limits.max_folded_elements,
+                ));
+            }
+            fold::eval(&node.op, &inputs.constants, &inputs.shapes, &shapes).map_err(|reason| {
+                GraphError::Shape {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    reason,
+                }
+            })?
+        } else {
+            None
+        };
         let outputs = node.outputs.clone();
+        let mut folded = folded.map(Vec::into_iter);
         for (id, shape) in outputs.into_iter().zip(shapes) {
             let v = &mut graph.values[id.0];
             v.shape = Some(shape);
             v.dtype = dtype;
+            if let Some(t) = folded.as_mut().and_then(Iterator::next) {
+                v.dtype = Some(t.dtype());
+                v.folded = Some(t);
+            }
         }
     }
     Ok(())
+}
+
+/// Element type of an op's outputs given that of its first input.
+fn output_dtype(op: &Op, first: Option<DataType>) -> Option<DataType> {
+    match op {
+        Op::Shape { .. } => Some(DataType::Int64),
+        Op::Cast { to } => Some(*to),
+        Op::Compare(_) | Op::Not => Some(DataType::Bool),
+        Op::ConstantOfShape { value } => {
+            Some(value.as_ref().map_or(DataType::Float32, |t| t.dtype()))
+        }
+        _ => first,
+    }
+}
+
+/// Whether a 4-D graph input leaves its height or width free (a dynamic-shape
+/// export): such a model is analysed, pruned and trained at an input size the
+/// caller gives, and keeps its free sizes in the file effp writes.
+pub fn has_free_input_size(graph: &Graph) -> bool {
+    graph.inputs.iter().any(|io| {
+        io.dims.as_ref().is_some_and(|dims| {
+            dims.len() == 4 && dims[2..].iter().any(|d| !matches!(d, Dim::Fixed(_)))
+        })
+    })
+}
+
+/// The input size a graph's shapes were inferred at: the last two axes of its first
+/// 4-D input. What compaction re-infers the smaller model at, so that a model with
+/// free input sizes keeps the size it was analysed at.
+pub fn inferred_input_size(graph: &Graph) -> Option<InputSize> {
+    graph.inputs.iter().find_map(|io| {
+        let s = graph.shape(io.value)?;
+        (s.len() == 4).then(|| InputSize {
+            height: s[2],
+            width: s[3],
+        })
+    })
 }
 
 fn set_input_shapes(
@@ -188,15 +278,22 @@ fn set_input_shapes(
             let image_axis = dims.len() == 4 && axis >= 2;
             shape.push(match (d, input_size) {
                 (_, Some(size)) if image_axis => {
-                    if axis == 2 { size.height } else { size.width }
+                    if axis == 2 {
+                        size.height
+                    } else {
+                        size.width
+                    }
                 }
                 (Dim::Fixed(v), _) => *v,
                 (_, _) if axis == 0 => 1,
                 _ => {
                     return Err(GraphError::InputSize {
                         reason: format!(
-                            "graph input '{name}' has a free size on axis {axis}; pass an input size \
-                             (--input-size HxW)"
+                            "graph input '{}' has a free size on axis {axis} (a dynamic-shape \
+                             export); pass the size to analyse and train at with --input-size HxW \
+                             (the API's input_size), e.g. 640x640: the pruned model keeps its free \
+                             sizes",
+                            display_name(&name)
                         ),
                     });
                 }

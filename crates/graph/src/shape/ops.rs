@@ -2,6 +2,8 @@
 
 use crate::ir::{AutoPad, ConvAttrs, Op, PoolAttrs, Tensor, Window};
 
+use super::fold::shape_range;
+
 /// A shape rule's failure, without node context (the caller adds it).
 pub(crate) type ShapeResult<T> = Result<T, String>;
 
@@ -38,13 +40,32 @@ impl<'a> NodeInputs<'a> {
         }
         let t = self.constants.get(i).copied().flatten().ok_or_else(|| {
             format!(
-                "its {role} input (#{i}) is computed at run time; effp needs static shapes \
-                 (export with dynamic=False, or simplify the model with onnxslim/onnxsim)"
+                "its {role} input (#{i}) is computed from the image data at run time, not from \
+                 sizes; effp needs shapes it can compute from the input size (export with \
+                 dynamic=False, or simplify the model with onnxslim/onnxsim)"
             )
         })?;
         t.to_i64_vec()
             .map(Some)
             .ok_or_else(|| format!("its {role} input (#{i}) must hold integers"))
+    }
+
+    /// A known scalar input as an exact number: integer or float.
+    fn scalar(&self, i: usize, role: &str) -> ShapeResult<Scalar> {
+        let t =
+            self.constants.get(i).copied().flatten().ok_or_else(|| {
+                format!("its {role} input (#{i}) is missing or computed at run time")
+            })?;
+        if t.len() != 1 {
+            return Err(format!(
+                "its {role} input (#{i}) has {} elements; it must be a scalar",
+                t.len()
+            ));
+        }
+        Ok(match t.to_i64_vec() {
+            Some(v) if !t.dtype().is_float() => Scalar::Int(v[0]),
+            _ => Scalar::Float(t.to_f32_vec()[0] as f64),
+        })
     }
 
     fn floats(&self, i: usize, role: &str) -> ShapeResult<Option<Vec<f32>>> {
@@ -56,6 +77,22 @@ impl<'a> NodeInputs<'a> {
         })?;
         Ok(Some(t.to_f32_vec()))
     }
+}
+
+/// A scalar input of `Range`.
+#[derive(Debug, Clone, Copy)]
+enum Scalar {
+    Int(i64),
+    Float(f64),
+}
+
+/// A computed size as a dimension, saturating at `usize::MAX`: the caller holds it
+/// to the [`Limits`](crate::Limits), which report an oversized tensor properly.
+fn size(v: i128, what: &str) -> ShapeResult<usize> {
+    if v < 0 {
+        return Err(format!("{what} would be {v}, which is not a valid size"));
+    }
+    Ok(usize::try_from(v).unwrap_or(usize::MAX))
 }
 
 /// Elements of a shape as i128, saturating: a zero axis gives 0 whatever the others.
@@ -134,6 +171,13 @@ fn max_inputs(op: &Op) -> Option<usize> {
         Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. } | Op::Clip { .. } => 3,
         Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Split { .. } => 2,
         Op::Reshape { .. } => 2,
+        Op::Range | Op::Where => 3,
+        Op::Gather { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Squeeze { .. }
+        | Op::Expand
+        | Op::Compare(_) => 2,
+        Op::Shape { .. } | Op::Cast { .. } | Op::ConstantOfShape { .. } | Op::Not => 1,
         Op::Relu
         | Op::LeakyRelu { .. }
         | Op::Sigmoid
@@ -304,6 +348,118 @@ pub(crate) fn infer(op: &Op, x: &NodeInputs<'_>) -> ShapeResult<Vec<Vec<usize>>>
         Op::Resize(_) => one(resize(x)?),
         Op::Pad { pads, .. } => one(pad(x, pads.as_deref())?),
         Op::Constant(t) => one(t.dims().to_vec()),
+        Op::Shape { .. } => {
+            let (start, end) = shape_range(op, x.shape(0, "data")?.len());
+            one(vec![end - start])
+        }
+        Op::Gather { axis } => {
+            let (s, q) = (x.shape(0, "data")?, x.shape(1, "indices")?);
+            let a = norm_axis(*axis, s.len())?;
+            one(s[..a].iter().chain(q).chain(&s[a + 1..]).copied().collect())
+        }
+        Op::Unsqueeze { axes } => {
+            let s = x.shape(0, "data")?;
+            let axes = match axes {
+                Some(a) => a.clone(),
+                None => x.ints(1, "axes")?.ok_or("is missing its axes")?,
+            };
+            let rank = s.len() + axes.len();
+            let mut inserted = vec![false; rank];
+            for &a in &axes {
+                let a = norm_axis(a, rank)?;
+                if std::mem::replace(&mut inserted[a], true) {
+                    return Err(format!("axes {axes:?} name axis {a} twice"));
+                }
+            }
+            let mut rest = s.iter();
+            one(inserted
+                .iter()
+                .map(|&new| {
+                    if new {
+                        1
+                    } else {
+                        *rest.next().expect("rank adds up")
+                    }
+                })
+                .collect())
+        }
+        Op::Squeeze { axes } => {
+            let s = x.shape(0, "data")?;
+            let axes = match axes {
+                Some(a) => Some(a.clone()),
+                None => x.ints(1, "axes")?,
+            };
+            let mut drop = vec![false; s.len()];
+            match axes {
+                Some(axes) => {
+                    for a in axes {
+                        let a = norm_axis(a, s.len())?;
+                        if s[a] != 1 {
+                            return Err(format!("axis {a} of {s:?} has size {}, not 1", s[a]));
+                        }
+                        drop[a] = true;
+                    }
+                }
+                None => drop.iter_mut().zip(s).for_each(|(d, &n)| *d = n == 1),
+            }
+            one(s
+                .iter()
+                .zip(&drop)
+                .filter(|&(_, &d)| !d)
+                .map(|(&n, _)| n)
+                .collect())
+        }
+        Op::Range => {
+            let (start, limit, delta) = (
+                x.scalar(0, "start")?,
+                x.scalar(1, "limit")?,
+                x.scalar(2, "delta")?,
+            );
+            let n = match (start, limit, delta) {
+                (Scalar::Int(s), Scalar::Int(l), Scalar::Int(d)) => {
+                    let (s, l, d) = (s as i128, l as i128, d as i128);
+                    if d == 0 {
+                        return Err("delta is 0".into());
+                    }
+                    ((l - s + d - d.signum()) / d).max(0)
+                }
+                _ => {
+                    let f = |v| match v {
+                        Scalar::Int(i) => i as f64,
+                        Scalar::Float(f) => f,
+                    };
+                    let n = ((f(limit) - f(start)) / f(delta)).ceil();
+                    if n.is_nan() || f(delta) == 0.0 {
+                        return Err("start, limit and delta give no valid length".into());
+                    }
+                    // Saturates: +inf becomes i128::MAX, refused by the limits.
+                    (n as i128).max(0)
+                }
+            };
+            one(vec![size(n, "the range length")?])
+        }
+        Op::Cast { .. } | Op::Not => one(x.shape(0, "data")?.to_vec()),
+        Op::ConstantOfShape { .. } => {
+            let target = x.ints(0, "shape")?.ok_or("is missing its shape input")?;
+            one(target
+                .iter()
+                .map(|&d| size(d as i128, "a dimension"))
+                .collect::<ShapeResult<_>>()?)
+        }
+        Op::Expand => {
+            let s = x.shape(0, "data")?;
+            let target = x.ints(1, "shape")?.ok_or("is missing its shape input")?;
+            let target: Vec<usize> = target
+                .iter()
+                .map(|&d| size(d as i128, "a dimension"))
+                .collect::<ShapeResult<_>>()?;
+            one(broadcast(s, &target)?)
+        }
+        Op::Compare(_) => one(broadcast(x.shape(0, "A")?, x.shape(1, "B")?)?),
+        Op::Where => one(broadcast(
+            &broadcast(x.shape(0, "condition")?, x.shape(1, "X")?)?,
+            x.shape(2, "Y")?,
+        )?),
         Op::Unsupported { .. } => Err("is not supported".into()),
     }
 }
