@@ -62,7 +62,7 @@ bench-venv: venv
 bench-runtime: bench-venv fixtures ## Runtime vs PyTorch eager, pruned ORT latency, groups vs Torch-Pruning
 	@cargo build --release --quiet --bin effp
 	@fixtures=$(FIXTURES); \
-	  $(PYTHON_ENV) scripts/bench_runtime.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/runtime.json"
+	  $(PYTHON_ENV) scripts/bench_runtime.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/runtime.json" $(BENCH_ARGS)
 
 bench-eval: fixtures ## effp eval vs Ultralytics val throughput on the trained detector
 	@cargo build --release --quiet --bin effp
