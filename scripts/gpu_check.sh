@@ -4,8 +4,9 @@
 #   scripts/gpu_check.sh prepare        # here: copies the binary and fixtures to .device/
 #   scripts/gpu_check.sh run OUT_DIR    # there: runs every check, writes OUT_DIR/*.json|log
 # The pruning table's effp rows run there, several at once (the fixture detector is
-# far too small to fill the card alone); scripts/bench_prune.py --from-reports OUT_DIR
-# turns their reports into the table beside the rows run here.
+# far too small to fill the card alone); extract OUT_DIR/rows.tgz here and
+# scripts/bench_prune.py --from-reports FOLDER puts them in the table beside the rows
+# run here.
 set -euo pipefail
 case "${1:-}" in
 prepare)
@@ -89,6 +90,9 @@ PY
   tr '\n' '\0' < "$rows" | xargs -0 -P "${PARALLEL:-10}" -I{} bash -c 'one "$1"' _ {} | tee "$out/rows.log"
   echo "rows took $(( $(date +%s) - start )) s with ${PARALLEL:-10} at once" | tee -a "$out/rows.log"
   wait
+  # The device tool brings back only a few files: one archive of the reports and models
+  # (extract it here and pass the folder to bench_prune.py --from-reports).
+  tar czf "$out/rows.tgz" -C "$out" reports models && rm -rf "$out/reports" "$out/models"
   ;;
 *)
   echo "usage: $0 prepare | run OUT_DIR" >&2
