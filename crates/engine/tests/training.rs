@@ -128,6 +128,21 @@ fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
     );
     let diff = masked_vs_compacted(&result, &fx.1);
     assert!(diff <= 1e-4, "{diff}");
+    assert_fixed_projections_kept(&result.model, &fx.0);
+}
+
+/// The DFL decode's weights (the bin positions) came out of training as they went in.
+fn assert_fixed_projections_kept(trained: &Model, original: &Model) {
+    let fixed = effp_engine::train::fixed::fixed_projections(&original.graph);
+    assert_eq!(fixed.len(), 1, "the fixture has one DFL decode");
+    for w in fixed {
+        let before = original.graph.constant(w).unwrap().to_f32_vec();
+        assert_eq!(
+            before,
+            (0..before.len()).map(|i| i as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(trained.graph.constant(w).unwrap().to_f32_vec(), before);
+    }
 }
 
 #[test]
@@ -498,6 +513,7 @@ fn fine_tuning_the_compacted_network_ends_like_fine_tuning_the_masked_one() {
         );
     }
     assert!(b.seconds.pruning > 0.0 && b.seconds.fine_tuning > 0.0);
+    assert_fixed_projections_kept(&b.model, &fx.0);
     // The model is already the small one, and computes what the masked run's
     // compaction computes.
     let (small, _) = compact(&a.model, &fx.1, &a.mask).unwrap();

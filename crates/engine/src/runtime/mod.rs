@@ -178,6 +178,18 @@ impl Network {
         self
     }
 
+    /// Keeps the weights held by `values` fixed: they leave the trainable set (and
+    /// stop requiring gradients), so optimisers and exports pass them by.
+    pub fn frozen(mut self, values: &[ValueId]) -> Self {
+        for &v in values {
+            if let Some(t) = self.constants[v.0].as_mut() {
+                *t = t.detach();
+            }
+        }
+        self.trainable.retain(|v| !values.contains(v));
+        self
+    }
+
     /// Adds gates for the groups of `analysis` (computed on this model's graph).
     pub fn with_gates(mut self, analysis: &ChannelAnalysis) -> Self {
         self.gates = Some(GateMap::new(&self.model.graph, analysis, self.device));

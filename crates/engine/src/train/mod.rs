@@ -10,6 +10,7 @@ pub mod curvature;
 pub mod detection_loss;
 pub mod distill;
 pub(crate) mod effp;
+pub mod fixed;
 pub mod head;
 pub mod optim;
 pub mod schedule;

@@ -17,6 +17,7 @@ use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress
 use super::curvature::gate_curvature;
 use super::detection_loss::detection_loss;
 use super::distill::{Distill, distillation_loss, prediction_taps};
+use super::fixed::fixed_projections;
 use super::head::{DetectionHead, find_detection_head};
 use super::optim::AdamW;
 use super::schedule::learning_rate;
@@ -244,7 +245,7 @@ fn compact_student(
             equivalence.max_relative_error
         )));
     }
-    let net = Network::new(&model, device)?;
+    let net = Network::new(&model, device)?.frozen(&fixed_projections(&model.graph));
     let (m, v): (Vec<&Tensor>, Vec<&Tensor>) = optimizer.moments().unzip();
     let slice = |values: &[&Tensor]| -> Result<Vec<Tensor>, EngineError> {
         let (sliced, _) = compact(&student.export_values(values)?, analysis, mask)?;
@@ -440,7 +441,9 @@ pub fn train(
         .copied()
         .unwrap_or(640) as u32;
     let teacher = Network::new(model, device)?;
-    let student = Network::new(model, device)?.with_gates(analysis);
+    let student = Network::new(model, device)?
+        .with_gates(analysis)
+        .frozen(&fixed_projections(g));
     let taps: Vec<ValueId> = match options.distill {
         Distill::Outputs => Vec::new(),
         Distill::Heads => prediction_taps(g, analysis),
