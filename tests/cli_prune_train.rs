@@ -73,6 +73,9 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
         "{}",
         r["flops_ratio"]
     );
+    // The data has labels, so by default the student also learns from them.
+    assert_eq!(r["training"]["labels"]["used"], "yes", "{}", r["training"]);
+    assert!(curve.iter().all(|s| s["detection_loss"].as_f64().is_some()));
 }
 
 #[test]

@@ -159,8 +159,8 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Weight of YOLOv8's detection loss on the labels (per image) beside the
-    /// distillation loss, when the training images have labels; 0 (the default, which
-    /// measured best so far): learn from the original's outputs alone.
+    /// distillation loss, when the training images have labels; 0: learn from the
+    /// original's outputs alone.
     #[arg(long, default_value_t = effp_engine::train::session::DEFAULT_LABEL_WEIGHT)]
     pub label_weight: f64,
     /// What the steps after the pruning phase train: the compacted network (faster,

@@ -160,8 +160,8 @@ pub struct TrainingSpec {
     #[serde(default)]
     pub seed: u64,
     /// Weight of YOLOv8's detection loss on the dataset's labels (per image) beside
-    /// the distillation loss, in [0, 100] (default 0: the student learns from the
-    /// original's outputs alone, which measured best so far).
+    /// the distillation loss, in [0, 100] (default 1; 0: the student learns from the
+    /// original's outputs alone).
     #[serde(default = "default_label_weight")]
     #[schema(minimum = 0.0, maximum = 100.0)]
     pub label_weight: f64,
