@@ -398,6 +398,14 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy() {
     assert_eq!(report["method"], "effp");
     assert_eq!(report["curve"].as_array().unwrap().len(), 12);
     assert_eq!(report["accuracy"]["after"]["map50_95"], m["map50_95_after"]);
+    // A labelled dataset: by default the job learns from its labels too, and
+    // fine-tunes the compacted network.
+    assert_eq!(
+        report["training"]["labels"]["used"], "yes",
+        "{}",
+        report["training"]
+    );
+    assert_eq!(report["training"]["fine_tune"], "compacted");
     assert!(
         std::fs::read_dir(server.data.path().join("checkpoints"))
             .unwrap()
@@ -490,7 +498,8 @@ fn a_training_job_survives_sigterm_and_sigkill_and_resumes_from_its_checkpoint()
     let (_, after) = effp_graph::analyse_file(&file, None).unwrap();
     let (_, before) = effp_graph::analyse_file(&fixtures::path("trained.onnx"), None).unwrap();
     let ratio = after.totals.flops as f64 / before.totals.flops as f64;
-    assert!(ratio <= 0.6 && ratio > 0.5, "{ratio}");
+    // The target (0.6) is met, and by no more than a few channels' worth.
+    assert!((0.59..=0.6).contains(&ratio), "{ratio}");
 
     // Nothing was lost across the restarts.
     assert_eq!(
