@@ -50,16 +50,8 @@ fn a_job_on_a_dynamic_export_prunes_at_its_input_size_and_serves_a_dynamic_file(
     );
     let done = wait_for_end(base, &id, None);
     assert_eq!(done["state"], "succeeded", "{done}");
-    let pruned = call(
-        "GET",
-        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
-        None,
-        None,
-    );
-    assert_eq!(pruned.status, 200);
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("pruned.onnx");
-    std::fs::write(&path, &pruned.body).unwrap();
+    let path = download_artifact(base, &id, "pruned.onnx", tmp.path());
 
     let file = effp_graph::onnx::load_file(&path).unwrap();
     assert!(

@@ -486,15 +486,8 @@ fn a_training_job_survives_sigterm_and_sigkill_and_resumes_from_its_checkpoint()
     .json();
     assert_eq!(report["training"]["resumed_from_step"], from);
     assert_eq!(report["curve"].as_array().unwrap().len(), steps as usize);
-    let pruned = call(
-        "GET",
-        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
-        None,
-        None,
-    );
-    assert_eq!(pruned.status, 200);
-    let file = server.data.path().join("pruned-check.onnx");
-    std::fs::write(&file, &pruned.body).unwrap();
+    let checks = tempfile::tempdir().unwrap();
+    let file = download_artifact(&base, &id, "pruned.onnx", checks.path());
     let (_, after) = effp_graph::analyse_file(&file, None).unwrap();
     let (_, before) = effp_graph::analyse_file(&fixtures::path("trained.onnx"), None).unwrap();
     let ratio = after.totals.flops as f64 / before.totals.flops as f64;

@@ -304,3 +304,24 @@ pub fn upload(base: &str, what: &str, token: Option<&str>, bytes: &[u8]) -> Stri
     );
     reply.json()["id"].as_str().unwrap().to_string()
 }
+
+/// Downloads a job's artifact into `dir` (failing the test unless it is served) and
+/// returns the file's path.
+#[allow(dead_code)]
+pub fn download_artifact(
+    base: &str,
+    id: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let reply = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/{name}"),
+        None,
+        None,
+    );
+    assert_eq!(reply.status, 200, "{name} of {id}");
+    let path = dir.join(name);
+    std::fs::write(&path, &reply.body).unwrap();
+    path
+}
