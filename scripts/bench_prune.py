@@ -44,7 +44,7 @@ import onnxruntime as ort
 METHODS = [
     ("effp", ["--method", "effp"]),
     ("effp, no regrowing", ["--method", "effp", "--regrow", "0"]),
-    ("effp, labels w1", ["--method", "effp", "--label-weight", "1"]),
+    ("effp, label-free", ["--method", "effp", "--label-weight", "0"]),
     ("effp, masked fine-tune", ["--method", "effp", "--fine-tune", "masked"]),
     ("uniform (TP recipe)", ["--method", "uniform"]),
     ("progressive", ["--method", "progressive"]),

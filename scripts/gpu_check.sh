@@ -40,7 +40,7 @@ uniform (TP recipe)|$target|0|--method uniform
 l1 per layer + fine-tune|$target|0|--method l1 --scope layer
 progressive, per layer|$target|0|--method progressive --scope layer
 sfp, per layer|$target|0|--method sfp --scope layer
-effp, labels w1|$target|0|--method effp --label-weight 1
+effp, label-free|$target|0|--method effp --label-weight 0
 progressive|$target|0|--method progressive
 sfp|$target|0|--method sfp
 l1 + fine-tune|$target|0|--method l1
