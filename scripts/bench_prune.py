@@ -284,8 +284,8 @@ Not covered by the comparison:
     (nbs images a step; a partly accumulated remainder is dropped).
   - Schedules differ: effp warms up for 10 steps then decays by cosine in one run; Ultralytics warms up
     over epochs and decays linearly per epoch, and restarts both at every Torch-Pruning step.
-  - Supervision differs: Ultralytics learns from the labels with its detection loss; effp (default
-    --label-weight 0) from the original model's outputs (distillation).
+  - Supervision differs: Ultralytics learns from the labels with its detection loss alone; effp from
+    the same loss (default --label-weight 1) plus distillation from the original model's outputs.
   - Augmentation differs: effp flips, scales and shifts; Ultralytics also jitters HSV and uses mosaic
     in the epochs before its last 10 (mosaic epochs / epochs per run here: {mosaic_share}).
   - wall s: effp's is the whole `effp prune` run (with its own evaluation); the Ultralytics rows' is
