@@ -256,32 +256,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn run_reference(request: &serde_json::Value) -> serde_json::Value {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(fixtures::python())
-        .arg(fixtures::support_script("v8_loss.py"))
-        .env("YOLO_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the project's Python starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "v8_loss.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("v8_loss.py answers JSON")
-}
-
 fn relative(ours: f64, reference: f64) -> f64 {
     if reference == 0.0 {
         ours.abs()
@@ -295,7 +269,7 @@ fn loss_and_gradients_match_ultralytics() {
     let cases = cases();
     let request =
         serde_json::json!({ "cases": cases.iter().map(Case::request).collect::<Vec<_>>() });
-    let answers = run_reference(&request);
+    let answers = fixtures::run_script("v8_loss.py", &[], &request);
     let mut worst = [0.0f64; 5];
     for (case, reference) in cases.iter().zip(answers.as_array().unwrap()) {
         let (loss, leaves) = case.loss();
@@ -704,8 +678,6 @@ fn models_without_such_a_head_are_refused_with_what_was_looked_for() {
 /// image on these 32 images; 3.6909 on the first 64 in both.)
 #[test]
 fn the_trained_detector_has_ultralytics_loss_on_clean_images() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let (model, analysis) = prepared(load_file(&fixtures::path("trained.onnx")).unwrap());
     let head = head_of(&model, &analysis).unwrap();
     let data = load(&fixtures::dir().join("synth")).unwrap();
@@ -736,27 +708,7 @@ fn the_trained_detector_has_ultralytics_loss_on_clean_images() {
         "weights": fixtures::path("trained.pt"),
         "images": samples.iter().map(|s| s.image.clone()).collect::<Vec<_>>(),
     });
-    let mut child = Command::new(fixtures::python())
-        .arg(fixtures::support_script("ultralytics_model_loss.py"))
-        .env("YOLO_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the project's Python starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ultralytics_model_loss.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = fixtures::run_script("ultralytics_model_loss.py", &[], &request);
     let value = |k: &str| reference[k].as_f64().unwrap();
     eprintln!("ours {ours:?} ({per_image} per image)\nUltralytics {reference}");
     // Float32 differences between the fused ONNX convolutions and PyTorch's Conv+BN,

@@ -447,7 +447,8 @@ fn ours(c: &Case) -> MapReport {
 /// case with detections, and returns those cases with pycocotools' answers.
 fn assert_parity(cases: &[Case], uncapped: bool) -> Vec<(&Case, serde_json::Value)> {
     let request: Vec<_> = cases.iter().map(|c| coco_request(c, uncapped)).collect();
-    let answers = run_reference(&serde_json::json!({ "cases": request }));
+    let answers =
+        fixtures::run_script("coco_map.py", &[], &serde_json::json!({ "cases": request }));
     let mut compared = Vec::new();
     for (c, a) in cases.iter().zip(answers.as_array().unwrap()) {
         if a["empty"].as_bool().unwrap() {
@@ -468,24 +469,4 @@ fn assert_parity(cases: &[Case], uncapped: bool) -> Vec<(&Case, serde_json::Valu
         compared.push((c, a.clone()));
     }
     compared
-}
-
-fn run_reference(request: &serde_json::Value) -> serde_json::Value {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(fixtures::python())
-        .arg(fixtures::support_script("coco_map.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -95,12 +95,20 @@ pub fn support_script(name: &str) -> PathBuf {
 /// Runs `tests/support/onnx_reference.py COMMAND` with a JSON request and returns its
 /// JSON answer; panics with the script's error output when it fails.
 pub fn reference(command: &str, request: &serde_json::Value) -> serde_json::Value {
+    run_script("onnx_reference.py", &[command], request)
+}
+
+/// Runs the support script `name` (in `tests/support/`) with `args`, writes `request`
+/// to its standard input and returns the JSON it prints; panics with the script's
+/// error output when it fails. Ultralytics is kept offline.
+pub fn run_script(name: &str, args: &[&str], request: &serde_json::Value) -> serde_json::Value {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(python())
-        .arg(support_script("onnx_reference.py"))
-        .arg(command)
+        .arg(support_script(name))
+        .args(args)
+        .env("YOLO_OFFLINE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,15 +120,13 @@ pub fn reference(command: &str, request: &serde_json::Value) -> serde_json::Valu
         .expect("stdin is piped")
         .write_all(request.to_string().as_bytes())
         .expect("request is written");
-    let out = child
-        .wait_with_output()
-        .expect("the reference script finishes");
+    let out = child.wait_with_output().expect("the script finishes");
     assert!(
         out.status.success(),
-        "onnx_reference.py {command} failed:\n{}",
+        "{name} {args:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("the reference script answers JSON")
+    serde_json::from_slice(&out.stdout).expect("the script answers JSON")
 }
 
 /// The fixture manifest written by `make_fixtures.py`.
