@@ -28,19 +28,26 @@ fn setup() -> (Model, ChannelAnalysis, Dataset) {
     (model, analysis, data)
 }
 
-fn run(
+/// Pruning the fixture to `target` of its FLOPs on its training images.
+fn problem(
     (model, analysis, data): &(Model, ChannelAnalysis, Dataset),
     target: f64,
-    options: &TrainOptions,
-    control: Control<'_>,
-) -> Result<TrainRun, EngineError> {
-    let problem = Problem {
+) -> Problem<'_> {
+    Problem {
         model,
         analysis,
         samples: data.split("train").unwrap(),
         target: Target::FlopsRatio(target),
-    };
-    train(&problem, options, Device::Cpu, control, |_| {})
+    }
+}
+
+fn run(
+    fx: &(Model, ChannelAnalysis, Dataset),
+    target: f64,
+    options: &TrainOptions,
+    control: Control<'_>,
+) -> Result<TrainRun, EngineError> {
+    train(&problem(fx, target), options, Device::Cpu, control, |_| {})
 }
 
 fn flags(mask: &Mask) -> Vec<bool> {
@@ -116,12 +123,7 @@ fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
 
     // The trained weights differ from the original ones.
     let (trained, original) = (&result.model.graph, &fx.0.graph);
-    let conv = original
-        .nodes
-        .iter()
-        .find(|n| n.op.op_type() == "Conv")
-        .unwrap();
-    let w = conv.input(1).unwrap();
+    let w = conv_weight(&fx.0);
     assert_ne!(
         trained.constant(w).unwrap().to_f32_vec(),
         original.constant(w).unwrap().to_f32_vec()
@@ -303,12 +305,7 @@ fn a_resumed_run_ends_with_the_same_masks_as_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("run.ckpt");
     let cancel = AtomicBool::new(false);
-    let problem = Problem {
-        model: &fx.0,
-        analysis: &fx.1,
-        samples: fx.2.split("train").unwrap(),
-        target: Target::FlopsRatio(0.6),
-    };
+    let problem = problem(&fx, 0.6);
     let interrupted = train(
         &problem,
         &options,
@@ -405,12 +402,7 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
     let path = tmp.path().join("run.ckpt");
     let kept = tmp.path().join("at-step-8.ckpt");
     let late = tmp.path().join("at-step-12.ckpt");
-    let problem = Problem {
-        model: &fx.0,
-        analysis: &fx.1,
-        samples: fx.2.split("train").unwrap(),
-        target: Target::FlopsRatio(0.6),
-    };
+    let problem = problem(&fx, 0.6);
     // The uninterrupted run writes a checkpoint every 4 steps; the one on disk when
     // step 9 starts is what a crash during step 9 would leave.
     let whole = train(
@@ -451,21 +443,14 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
         )
         .unwrap();
         assert_same_run(&resumed, &whole);
-        assert_eq!(
-            resumed
-                .model
-                .graph
+        let dims = |m: &Model| {
+            m.graph
                 .constant(conv_weight(&fx.0))
                 .unwrap()
-                .dims(),
-            whole
-                .model
-                .graph
-                .constant(conv_weight(&fx.0))
-                .unwrap()
-                .dims(),
-            "from step {step}"
-        );
+                .dims()
+                .to_vec()
+        };
+        assert_eq!(dims(&resumed.model), dims(&whole.model), "from step {step}");
     }
 }
 

@@ -148,35 +148,34 @@ fn select_to(
 /// normalisation is needed.
 pub(crate) fn group_norms(net: &Network, analysis: &ChannelAnalysis) -> Vec<f64> {
     let graph = &net.model().graph;
-    let mut cache: HashMap<(NodeId, bool), Vec<f64>> = HashMap::new();
-    let mut norms = |node: NodeId, output: bool| -> Vec<f64> {
-        cache
-            .entry((node, output))
-            .or_insert_with(|| {
-                let op = &graph.node(node).op;
-                let axis = match (op, output) {
+    // Squared norms of every weight a group reads: (node, whether its output channels).
+    let mut norms: HashMap<(NodeId, bool), Vec<f64>> = HashMap::new();
+    for group in &analysis.groups {
+        let sides = group.producers.iter().map(|&(n, _)| (n, true));
+        for (node, output) in sides.chain(group.consumers.iter().map(|&(n, _)| (n, false))) {
+            norms.entry((node, output)).or_insert_with(|| {
+                let axis = match (&graph.node(node).op, output) {
                     (Op::ConvTranspose(_) | Op::Gemm { trans_b: false, .. }, true) => 1,
                     (_, true) => 0,
                     (Op::ConvTranspose(_) | Op::Gemm { trans_b: false, .. }, false) => 0,
                     (_, false) => 1,
                 };
                 squared_norms(net, node, axis)
-            })
-            .clone()
+            });
+        }
+    }
+    let norm = |node: NodeId, output: bool, channel: usize| {
+        norms[&(node, output)].get(channel).copied().unwrap_or(0.0)
     };
     analysis
         .groups
         .iter()
         .map(|group| {
-            let produced: f64 = group
-                .producers
-                .iter()
-                .map(|&(n, c)| norms(n, true).get(c).copied().unwrap_or(0.0))
-                .sum();
+            let produced: f64 = group.producers.iter().map(|&(n, c)| norm(n, true, c)).sum();
             let consumed: f64 = group
                 .consumers
                 .iter()
-                .map(|&(n, c)| norms(n, false).get(c).copied().unwrap_or(0.0))
+                .map(|&(n, c)| norm(n, false, c))
                 .sum();
             produced + consumed
         })
