@@ -76,6 +76,27 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
     // The data has labels, so by default the student also learns from them.
     assert_eq!(r["training"]["labels"]["used"], "yes", "{}", r["training"]);
     assert!(curve.iter().all(|s| s["detection_loss"].as_f64().is_some()));
+    // Ultralytics' augmentation by default, except mosaics (they cost accuracy here).
+    assert_eq!(r["training"]["mosaic"], 0.0, "{}", r["training"]);
+
+    let (run, _) = prune(
+        tmp.path(),
+        "bad",
+        &[
+            "--method",
+            "effp",
+            "--target-flops",
+            "0.7",
+            "--mosaic",
+            "1.5",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("--mosaic must be in [0, 1], got 1.5"),
+        "{}",
+        text(&run.stderr)
+    );
 }
 
 #[test]

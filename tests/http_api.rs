@@ -478,7 +478,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "POST",
         &url,
         None,
-        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp","training":{"batch":0,"lr":-1,"prune_share":0}}"#),
+        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp","training":{"batch":0,"lr":-1,"prune_share":0,"mosaic":1.5}}"#),
     )
     .problem(422);
     let paths: Vec<&str> = p["errors"]
@@ -496,6 +496,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "/training/batch",
         "/training/lr",
         "/training/prune_share",
+        "/training/mosaic",
     ] {
         assert!(paths.contains(&expected), "{expected} in {paths:?}");
     }

@@ -167,6 +167,10 @@ pub struct TrainingArgs {
     /// same result) or the masked full-size one.
     #[arg(long, value_enum, default_value = "compacted")]
     pub fine_tune: FineTuneArg,
+    /// Probability that a training image is a mosaic of four, as Ultralytics' trainer
+    /// makes them (it uses 1; the last tenth of the steps trains without); 0: none.
+    #[arg(long, default_value_t = effp_engine::data::augment::DEFAULT_MOSAIC)]
+    pub mosaic: f64,
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -539,6 +543,8 @@ struct TrainingSummary {
     regrown: usize,
     pruned: usize,
     label_weight: f64,
+    /// Probability of a mosaic per training image.
+    mosaic: f64,
     /// Whether the run learnt from the labels, and if not, why not.
     labels: effp_engine::train::session::LabelUse,
     /// What the fine-tuning phase trained.
@@ -583,6 +589,9 @@ fn train(
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> anyhow::Result<(TrainRun, TrainingSummary)> {
     let t = &args.training;
+    if !(0.0..=1.0).contains(&t.mosaic) {
+        anyhow::bail!("--mosaic must be in [0, 1], got {}", t.mosaic);
+    }
     if !(0.0..=1.0).contains(&t.regrow) {
         anyhow::bail!("--regrow must be in [0, 1], got {}", t.regrow);
     }
@@ -613,6 +622,10 @@ fn train(
         seed: t.seed,
         limits,
         label_weight: t.label_weight,
+        augment: Some(effp_engine::data::augment::Augment {
+            mosaic: t.mosaic,
+            ..Default::default()
+        }),
         fine_tune: match t.fine_tune {
             FineTuneArg::Compacted => FineTune::Compacted,
             FineTuneArg::Masked => FineTune::Masked,
@@ -694,6 +707,7 @@ fn train(
         regrown: 0,
         pruned: 0,
         label_weight: t.label_weight,
+        mosaic: t.mosaic,
         labels: run.labels.clone(),
         fine_tune: options.fine_tune,
         seconds: run.seconds,

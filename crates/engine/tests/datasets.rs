@@ -9,6 +9,7 @@ use effp_engine::data::DataError;
 use effp_engine::data::archive::{ArchiveError, ArchiveLimits, extract};
 use effp_engine::data::dataset::{load, open};
 use effp_engine::data::synth::{SynthOptions, generate};
+use effp_testkit::fixtures;
 
 fn synth(dir: &Path, images: usize, seed: u64) {
     generate(
@@ -394,6 +395,7 @@ fn training_batches_are_stacked_tensors_and_repeat_for_the_same_seed() {
         imgsz: 64,
         seed: 1,
         augment: Some(Augment::default()),
+        mosaic_epochs: 1,
     };
     let a: Vec<_> = epoch(train, options, 0).map(Result::unwrap).collect();
     assert_eq!(a.len(), 3, "20 images in batches of 8");
@@ -417,4 +419,71 @@ fn training_batches_are_stacked_tensors_and_repeat_for_the_same_seed() {
         !a[0].images.equal(&next[0].images),
         "another epoch, another order"
     );
+}
+
+#[test]
+fn hsv_jitter_matches_ultralytics_random_hsv() {
+    use effp_engine::data::augment::{HsvGains, jitter_hsv};
+    use image::{Rgb, RgbImage};
+    // Every grey level, the primaries and a spread of random colours.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 24) as u8
+    };
+    let mut pixels: Vec<[u8; 3]> = (0..=255u8).step_by(5).map(|v| [v, v, v]).collect();
+    pixels.extend([
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [1, 0, 0],
+    ]);
+    pixels.extend((0..1500).map(|_| [next(), next(), next()]));
+    let gains = HsvGains::default();
+    let cases = [
+        [0.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0],
+        [-1.0, -1.0, -1.0],
+        [0.37, -0.62, 0.18],
+        [-0.8, 0.45, -0.33],
+    ];
+    let reference = fixtures::run_script(
+        "ultralytics_hsv.py",
+        &[],
+        &serde_json::json!({
+            "pixels": pixels,
+            "cases": cases,
+            "gains": [gains.h, gains.s, gains.v],
+        }),
+    );
+    for (case, expected) in cases.iter().zip(reference["pixels"].as_array().unwrap()) {
+        let mut img = RgbImage::from_fn(pixels.len() as u32, 1, |x, _| Rgb(pixels[x as usize]));
+        let r = HsvGains {
+            h: case[0] * gains.h,
+            s: case[1] * gains.s,
+            v: case[2] * gains.v,
+        };
+        jitter_hsv(&mut img, &r);
+        let mut off_by_one = 0;
+        for (i, want) in expected.as_array().unwrap().iter().enumerate() {
+            let got = img.get_pixel(i as u32, 0).0;
+            for c in 0..3 {
+                let d = (got[c] as i64 - want[c].as_i64().unwrap()).abs();
+                assert!(
+                    d <= 1,
+                    "case {case:?}, pixel {:?}: {got:?} vs {want}",
+                    pixels[i]
+                );
+                off_by_one += d;
+            }
+        }
+        // OpenCV's fixed-point rounding differs from exact arithmetic in rare pixels.
+        assert!(
+            off_by_one * 100 <= (3 * pixels.len()) as i64,
+            "case {case:?}: {off_by_one} channels off by one"
+        );
+    }
 }

@@ -165,6 +165,11 @@ pub struct TrainingSpec {
     #[serde(default = "default_label_weight")]
     #[schema(minimum = 0.0, maximum = 100.0)]
     pub label_weight: f64,
+    /// Probability that a training image is a mosaic of four, in [0, 1] (default 0;
+    /// Ultralytics' trainer uses 1; the last tenth of the steps trains without).
+    #[serde(default = "default_mosaic")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub mosaic: f64,
     /// What the steps after the pruning phase train: `compacted` (default: the
     /// network with the switched-off groups removed, faster) or `masked`.
     #[serde(default)]
@@ -206,6 +211,9 @@ fn default_batch() -> u32 {
 fn default_label_weight() -> f64 {
     effp_engine::train::session::DEFAULT_LABEL_WEIGHT
 }
+fn default_mosaic() -> f64 {
+    effp_engine::data::augment::DEFAULT_MOSAIC
+}
 fn default_lr() -> f64 {
     1e-3
 }
@@ -223,6 +231,7 @@ impl Default for TrainingSpec {
             lr: default_lr(),
             seed: 0,
             label_weight: default_label_weight(),
+            mosaic: default_mosaic(),
             fine_tune: FineTuneSpec::default(),
         }
     }
@@ -255,6 +264,9 @@ impl TrainingSpec {
         }
         if !(0.0..=100.0).contains(&self.label_weight) {
             errors.push(field("/training/label_weight", "must be in [0, 100]"));
+        }
+        if !(0.0..=1.0).contains(&self.mosaic) {
+            errors.push(field("/training/mosaic", "must be in [0, 1]"));
         }
         errors
     }

@@ -163,6 +163,8 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
         t.seed.to_string(),
         "--label-weight".into(),
         t.label_weight.to_string(),
+        "--mosaic".into(),
+        t.mosaic.to_string(),
         "--fine-tune".into(),
         match t.fine_tune {
             FineTuneSpec::Compacted => "compacted",

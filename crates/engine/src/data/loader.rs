@@ -5,7 +5,7 @@ use std::sync::mpsc;
 
 use tch::Tensor;
 
-use super::augment::{Augment, augment};
+use super::augment::{Augment, Labelled, augment};
 use super::dataset::Sample;
 use super::letterbox::letterbox;
 use super::rng::SplitMix;
@@ -22,6 +22,8 @@ pub struct LoaderOptions {
     pub seed: u64,
     /// Augmentations, or `None` for plain letterboxing.
     pub augment: Option<Augment>,
+    /// Epochs from this one on make no mosaics (see [`Augment::mosaic_epochs`]).
+    pub mosaic_epochs: u64,
 }
 
 /// One batch: images `[B, 3, S, S]` in [0, 1] and targets `[M, 6]` rows of
@@ -49,7 +51,8 @@ pub fn epoch(
             order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
         }
         for chunk in order.chunks(options.batch.max(1)) {
-            let batch = make_batch(&samples, chunk, &options, &mut rng);
+            let mosaic = epoch < options.mosaic_epochs;
+            let batch = make_batch(&samples, chunk, &options, mosaic, &mut rng);
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 break;
@@ -63,6 +66,7 @@ fn make_batch(
     samples: &[Sample],
     chunk: &[usize],
     o: &LoaderOptions,
+    mosaic: bool,
     rng: &mut SplitMix,
 ) -> Result<TrainBatch, DataError> {
     let s = o.imgsz;
@@ -72,7 +76,22 @@ fn make_batch(
         let sample = &samples[i];
         let img = read_rgb(&sample.image)?;
         let (img, labels) = match &o.augment {
-            Some(a) => augment(&img, &sample.labels, a, || rng.unit()),
+            Some(a) => {
+                let others = if mosaic && rng.unit() < a.mosaic {
+                    let mut load = || -> Result<Labelled, DataError> {
+                        let other = &samples[rng.below(samples.len())];
+                        Ok(Labelled::new(read_rgb(&other.image)?, &other.labels))
+                    };
+                    Some([load()?, load()?, load()?])
+                } else {
+                    None
+                };
+                let out = augment(Labelled::new(img, &sample.labels), others, s, a, || {
+                    rng.unit()
+                });
+                let labels = out.labels();
+                (out.image, labels)
+            }
             None => (img, sample.labels.clone()),
         };
         let (data, place) = letterbox(&img, s, s, true);

@@ -463,11 +463,15 @@ pub fn train(
     let mut curvature = Tensor::zeros([groups as i64], (Kind::Float, device));
     let prune_steps =
         ((options.steps as f64 * options.prune_share).round() as usize).clamp(1, options.steps);
+    let batches_per_epoch = samples.len().div_ceil(options.batch.max(1));
     let loader = LoaderOptions {
         batch: options.batch,
         imgsz,
         seed: options.seed,
         augment: options.augment,
+        mosaic_epochs: options
+            .augment
+            .map_or(0, |a| a.mosaic_epochs(options.steps, batches_per_epoch)),
     };
     let settings = format!("{options:?} target {target:?}");
     let mut state = Progress {
