@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ METHODS = [
     ("effp", ["--method", "effp"]),
     ("effp, no regrowing", ["--method", "effp", "--regrow", "0"]),
     ("effp, label-free", ["--method", "effp", "--label-weight", "0"]),
+    ("effp, mosaic", ["--method", "effp", "--mosaic", "1"]),
     ("effp, masked fine-tune", ["--method", "effp", "--fine-tune", "masked"]),
     ("uniform (TP recipe)", ["--method", "uniform"]),
     ("progressive", ["--method", "progressive"]),
@@ -119,6 +121,8 @@ def parse_overrides(items: list[str]) -> dict:
 def run_effp(args, model: Path, data: Path, label: str, extra: list[str], target: float, seed: int,
              tmp: Path) -> dict:
     """One effp row: `effp prune` with the shared options, then its report and the file's latency."""
+    tmp = tmp / f"{label}_{target}_{seed}".replace(" ", "_").replace(",", "").replace("/", "_")
+    tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / "pruned.onnx"
     report_path = tmp / "report.json"
     cmd = [args.effp, "prune", str(model), "--data", str(data), "--target-flops", str(target),
@@ -165,8 +169,8 @@ def run_ultralytics(args, label: str, target: float, seed: int, original: dict, 
     """One Torch-Pruning or ceiling row (bench_tp.py), scored like the effp rows."""
     import bench_tp
 
-    checkpoint = args.fixtures / "trained.pt"
-    data_yaml = args.fixtures / "synth" / "data.yaml"
+    checkpoint = args.fixtures / f"{args.model}.pt"
+    data_yaml = args.data / "data.yaml"
     slug = "ceiling" if label == CEILING else f"tp_{target}"
     run_dir = work / f"{slug}_seed{seed}"
     out = run_dir / f"{slug}.onnx"
@@ -178,7 +182,7 @@ def run_ultralytics(args, label: str, target: float, seed: int, original: dict, 
     else:
         facts = bench_tp.torch_pruning_row(checkpoint, data_yaml, target=target, iterative_steps=args.tp_steps,
                                            ignore=args.tp_ignore, **common)
-    measured = measure_onnx(args.effp, out, args.fixtures / "synth", args.device, args.threads)
+    measured = measure_onnx(args.effp, out, args.data, args.device, args.threads)
     row = {
         "method": label, "source": facts.pop("source"), "target": target, "seed": seed, "steps": args.steps,
         "batch": args.batch, **measured,
@@ -226,7 +230,7 @@ def print_table(args, original: dict, rows: list[dict]) -> None:
     ceiling = summary.get((CEILING, 1.0))
     ceiling_map = ceiling["map50_95"] if ceiling else None
     seeds = sorted({r.get("seed", 0) for r in rows}) or [0]
-    print(f"\ntrained fixture detector, {original.get('imgsz', '?')} px, {args.steps} steps × batch {args.batch} "
+    print(f"\nfixture detector {args.model}, {original.get('imgsz', '?')} px, {args.steps} steps × batch {args.batch} "
           f"per run ({args.steps * args.batch} training images), device {args.device}, seeds "
           f"{','.join(map(str, seeds))}, ORT latency on {args.threads} threads")
     print(f"{'target':>6} {'method':<28}{'mAP50-95':>{w}}{'mAP50':>{w}}{'kept':>7}{'of ceiling':>11}"
@@ -300,6 +304,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--effp", required=True)
     parser.add_argument("--fixtures", required=True, type=Path)
+    parser.add_argument("--model", default="trained",
+                        help="the fixture detector: trained (default), or a benchmark one that "
+                        "`make_fixtures.py --bench-models` trained to convergence (converged, yolov8n-160)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="effp rows run this many at a time (each with --threads threads)")
     parser.add_argument("--steps", type=int, default=300, help="effp optimiser steps; the Ultralytics rows get "
                         "steps × batch training images")
     parser.add_argument("--batch", type=int, default=8, help="images per step, for effp and Ultralytics")
@@ -326,8 +335,12 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    model = args.fixtures / "trained.onnx"
-    data = args.fixtures / "synth"
+    model = args.fixtures / f"{args.model}.onnx"
+    manifest = json.loads((args.fixtures / "MANIFEST.json").read_text())["fixtures"]
+    if args.model not in manifest or "data" not in manifest[args.model]:
+        raise SystemExit(f"{args.model} is not a trained fixture in {args.fixtures}; the benchmark "
+                         "detectors are made by tests/fixtures/make_fixtures.py --bench-models")
+    data = args.data = args.fixtures / manifest[args.model]["data"]
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [m.strip() for m in args.methods.split(";")]
@@ -355,6 +368,7 @@ def main() -> int:
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
+            "model": args.model, "fixture": manifest[args.model],
             "steps": args.steps, "batch": args.batch, "threads": args.threads, "device": args.device,
             "tp_steps": args.tp_steps, "tp_ignore": args.tp_ignore, "ultralytics_args": args.ultralytics_arg,
             "original": original, "rows": rows}, indent=2))
@@ -366,27 +380,35 @@ def main() -> int:
         if TP in wanted:
             plan.append((TP, target))
     extra_of = dict(METHODS)
+    todo = [(label, target, seed) for seed in seeds for label, target in plan if (label, target, seed) not in done]
+
+    def finish(row: dict, started: float) -> None:
+        rows.append(row)
+        print(f"  {row['method']} @ {row['target']}, seed {row['seed']}: mAP50-95 {row['map50_95']:.4f}, "
+              f"FLOPs {row['flops_ratio']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        save()
+
     with tempfile.TemporaryDirectory() as tmp:
+        # The effp rows first, `--jobs` at a time; then the Ultralytics ones, in this process.
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(run_effp, args, model, data, label, extra_of[label], target, seed, Path(tmp)):
+                       (label, target, seed) for label, target, seed in todo if label in extra_of}
+            for future in as_completed(futures):
+                finish(future.result(), started)
         work = args.work or Path(tmp) / "ultralytics"
         work.mkdir(parents=True, exist_ok=True)
         with open(work / "ultralytics.log", "a") as log:
-            for seed in seeds:
-                for label, target in plan:
-                    if (label, target, seed) in done:
-                        continue
-                    start = time.perf_counter()
-                    if label in extra_of:
-                        row = run_effp(args, model, data, label, extra_of[label], target, seed, Path(tmp))
-                    else:
-                        try:
-                            row = run_ultralytics(args, label, target, seed, original, imgsz, work, log)
-                        except RuntimeError as e:  # e.g. a target the ignored layers put out of reach
-                            print(f"  {label} @ {target}, seed {seed}: skipped: {e}", file=sys.stderr, flush=True)
-                            continue
-                    rows.append(row)
-                    print(f"  {label} @ {target}, seed {seed}: mAP50-95 {row['map50_95']:.4f}, "
-                          f"FLOPs {row['flops_ratio']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-                    save()
+            for label, target, seed in todo:
+                if label in extra_of:
+                    continue
+                start = time.perf_counter()
+                try:
+                    row = run_ultralytics(args, label, target, seed, original, imgsz, work, log)
+                except RuntimeError as e:  # e.g. a target the ignored layers put out of reach
+                    print(f"  {label} @ {target}, seed {seed}: skipped: {e}", file=sys.stderr, flush=True)
+                    continue
+                finish(row, start)
     save()
     print_table(args, original, rows)
     print(f"\nwritten to {args.out}")
