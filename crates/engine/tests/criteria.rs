@@ -204,6 +204,7 @@ fn curvature_ranks_groups_like_the_measured_loss_increase() {
         imgsz: 128,
         seed: 3,
         augment: None,
+        mosaic_epochs: 0,
     };
     let x = epoch(data.split("train").unwrap(), loader, 0)
         .next()

@@ -493,6 +493,7 @@ fn the_trained_detector_fits_its_labels() {
         imgsz: 128,
         seed: 3,
         augment: None,
+        mosaic_epochs: 0,
     };
     let batch = epoch(samples, options, 0).next().unwrap().unwrap();
     assert!(batch.targets.size()[0] > 0);
@@ -687,6 +688,7 @@ fn the_trained_detector_has_ultralytics_loss_on_clean_images() {
         imgsz: 128,
         seed: 5,
         augment: None,
+        mosaic_epochs: 0,
     };
     let batch = epoch(samples, options, 0).next().unwrap().unwrap();
     let network = Network::new(&model, Device::Cpu).unwrap();
