@@ -69,10 +69,15 @@ bench-eval: fixtures ## effp eval vs Ultralytics val throughput on the trained d
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_eval.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/eval.json"
 
-bench-prune: bench-venv fixtures ## Every pruning method, Torch-Pruning + Ultralytics and the retrained ceiling at 0.7/0.5/0.3 FLOPs
+# The benchmark detectors, trained until validation mAP stops rising (hours on a CPU, once).
+BENCH_MODELS ?= converged yolov8n-160
+bench-prune: bench-venv fixtures ## Every pruning method, Torch-Pruning + Ultralytics and the retrained ceiling at 0.7/0.5/0.3 FLOPs, per benchmark detector
 	@cargo build --release --quiet --bin effp
-	@fixtures=$(FIXTURES); \
-	  $(PYTHON_ENV) scripts/bench_prune.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/prune.json" $(BENCH_ARGS)
+	@fixtures=$$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" --effp "$(EFFP_DEBUG)" --bench-models | tail -n 1); \
+	  for model in $(BENCH_MODELS); do \
+	    $(PYTHON_ENV) scripts/bench_prune.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --model "$$model" \
+	      --out "$(EFFP_CACHE)/bench/prune-$$model.json" $(BENCH_ARGS); \
+	  done
 
 OHA := $(EFFP_CACHE)/tools/bin/oha
 

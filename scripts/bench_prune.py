@@ -47,6 +47,8 @@ METHODS = [
     ("effp, no regrowing", ["--method", "effp", "--regrow", "0"]),
     ("effp, label-free", ["--method", "effp", "--label-weight", "0"]),
     ("effp, mosaic", ["--method", "effp", "--mosaic", "1"]),
+    ("effp, per layer", ["--method", "effp", "--scope", "layer"]),
+    ("effp, min fraction 0.25", ["--method", "effp", "--min-fraction", "0.25"]),
     ("effp, masked fine-tune", ["--method", "effp", "--fine-tune", "masked"]),
     ("uniform (TP recipe)", ["--method", "uniform"]),
     ("progressive", ["--method", "progressive"]),

@@ -77,10 +77,11 @@ pub struct PruneOptions {
     #[serde(default = "one")]
     #[schema(minimum = 1)]
     pub min_channels: u32,
-    /// Fraction of its channels every feature map keeps at least, in [0, 1).
-    #[serde(default)]
+    /// Fraction of its channels every feature map keeps at least, in [0, 1) (default:
+    /// 0.25 for `effp`, 0 for the other methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
-    pub min_fraction: f64,
+    pub min_fraction: Option<f64>,
     /// Remove channels in multiples of this per layer.
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 256)]
@@ -99,7 +100,7 @@ impl Default for PruneOptions {
     fn default() -> Self {
         Self {
             min_channels: 1,
-            min_fraction: 0.0,
+            min_fraction: None,
             round_to: 1,
             scope: None,
         }
@@ -393,7 +394,7 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
             "uniform prunes the same share of every layer: leave scope out, or use method progressive with scope global",
         ));
     }
-    if !(0.0..1.0).contains(&o.min_fraction) {
+    if o.min_fraction.is_some_and(|f| !(0.0..1.0).contains(&f)) {
         errors.push(field("/options/min_fraction", "must be in [0, 1)"));
     }
     if !(1..=256).contains(&o.round_to) {

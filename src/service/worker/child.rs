@@ -139,8 +139,6 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
         spec.device.clone(),
         "--min-channels".into(),
         spec.options.min_channels.to_string(),
-        "--min-fraction".into(),
-        spec.options.min_fraction.to_string(),
         "--round-to".into(),
         spec.options.round_to.to_string(),
         "--steps".into(),
@@ -182,6 +180,9 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
             ScopeSpec::Layer => "layer",
         };
         argv.extend(["--scope".into(), scope.into()]);
+    }
+    if let Some(fraction) = spec.options.min_fraction {
+        argv.extend(["--min-fraction".into(), fraction.to_string()]);
     }
     if job.resume {
         argv.extend(["--resume".into(), job.checkpoint.display().to_string()]);

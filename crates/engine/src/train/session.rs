@@ -51,6 +51,21 @@ pub enum Method {
     Uniform,
 }
 
+/// The share of its channels every feature map keeps under EFFP unless told
+/// otherwise: ranked across the whole network, EFFP otherwise empties whole layers of a
+/// converged detector at low targets (docs/benchmarks.md).
+pub const EFFP_MIN_FRACTION: f64 = 0.25;
+
+impl Method {
+    /// The method's own floor on the share of channels a feature map keeps.
+    pub fn default_min_fraction(self) -> f64 {
+        match self {
+            Method::Effp => EFFP_MIN_FRACTION,
+            _ => 0.0,
+        }
+    }
+}
+
 /// How the importance of an active group is judged when pruning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
