@@ -292,8 +292,9 @@ Not covered by the comparison:
     over epochs and decays linearly per epoch, and restarts both at every Torch-Pruning step.
   - Supervision differs: Ultralytics learns from the labels with its detection loss alone; effp from
     the same loss (default --label-weight 1) plus distillation from the original model's outputs.
-  - Augmentation differs: effp flips, scales and shifts; Ultralytics also jitters HSV and uses mosaic
-    in the epochs before its last 10 (mosaic epochs / epochs per run here: {mosaic_share}).
+  - Augmentation: both jitter HSV, scale, shift and flip alike; Ultralytics uses mosaic in the epochs
+    before its last 10 (mosaic epochs / epochs per run here: {mosaic_share}); effp only with --mosaic
+    (the "effp, mosaic" row; in its last tenth of steps none).
   - wall s: effp's is the whole `effp prune` run (with its own evaluation); the Ultralytics rows' is
     pruning (with the ratio search), training and export, without effp eval.""")
     if tp_rows:
