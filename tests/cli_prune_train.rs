@@ -36,6 +36,15 @@ fn prune(dir: &Path, name: &str, extra: &[&str]) -> (Output, std::path::PathBuf)
     (effp(&args), json)
 }
 
+/// `effp prune --method METHOD EXTRA…`, which must succeed; its report.
+fn pruned_report(dir: &Path, method: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--method", method];
+    args.extend_from_slice(extra);
+    let (run, json) = prune(dir, method, &args);
+    assert!(run.status.success(), "{method}: {}", text(&run.stderr));
+    report(&json)
+}
+
 #[test]
 fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,12 +114,10 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
 fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
     let tmp = tempfile::tempdir().unwrap();
     for method in ["sfp", "progressive", "uniform", "random", "l1"] {
-        let (run, json) = prune(
+        let r = pruned_report(
             tmp.path(),
             method,
             &[
-                "--method",
-                method,
                 "--target-flops",
                 "0.7",
                 "--steps",
@@ -121,8 +128,6 @@ fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
                 "2",
             ],
         );
-        assert!(run.status.success(), "{method}: {}", text(&run.stderr));
-        let r = report(&json);
         assert_eq!(r["method"], method);
         let scope = if method == "uniform" {
             "layer"
@@ -335,12 +340,10 @@ fn a_short_effp_run_beats_a_random_mask_of_the_same_flops_by_a_clear_margin() {
     // the floor and the margin.
     let tmp = tempfile::tempdir().unwrap();
     let map = |method: &str| {
-        let (run, json) = prune(
+        let r = pruned_report(
             tmp.path(),
             method,
             &[
-                "--method",
-                method,
                 "--target-flops",
                 "0.5",
                 "--steps",
@@ -351,8 +354,6 @@ fn a_short_effp_run_beats_a_random_mask_of_the_same_flops_by_a_clear_margin() {
                 "0",
             ],
         );
-        assert!(run.status.success(), "{method}: {}", text(&run.stderr));
-        let r = report(&json);
         assert!((0.48..=0.5).contains(&r["flops_ratio"].as_f64().unwrap()));
         r["accuracy"]["after"]["map50_95"].as_f64().unwrap()
     };

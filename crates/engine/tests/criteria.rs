@@ -199,13 +199,7 @@ fn curvature_ranks_groups_like_the_measured_loss_increase() {
     infer_shapes(&mut model, None).unwrap();
     let analysis = ChannelAnalysis::new(&model.graph).unwrap();
     let data = load(&fixtures::dir().join("synth")).unwrap();
-    let loader = LoaderOptions {
-        batch: 4,
-        imgsz: 128,
-        seed: 3,
-        augment: None,
-        mosaic_epochs: 0,
-    };
+    let loader = LoaderOptions::plain(4, 128, 3);
     let x = epoch(data.split("train").unwrap(), loader, 0)
         .next()
         .unwrap()

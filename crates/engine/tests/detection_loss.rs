@@ -488,13 +488,7 @@ fn the_trained_detector_fits_its_labels() {
     let head = head_of(&model, &analysis).unwrap();
     let data = load(&fixtures::dir().join("synth")).unwrap();
     let samples = &data.split("train").unwrap()[..6];
-    let options = LoaderOptions {
-        batch: 6,
-        imgsz: 128,
-        seed: 3,
-        augment: None,
-        mosaic_epochs: 0,
-    };
+    let options = LoaderOptions::plain(6, 128, 3);
     let batch = epoch(samples, options, 0).next().unwrap().unwrap();
     assert!(batch.targets.size()[0] > 0);
     let network = Network::new(&model, Device::Cpu).unwrap();
@@ -683,13 +677,7 @@ fn the_trained_detector_has_ultralytics_loss_on_clean_images() {
     let head = head_of(&model, &analysis).unwrap();
     let data = load(&fixtures::dir().join("synth")).unwrap();
     let samples = &data.split("train").unwrap()[..32];
-    let options = LoaderOptions {
-        batch: samples.len(),
-        imgsz: 128,
-        seed: 5,
-        augment: None,
-        mosaic_epochs: 0,
-    };
+    let options = LoaderOptions::plain(samples.len(), 128, 5);
     let batch = epoch(samples, options, 0).next().unwrap().unwrap();
     let network = Network::new(&model, Device::Cpu).unwrap();
     let (_, tapped) = tch::no_grad(|| {

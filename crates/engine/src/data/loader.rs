@@ -26,6 +26,19 @@ pub struct LoaderOptions {
     pub mosaic_epochs: u64,
 }
 
+impl LoaderOptions {
+    /// Batches of the images as they are (letterboxed, not augmented).
+    pub fn plain(batch: usize, imgsz: u32, seed: u64) -> Self {
+        Self {
+            batch,
+            imgsz,
+            seed,
+            augment: None,
+            mosaic_epochs: 0,
+        }
+    }
+}
+
 /// One batch: images `[B, 3, S, S]` in [0, 1] and targets `[M, 6]` rows of
 /// (image index in batch, class, cx, cy, w, h) normalised to the input.
 #[derive(Debug)]

@@ -61,24 +61,30 @@ pub fn jitter_hsv(img: &mut RgbImage, r: &HsvGains) {
 /// Fixed-point shift of OpenCV's 8-bit HSV conversion.
 const SHIFT: u32 = 12;
 
+/// OpenCV's reciprocal tables, indexed by value (for saturation) and by the channel
+/// spread (for hue), made once: every training pixel goes through them.
+static DIVISORS: std::sync::LazyLock<([i64; 256], [i64; 256])> = std::sync::LazyLock::new(|| {
+    let table = |divide: fn(f64) -> f64| -> [i64; 256] {
+        std::array::from_fn(|i| match i {
+            0 => 0,
+            _ => divide(i as f64).round_ties_even() as i64,
+        })
+    };
+    (
+        table(|i| (255i64 << SHIFT) as f64 / i),
+        table(|i| (180i64 << SHIFT) as f64 / (6.0 * i)),
+    )
+});
+
 /// OpenCV's 8-bit RGB → HSV (`cvtColor`'s integer arithmetic): hue in 0..180 (degrees
 /// / 2), saturation and value 0..=255.
 fn rgb_to_hsv([r, g, b]: [u8; 3]) -> [u8; 3] {
+    let (sdiv, hdiv) = &*DIVISORS;
     let (r, g, b) = (r as i64, g as i64, b as i64);
     let v = r.max(g).max(b);
     let diff = v - r.min(g).min(b);
     let round = 1i64 << (SHIFT - 1);
-    let sdiv = if v == 0 {
-        0
-    } else {
-        ((255i64 << SHIFT) as f64 / v as f64).round_ties_even() as i64
-    };
-    let hdiv = if diff == 0 {
-        0
-    } else {
-        ((180i64 << SHIFT) as f64 / (6.0 * diff as f64)).round_ties_even() as i64
-    };
-    let s = (diff * sdiv + round) >> SHIFT;
+    let s = (diff * sdiv[v as usize] + round) >> SHIFT;
     let h = if v == r {
         g - b
     } else if v == g {
@@ -86,7 +92,7 @@ fn rgb_to_hsv([r, g, b]: [u8; 3]) -> [u8; 3] {
     } else {
         r - g + 4 * diff
     };
-    let mut h = (h * hdiv + round) >> SHIFT;
+    let mut h = (h * hdiv[diff as usize] + round) >> SHIFT;
     if h < 0 {
         h += 180;
     }
