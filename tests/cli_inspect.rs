@@ -261,6 +261,63 @@ fn prune_refuses_bad_targets_with_a_clear_message() {
     assert_eq!(run.status.code(), Some(2), "a target is required");
 }
 
+/// `--activation-cost` is recorded in the report, changes which channels go at the
+/// same FLOPs target, and is refused out of range.
+#[test]
+fn prune_with_an_activation_cost_keeps_the_target_and_prunes_other_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures::path("yolov8t.onnx");
+    let run_with = |cost: &str| {
+        let out = tmp.path().join(format!("p{cost}.onnx"));
+        let report = tmp.path().join(format!("r{cost}.json"));
+        let run = effp(&[
+            "prune",
+            model.to_str().unwrap(),
+            "--target-flops",
+            "0.5",
+            "--activation-cost",
+            cost,
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report).unwrap())
+            .unwrap()
+    };
+    let flops_only = run_with("0");
+    let latency_aware = run_with("10000");
+    assert_eq!(flops_only["activation_cost"], 0.0);
+    assert_eq!(latency_aware["activation_cost"], 10000.0);
+    for r in [&flops_only, &latency_aware] {
+        let ratio = r["flops_ratio"].as_f64().unwrap();
+        assert!((0.49..=0.5).contains(&ratio), "{ratio}");
+    }
+    assert_ne!(
+        flops_only["compaction"]["layers"], latency_aware["compaction"]["layers"],
+        "the activation cost must change which channels go"
+    );
+    let out = tmp.path().join("bad.onnx");
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target-flops",
+        "0.5",
+        "--activation-cost",
+        "2e6",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("--activation-cost must be in [0, 1e6]"),
+        "{}",
+        text(&run.stderr)
+    );
+    assert!(!out.exists());
+}
+
 #[test]
 fn groups_flag_reports_prunable_groups_and_why_the_rest_is_frozen() {
     let out = effp(&[

@@ -285,7 +285,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
         "model": model["id"],
         "method": "l1",
         "target": { "flops_ratio": 0.5 },
-        "options": { "scope": "layer" },
+        "options": { "scope": "layer", "activation_cost": 5000.0 },
     });
     let body = spec.to_string();
     let mut req = ureq::post(&format!("{base}/v1/jobs"));
@@ -407,6 +407,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     .json();
     assert_eq!(report["schema"], "effp.prune-report/v1");
     assert_eq!(report["scope"], "layer");
+    assert_eq!(report["activation_cost"], 5000.0);
     assert_eq!(report["after"]["flops"], after);
     let names = call("GET", &format!("{base}/v1/jobs/{id}/artifacts"), None, None).json();
     assert!(names["items"]["pruned.onnx"]["sha256"].is_string());
@@ -478,7 +479,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "POST",
         &url,
         None,
-        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0},"device":"tpu","method":"effp","training":{"batch":0,"lr":-1,"prune_share":0,"mosaic":1.5}}"#),
+        Some(br#"{"model":"m","target":{"flops_ratio":1.5,"flops":10},"options":{"round_to":0,"activation_cost":-1},"device":"tpu","method":"effp","training":{"batch":0,"lr":-1,"prune_share":0,"mosaic":1.5}}"#),
     )
     .problem(422);
     let paths: Vec<&str> = p["errors"]
@@ -491,6 +492,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
         "/target",
         "/target/flops_ratio",
         "/options/round_to",
+        "/options/activation_cost",
         "/device",
         "/dataset",
         "/training/batch",

@@ -97,6 +97,12 @@ pub struct PruneArgs {
     /// ignored.
     #[arg(long, value_name = "E", default_value_t = 1.0)]
     pub cost_exponent: f64,
+    /// MACs charged per feature-map element a channel group occupies when groups are
+    /// ranked (default 0: FLOPs alone). Above 0, channels of high-resolution feature
+    /// maps count as dearer than their FLOPs, so that CPU latency falls closer to
+    /// the FLOPs; the target stays in FLOPs.
+    #[arg(long, value_name = "MACS", default_value_t = 0.0)]
+    pub activation_cost: f64,
     /// Where removed groups compete: across the network (global, by importance per
     /// MAC) or within each layer (layer: every layer loses the same share). Default:
     /// layer for uniform, global for the others.
@@ -252,6 +258,8 @@ pub struct PruneReport {
     scope: Scope,
     /// The share of its channels every feature map kept at least.
     min_fraction: f64,
+    /// MACs charged per feature-map element in the ranking (0: FLOPs alone).
+    activation_cost: f64,
     target: serde_json::Value,
     pub(crate) before: Totals,
     pub(crate) after: Totals,
@@ -331,6 +339,12 @@ pub fn execute(
             args.cost_exponent
         );
     }
+    if !(0.0..=1e6).contains(&args.activation_cost) {
+        anyhow::bail!(
+            "--activation-cost must be in [0, 1e6] MACs per element, got {}",
+            args.activation_cost
+        );
+    }
     let min_fraction = args
         .min_fraction
         .unwrap_or_else(|| args.method().trained().default_min_fraction());
@@ -348,6 +362,7 @@ pub fn execute(
         min_fraction,
         round_to: args.round_to as usize,
         cost_exponent: args.cost_exponent,
+        activation_cost: args.activation_cost,
         scope: scope_for(args.method(), args.scope)?,
     };
     let started = std::time::Instant::now();
@@ -432,6 +447,7 @@ pub fn execute(
         method: args.method(),
         scope: options.scope,
         min_fraction: options.min_fraction,
+        activation_cost: options.activation_cost,
         target: match target {
             Target::FlopsRatio(r) => serde_json::json!({ "flops_ratio": r }),
             Target::Flops(f) => serde_json::json!({ "flops": f }),

@@ -379,3 +379,25 @@ fn group_savings_equal_the_cost_of_switching_each_group_off() {
         }
     }
 }
+
+/// A group's activation count is the feature-map elements its channels occupy: a
+/// channel of a 16×16 Conv → BN → Relu chain lives in three 16×16 maps, one of the
+/// 8×8 map after a stride-2 Conv → Relu in two.
+#[test]
+fn group_activations_count_every_feature_map_the_channels_flow_through() {
+    let mut b = ModelBuilder::new("activations", 3);
+    let x = b.input("input", &[1, 3, 16, 16]);
+    let y = b.conv(&x, 3, 4, 3, 1, 1);
+    let y = b.batch_norm(&y, 4);
+    let y = b.op("Relu", &[&y], vec![]);
+    let y = b.conv(&y, 4, 6, 3, 2, 1);
+    let y = b.op("Relu", &[&y], vec![]);
+    let y = b.conv(&y, 6, 2, 1, 1, 1);
+    let mut model = load_bytes(&b.finish_as(&y, "out", &[1, 2, 8, 8])).unwrap();
+    infer_shapes(&mut model, None).unwrap();
+    let analysis = ChannelAnalysis::new(&model.graph).unwrap();
+    let mut counts: Vec<u64> = analysis.groups.iter().map(|g| g.activations).collect();
+    counts.sort();
+    let expected: Vec<u64> = [vec![2 * 64; 6], vec![3 * 256; 4]].concat();
+    assert_eq!(counts, expected);
+}

@@ -86,6 +86,12 @@ pub struct PruneOptions {
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 256)]
     pub round_to: u32,
+    /// MACs charged per feature-map element a channel group occupies when groups are
+    /// ranked (default 0: FLOPs alone); above 0, pruning favours channels of
+    /// high-resolution feature maps, so that CPU latency falls closer to the FLOPs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(minimum = 0.0, maximum = 1000000.0)]
+    pub activation_cost: f64,
     /// Where removed groups compete (default: layer for `uniform`, global for the
     /// other methods; `uniform` accepts only layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,12 +102,17 @@ fn one() -> u32 {
     1
 }
 
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
 impl Default for PruneOptions {
     fn default() -> Self {
         Self {
             min_channels: 1,
             min_fraction: None,
             round_to: 1,
+            activation_cost: 0.0,
             scope: None,
         }
     }
@@ -399,6 +410,12 @@ fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
     }
     if !(1..=256).contains(&o.round_to) {
         errors.push(field("/options/round_to", "must be in 1..=256"));
+    }
+    if !(0.0..=1e6).contains(&o.activation_cost) {
+        errors.push(field(
+            "/options/activation_cost",
+            "must be in [0, 1e6] MACs per feature-map element",
+        ));
     }
     if let Some(size) = &spec.input_size
         && let Err(e) = size.parse::<effp_graph::shape::InputSize>()

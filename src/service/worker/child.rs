@@ -141,6 +141,8 @@ fn prune_argv(job: &JobRun) -> Vec<String> {
         spec.options.min_channels.to_string(),
         "--round-to".into(),
         spec.options.round_to.to_string(),
+        "--activation-cost".into(),
+        spec.options.activation_cost.to_string(),
         "--steps".into(),
         t.steps.to_string(),
         "--prune-share".into(),

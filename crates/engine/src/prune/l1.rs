@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use effp_graph::channels::cost::ActiveChannels;
-use effp_graph::channels::{ChannelAnalysis, Mask};
+use effp_graph::channels::{ChannelAnalysis, Mask, PrunableGroup};
 use effp_graph::cost::NodeCost;
 use effp_graph::ir::{Graph, NodeId, Op, ValueId};
 
@@ -23,6 +23,11 @@ pub struct L1Options {
     /// order of importance / MACs^exponent (default 1: importance per FLOP; 0: cost
     /// ignored). Below 1, cheap layers are not spared just for being cheap.
     pub cost_exponent: f64,
+    /// MACs charged per feature-map element a group occupies when groups are ranked
+    /// (default 0: FLOPs alone). Above 0, channels of large feature maps count as
+    /// dearer than their FLOPs, so that latency on memory-bound hardware falls
+    /// closer to the FLOPs; the target is still measured in FLOPs.
+    pub activation_cost: f64,
     /// Whether groups compete across the network or within their layer (default
     /// global).
     pub scope: Scope,
@@ -36,6 +41,20 @@ impl L1Options {
             .max((self.min_fraction * n as f64).ceil() as usize)
             .min(n)
     }
+
+    /// What removing a set of groups costs in the ranking: their MACs plus their
+    /// feature-map elements at [`Self::activation_cost`], raised to
+    /// [`Self::cost_exponent`].
+    pub(crate) fn ranking_cost<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a PrunableGroup>,
+    ) -> f64 {
+        let cost: f64 = groups
+            .into_iter()
+            .map(|g| g.macs as f64 + self.activation_cost * g.activations as f64)
+            .sum();
+        cost.max(1.0).powf(self.cost_exponent)
+    }
 }
 
 impl Default for L1Options {
@@ -45,6 +64,7 @@ impl Default for L1Options {
             min_fraction: 0.0,
             round_to: 1,
             cost_exponent: 1.0,
+            activation_cost: 0.0,
             scope: Scope::Global,
         }
     }
@@ -119,8 +139,7 @@ pub fn select(
     let mut chunks = removal_chunks(analysis, &active, importance, options.round_to.max(1));
     let score = |chunk: &Vec<usize>| {
         let imp: f64 = chunk.iter().map(|&g| importance[g]).sum();
-        let macs: u64 = chunk.iter().map(|&g| analysis.groups[g].macs).sum();
-        imp / (macs.max(1) as f64).powf(options.cost_exponent)
+        imp / options.ranking_cost(chunk.iter().map(|&g| &analysis.groups[g]))
     };
     chunks.sort_by(|a, b| score(a).total_cmp(&score(b)));
 

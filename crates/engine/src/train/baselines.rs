@@ -53,7 +53,7 @@ pub(crate) fn initial_mask(ctx: &MaskContext<'_>) -> Result<Option<Mask>, Engine
         importance
             .iter()
             .zip(&ctx.analysis.groups)
-            .map(|(r, g)| r * (g.macs.max(1) as f64).powf(ctx.options.limits.cost_exponent))
+            .map(|(r, g)| r * ctx.options.limits.ranking_cost([g]))
             .collect()
     } else {
         importance

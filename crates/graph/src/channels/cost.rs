@@ -1,6 +1,6 @@
 //! Exact MACs and parameters of a graph with some groups switched off.
 
-use super::{ChannelAnalysis, Mask};
+use super::{ChannelAnalysis, Mask, PrunableGroup};
 use crate::cost::NodeCost;
 use crate::ir::{Graph, Node, Op, ValueId};
 
@@ -198,6 +198,23 @@ pub(crate) fn group_savings(graph: &Graph, analysis: &ChannelAnalysis) -> Vec<u6
         savings.push(before.saturating_sub(after));
     }
     savings
+}
+
+/// Elements per channel, for one image, of every distinct value a group's channels
+/// occupy (the spatial size; 1 for a value without spatial axes).
+pub(crate) fn group_activations(graph: &Graph, group: &PrunableGroup) -> u64 {
+    let mut values: Vec<ValueId> = group.members.iter().map(|&(v, _)| v).collect();
+    values.sort();
+    values.dedup();
+    values
+        .into_iter()
+        .filter_map(|v| graph.shape(v))
+        .map(|s| {
+            s.iter()
+                .skip(2)
+                .fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// MACs and parameters of the graph with `mask` applied.
