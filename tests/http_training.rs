@@ -19,40 +19,6 @@ fn tar_gz(dir: &Path, top: &str) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
-/// A .zip of the folder `dir`'s files (one level of subfolders deep is enough for
-/// the YOLO layout: `images/<split>/…`).
-fn zip_dir(dir: &Path) -> Vec<u8> {
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path.strip_prefix(dir).unwrap().to_str().unwrap();
-                z.start_file(name, opts).unwrap();
-                z.write_all(&std::fs::read(&path).unwrap()).unwrap();
-            }
-        }
-    }
-    z.finish().unwrap().into_inner()
-}
-
-/// A small synthetic dataset made by `effp synth` (20 images of 64 px).
-fn small_dataset(dir: &Path) -> std::path::PathBuf {
-    let out = dir.join("set");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_effp"))
-        .args(["synth", "--images", "20", "--imgsz", "64", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(status.status.success());
-    out
-}
-
 /// A tar archive with one entry written byte for byte (past the tar crate's checks).
 fn raw_tar(name: &[u8], kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
     let mut data = Vec::new();

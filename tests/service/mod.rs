@@ -325,3 +325,37 @@ pub fn download_artifact(
     std::fs::write(&path, &reply.body).unwrap();
     path
 }
+
+/// A .zip of the folder `dir`'s files (one level of subfolders deep is enough for
+/// the YOLO layout: `images/<split>/…`).
+pub fn zip_dir(dir: &std::path::Path) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().to_str().unwrap();
+                z.start_file(name, opts).unwrap();
+                std::io::Write::write_all(&mut z, &std::fs::read(&path).unwrap()).unwrap();
+            }
+        }
+    }
+    z.finish().unwrap().into_inner()
+}
+
+/// A small synthetic dataset made by `effp synth` (20 images of 64 px).
+pub fn small_dataset(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("set");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["synth", "--images", "20", "--imgsz", "64", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    out
+}

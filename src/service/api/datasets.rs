@@ -36,7 +36,7 @@ pub struct DatasetList {
 #[utoipa::path(post, path = "/v1/datasets", operation_id = "upload_dataset", tag = "datasets",
     params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else dataset)", min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body(description = "The archive", content(
-        (Vec<u8> = "application/octet-stream"),
+        (inline(super::models::FileBytes) = "application/octet-stream"),
         (super::models::UploadForm = "multipart/form-data"),
     )),
     responses(

@@ -746,7 +746,7 @@ pub async fn artifacts(
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", operation_id = "download_artifact", tag = "jobs",
     params(("id" = String, Path), ("name" = String, Path, description = "pruned.onnx or report.json")),
     responses(
-        (status = 200, description = "The file; ETag is its SHA-256", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file; ETag is its SHA-256", content_type = "application/octet-stream", body = inline(super::models::FileBytes)),
         (status = 304, description = "If-None-Match matched"),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 404, description = "No such job or artifact for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),

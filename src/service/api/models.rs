@@ -34,6 +34,23 @@ pub struct UploadForm {
     file: Vec<u8>,
 }
 
+/// A file's bytes as the raw body (`application/octet-stream`), in the OpenAPI
+/// document: binary content, which is what generated clients send and receive.
+pub struct FileBytes;
+
+impl utoipa::PartialSchema for FileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("The file's bytes."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FileBytes {}
+
 /// A page of models.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelList {
@@ -112,7 +129,7 @@ pub(crate) fn store_problem(e: StoreError) -> Problem {
 #[utoipa::path(post, path = "/v1/models", operation_id = "upload_model", tag = "models",
     params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else model.onnx)", min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body(description = "The ONNX file", content(
-        (Vec<u8> = "application/octet-stream"),
+        (inline(FileBytes) = "application/octet-stream"),
         (UploadForm = "multipart/form-data"),
     )),
     responses(
@@ -215,7 +232,7 @@ pub async fn show(
 #[utoipa::path(get, path = "/v1/models/{id}/file", operation_id = "download_model", tag = "models",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "The ONNX file; ETag is its SHA-256", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The ONNX file; ETag is its SHA-256", content_type = "application/octet-stream", body = inline(FileBytes)),
         (status = 304, description = "If-None-Match matched"),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 404, description = "No such model for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
