@@ -172,7 +172,7 @@ fn every_baseline_runs_through_the_same_command_and_reports_its_training() {
     ]);
     assert_eq!(run.status.code(), Some(1));
     assert!(
-        text(&run.stderr).contains("drop --scope global"),
+        text(&run.stderr).contains("--scope global does not fit method uniform"),
         "{}",
         text(&run.stderr)
     );

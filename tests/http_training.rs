@@ -372,6 +372,38 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy() {
         report["training"]
     );
     assert_eq!(report["training"]["fine_tune"], "compacted");
+    // `effp prune` runs the same pipeline: the same settings on the same files give
+    // the same masks (fixed seed, CPU).
+    let tmp = tempfile::tempdir().unwrap();
+    let cli_report = tmp.path().join("report.json");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["prune", fixtures::path("trained.onnx").to_str().unwrap()])
+        .args([
+            "--method",
+            "effp",
+            "--target-flops",
+            "0.7",
+            "--device",
+            "cpu",
+        ])
+        .args(["--steps", "12", "--interval", "2", "--batch", "4"])
+        .arg("--data")
+        .arg(fixtures::dir().join("synth"))
+        .arg("--out")
+        .arg(tmp.path().join("pruned.onnx"))
+        .arg("--report")
+        .arg(&cli_report)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cli_report).unwrap()).unwrap();
+    assert_eq!(cli["compaction"]["layers"], report["compaction"]["layers"]);
+    assert_eq!(cli["after"], report["after"]);
     assert!(
         std::fs::read_dir(server.data.path().join("checkpoints"))
             .unwrap()

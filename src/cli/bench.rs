@@ -162,7 +162,7 @@ fn time(
 
 fn runtime(a: &RuntimeArgs) -> anyhow::Result<Vec<Timing>> {
     tch::set_num_threads(a.run.threads);
-    let device = a.run.device.resolve()?;
+    let device = effp_engine::runtime::resolve_device(a.run.device)?;
     let (model, _) = effp_graph::analyse_file(&a.model, None)?;
     let net = Network::new(&model, device)?;
     let g = &model.graph;
@@ -229,7 +229,7 @@ fn groups(a: &GroupsArgs) -> anyhow::Result<Vec<Timing>> {
 /// that both see the same machine state.
 fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
     tch::set_num_threads(a.run.threads);
-    let device = a.run.device.resolve()?;
+    let device = effp_engine::runtime::resolve_device(a.run.device)?;
     let (model, _) = effp_graph::analyse_file(&a.model, None)?;
     let analysis = ChannelAnalysis::new(&model.graph)?;
     let mask = l1_mask(

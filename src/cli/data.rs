@@ -92,7 +92,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<u8> {
     });
     let (model, _) = effp_graph::analyse_file(&args.model, size)
         .with_context(|| format!("cannot evaluate '{}'", args.model.display()))?;
-    let net = Network::new(&model, args.device.resolve()?)?;
+    let net = Network::new(&model, effp_engine::runtime::resolve_device(args.device)?)?;
     let bar = ProgressBar::new(samples.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(

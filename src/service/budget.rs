@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 
 use super::AppState;
-use super::api::jobs::{JobMethod, JobSpec, field};
+use super::api::jobs::{JobSpec, field};
 use super::limits::ByteSize;
 use super::problem::Problem;
 use super::store::ModelRecord;
@@ -86,8 +86,7 @@ pub async fn check_job(
         None => (height, width),
     };
     let per_pixel = elements / (height * width).max(1.0);
-    let trains =
-        spec.method != JobMethod::L1 || (spec.dataset.is_some() && spec.training.steps > 0);
+    let trains = spec.trains();
     let params = model.inspect["totals"]["params"].as_f64().unwrap_or(0.0);
     let workload = Workload {
         activation_elements: per_pixel * h * w,

@@ -1,5 +1,6 @@
 //! Prometheus metrics: jobs by state, queue depth, job and HTTP latency histograms.
 
+use effp_protocol::JobState;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -91,13 +92,13 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, Problem> 
         .job_counts()
         .await
         .map_err(|e| Problem::internal("cannot count jobs", e))?;
-    for s in ["queued", "running", "succeeded", "failed", "cancelled"] {
+    for s in JobState::ALL {
         m.jobs
-            .with_label_values(&[s])
-            .set(counts.get(s).copied().unwrap_or(0) as i64);
+            .with_label_values(&[s.as_str()])
+            .set(counts.get(&s).copied().unwrap_or(0) as i64);
     }
     m.queue
-        .set(counts.get("queued").copied().unwrap_or(0) as i64);
+        .set(counts.get(&JobState::Queued).copied().unwrap_or(0) as i64);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&m.registry.gather(), &mut out)

@@ -4,14 +4,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// One invalid field of a request, by its JSON path.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct FieldError {
-    /// Where in the request, e.g. `/target/flops_ratio`.
-    pub path: String,
-    /// What is wrong there.
-    pub message: String,
-}
+use super::store::StoreError;
+
+pub use effp_protocol::FieldError;
 
 /// An `application/problem+json` document.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -81,5 +76,27 @@ impl IntoResponse for Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// The problem document for a storage error, so that handlers can `?` one.
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooLarge { limit } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
+            ),
+            StoreError::Body(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-body", m),
+            StoreError::Stalled(m) => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload-stalled",
+                format!(
+                    "the upload stalled ({m}; EFFP_UPLOAD_STALL_SECS, EFFP_UPLOAD_MIN_RATE); send it again"
+                ),
+            ),
+            StoreError::Backend(m) => Problem::internal("storage failed", m),
+        }
     }
 }

@@ -37,11 +37,7 @@ pub async fn check_job(state: &AppState, tenant: &str, spec: &JobSpec) -> Result
             ),
         )]));
     }
-    let (jobs, queued_steps) = state
-        .jobs
-        .active_load(tenant)
-        .await
-        .map_err(super::api::store_problem)?;
+    let (jobs, queued_steps) = state.jobs.active_load(tenant).await?;
     let detail = if jobs >= q.jobs {
         format!(
             "this tenant already has {jobs} queued or running jobs, the most it may have (EFFP_MAX_QUEUED_JOBS); \
@@ -68,11 +64,7 @@ pub async fn upload_room(
     tenant: &str,
     declared: Option<u64>,
 ) -> Result<u64, Problem> {
-    let used = state
-        .jobs
-        .stored_bytes(tenant)
-        .await
-        .map_err(super::api::store_problem)?;
+    let used = state.jobs.stored_bytes(tenant).await?;
     let room = state.quotas.stored_bytes.saturating_sub(used);
     if room == 0 || declared.is_some_and(|n| n > room) {
         return Err(Problem::new(

@@ -4,6 +4,7 @@
 pub mod data;
 mod error;
 pub mod eval;
+pub mod pipeline;
 pub mod prune;
 pub mod runtime;
 pub mod train;

@@ -2,14 +2,14 @@
 
 use effp_graph::channels::{ChannelAnalysis, Mask};
 use effp_graph::ir::Model;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::EngineError;
 use crate::runtime::Network;
 
 /// Outcome of an equivalence check.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Equivalence {
     /// Largest difference between masked and compacted outputs, relative per output
     /// channel ([`channel_relative_error`]), over all outputs.

@@ -14,7 +14,7 @@ use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::DatasetRecord;
 
-use super::models::{Page, UploadQuery, refuse_if_in_use, release_object, store_problem};
+use super::models::{Page, UploadQuery, refuse_if_in_use, release_object};
 use super::upload::{Received, answer_existing, created, discard, receive};
 use crate::service::checks::Upload;
 
@@ -102,11 +102,7 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<Json<DatasetList>, Problem> {
     let (limit, offset) = page.checked()?;
-    let items = state
-        .jobs
-        .datasets(&tenant, limit, offset)
-        .await
-        .map_err(store_problem)?;
+    let items = state.jobs.datasets(&tenant, limit, offset).await?;
     Ok(Json(DatasetList {
         items,
         limit,
@@ -131,8 +127,7 @@ pub async fn show(
     state
         .jobs
         .dataset(&tenant, &id)
-        .await
-        .map_err(store_problem)?
+        .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found("dataset", &id))
 }
@@ -156,8 +151,7 @@ pub async fn delete(
     let dataset = state
         .jobs
         .delete_dataset(&tenant, &id)
-        .await
-        .map_err(store_problem)?
+        .await?
         .ok_or_else(|| Problem::not_found("dataset", &id))?;
     release_object(&state, &dataset.sha256).await?;
     Ok(StatusCode::NO_CONTENT)

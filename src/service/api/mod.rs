@@ -18,7 +18,6 @@ use utoipa::OpenApi;
 use super::AppState;
 use super::problem::Problem;
 
-pub(crate) use models::store_problem;
 pub(crate) use upload::drain_then;
 
 /// Every route of the service.

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
-use crate::service::store::{ModelRecord, StoreError};
+use crate::service::store::ModelRecord;
 
 use super::upload::{Received, answer_existing, created, discard, receive};
 use crate::service::checks::Upload;
@@ -104,26 +104,6 @@ impl Page {
     }
 }
 
-/// The problem document for a backend error.
-pub(crate) fn store_problem(e: StoreError) -> Problem {
-    match e {
-        StoreError::TooLarge { limit } => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
-        ),
-        StoreError::Body(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-body", m),
-        StoreError::Stalled(m) => Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "upload-stalled",
-            format!(
-                "the upload stalled ({m}; EFFP_UPLOAD_STALL_SECS, EFFP_UPLOAD_MIN_RATE); send it again"
-            ),
-        ),
-        StoreError::Backend(m) => Problem::internal("storage failed", m),
-    }
-}
-
 /// `POST /v1/models`: the ONNX file as the raw body (`curl --data-binary @m.onnx`) or
 /// as the `file` part of a multipart form (`curl -F file=@m.onnx`).
 #[utoipa::path(post, path = "/v1/models", operation_id = "upload_model", tag = "models",
@@ -195,11 +175,7 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let (limit, offset) = page.checked()?;
-    let items = state
-        .jobs
-        .models(&tenant, limit, offset)
-        .await
-        .map_err(store_problem)?;
+    let items = state.jobs.models(&tenant, limit, offset).await?;
     Ok(Json(
         json!({ "items": items, "limit": limit, "offset": offset }),
     ))
@@ -222,8 +198,7 @@ pub async fn show(
     state
         .jobs
         .model(&tenant, &id)
-        .await
-        .map_err(store_problem)?
+        .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found("model", &id))
 }
@@ -247,8 +222,7 @@ pub async fn download(
     let model = state
         .jobs
         .model(&tenant, &id)
-        .await
-        .map_err(store_problem)?
+        .await?
         .ok_or_else(|| Problem::not_found("model", &id))?;
     let content_type = "application/octet-stream";
     stream_object(
@@ -307,8 +281,7 @@ pub(super) async fn stream_object(
     let stream = state
         .objects
         .get(sha256)
-        .await
-        .map_err(store_problem)?
+        .await?
         .ok_or_else(|| Problem::internal("a stored file is missing", sha256))?;
     Ok((
         [
@@ -341,8 +314,7 @@ pub async fn delete(
     let model = state
         .jobs
         .delete_model(&tenant, &id)
-        .await
-        .map_err(store_problem)?
+        .await?
         .ok_or_else(|| Problem::not_found("model", &id))?;
     release_object(&state, &model.sha256).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -355,11 +327,7 @@ pub(super) async fn refuse_if_in_use(
     kind: &str,
     id: &str,
 ) -> Result<(), Problem> {
-    let users = state
-        .jobs
-        .active_jobs_using(tenant, id)
-        .await
-        .map_err(store_problem)?;
+    let users = state.jobs.active_jobs_using(tenant, id).await?;
     if users.is_empty() {
         return Ok(());
     }
@@ -375,5 +343,5 @@ pub(super) async fn refuse_if_in_use(
 
 /// Gives back a deleted record's reference to its stored file.
 pub(super) async fn release_object(state: &AppState, sha256: &str) -> Result<(), Problem> {
-    state.content.release(sha256).await.map_err(store_problem)
+    state.content.release(sha256).await.map_err(Problem::from)
 }

@@ -10,8 +10,6 @@ use crate::service::AppState;
 use crate::service::problem::{FieldError, Problem};
 use crate::service::store::{StoreError, StoredObject};
 
-use super::models::store_problem;
-
 /// An upload stored in the object store.
 pub struct Received {
     /// The stored content.
@@ -50,7 +48,7 @@ pub async fn receive(
     let refusal = if let Err(quota) = room {
         Some(quota)
     } else if declared.is_some_and(|n| n > limit.saturating_add(framing)) {
-        Some(store_problem(StoreError::TooLarge { limit }))
+        Some(Problem::from(StoreError::TooLarge { limit }))
     } else {
         name.as_deref().map(check_name).transpose().err()
     };
@@ -68,7 +66,7 @@ pub async fn receive(
         if stored.is_err() {
             drain_before_refusing(headers, None, &mut stream).await;
         }
-        let object = stored.map_err(store_problem)?;
+        let object = stored?;
         return Ok(Received {
             object,
             name: name.unwrap_or_else(|| default_name.to_string()),
@@ -119,8 +117,7 @@ pub async fn receive(
         let object = state
             .content
             .store(Box::pin(part.map_err(std::io::Error::other)), limit)
-            .await
-            .map_err(store_problem)?;
+            .await?;
         return Ok(Received { object, name });
     }
 }
@@ -225,7 +222,7 @@ pub async fn answer_existing<T: serde::Serialize>(
     let answer = match lookup {
         Ok(None) => return None,
         Ok(Some(existing)) => Ok((StatusCode::OK, axum::Json(existing)).into_response()),
-        Err(e) => Err(store_problem(e)),
+        Err(e) => Err(e.into()),
     };
     discard(state, object).await;
     Some(answer)

@@ -15,7 +15,6 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::api::store_problem;
 use super::isolation::{self, ChildExit, Supervision};
 use super::limits::ByteSize;
 use super::problem::Problem;
@@ -118,11 +117,7 @@ pub async fn check(
 ) -> Result<serde_json::Value, Problem> {
     let scratch = tempfile::tempdir_in(&state.scratch)
         .map_err(|e| Problem::internal("cannot create a scratch folder", e))?;
-    let file = state
-        .objects
-        .local_file(sha256, scratch.path())
-        .await
-        .map_err(store_problem)?;
+    let file = state.objects.local_file(sha256, scratch.path()).await?;
     let kind = match upload {
         Upload::Model => "model",
         Upload::Dataset => "dataset",

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod sqlite;
 
+use effp_protocol::JobState;
 use std::path::PathBuf;
 use std::pin::Pin;
 
@@ -142,8 +143,8 @@ pub struct JobRecord {
     /// The validated request.
     #[schema(value_type = crate::service::api::jobs::JobSpec)]
     pub spec: serde_json::Value,
-    /// queued, running, succeeded, failed or cancelled.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// What a running job is doing (analyse, prune, verify, store, done).
     pub phase: String,
     /// Fraction done, 0 to 1.
@@ -216,7 +217,7 @@ pub trait Queue: Send + Sync {
     async fn finish(
         &self,
         id: &str,
-        state: &str,
+        state: JobState,
         error: Option<&str>,
         artifacts: &serde_json::Value,
     ) -> Result<(), StoreError>;
@@ -303,7 +304,7 @@ pub trait JobStore: Send + Sync {
     async fn jobs(
         &self,
         tenant: &str,
-        state: Option<&str>,
+        state: Option<JobState>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
@@ -313,7 +314,7 @@ pub trait JobStore: Send + Sync {
     /// A job's events after `after` (a sequence number), oldest first.
     async fn events(&self, job_id: &str, after: i64) -> Result<Vec<JobEvent>, StoreError>;
     /// Jobs (all tenants) per state.
-    async fn job_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+    async fn job_counts(&self) -> Result<std::collections::HashMap<JobState, u64>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,5 +1,6 @@
 //! The embedded job store: one SQLite file in the data directory.
 
+use effp_protocol::JobState;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -107,12 +108,20 @@ fn json_column(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
+/// A job state column; text that names no state is a corrupt row.
+fn state_column(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<JobState> {
+    let text: String = row.get(i)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
         id: row.get(0)?,
         tenant: row.get(1)?,
         spec: json_column(row, 2)?,
-        state: row.get(3)?,
+        state: state_column(row, 3)?,
         phase: row.get(4)?,
         progress: row.get(5)?,
         metrics: json_column(row, 6)?,
@@ -539,7 +548,7 @@ impl JobStore for SqliteStore {
                 &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                           ON CONFLICT (tenant, idempotency_key) DO NOTHING"),
                 params![
-                    j.id, j.tenant, j.spec.to_string(), j.state, j.phase, j.progress,
+                    j.id, j.tenant, j.spec.to_string(), j.state.as_str(), j.phase, j.progress,
                     j.metrics.to_string(), j.artifacts.to_string(), j.error, j.attempts,
                     j.cancel_requested as i64, j.idempotency_key, j.created_at, j.updated_at
                 ],
@@ -588,11 +597,11 @@ impl JobStore for SqliteStore {
     async fn jobs(
         &self,
         tenant: &str,
-        state: Option<&str>,
+        state: Option<JobState>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let (tenant, state) = (tenant.to_string(), state.map(str::to_string));
+        let (tenant, state) = (tenant.to_string(), state.map(JobState::as_str));
         self.with(move |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2) \
@@ -643,10 +652,12 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn job_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    async fn job_counts(&self) -> Result<std::collections::HashMap<JobState, u64>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((state_column(r, 0)?, r.get::<_, i64>(1)? as u64))
+            })?;
             rows.collect()
         })
         .await
@@ -781,13 +792,13 @@ impl Queue for SqliteStore {
     async fn finish(
         &self,
         id: &str,
-        state: &str,
+        state: JobState,
         error: Option<&str>,
         artifacts: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let (id, state, error, artifacts) = (
             id.to_string(),
-            state.to_string(),
+            state.as_str(),
             error.map(str::to_string),
             artifacts.to_string(),
         );

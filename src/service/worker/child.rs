@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use clap::{Args, Parser};
+use clap::Args;
+use effp_engine::data::archive::ArchiveLimits;
+use effp_engine::pipeline::{self, PipelineError, PruneEnv, PruneJob};
+use effp_engine::prune::Target;
 use effp_engine::train::session::StepRecord;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::prune::PruneArgs;
-use crate::service::api::jobs::{CriterionSpec, FineTuneSpec, JobSpec, ScopeSpec};
+use crate::service::api::jobs::JobSpec;
 
 /// Everything a worker process needs to run one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +38,51 @@ pub struct JobRun {
     pub checkpoint_every: usize,
     /// Whether to continue from `checkpoint`.
     pub resume: bool,
+    /// Limits on what the dataset archive may unpack to (the service's, as its
+    /// upload check applied them).
+    #[serde(default)]
+    pub archive_limits: ArchiveLimits,
+}
+
+impl JobRun {
+    /// The pruning job and its environment: the request's settings, the service's
+    /// work folder as scratch space and the job's checkpoint.
+    fn pipeline(&self) -> anyhow::Result<(PruneJob, PruneEnv)> {
+        let spec = &self.spec;
+        let target = Target::from_spec(&spec.target)
+            .context("the job names no single target (it was validated when queued)")?;
+        let input_size = spec
+            .input_size
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("input_size: {e}"))?;
+        let device = spec
+            .device
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("device: {e}"))?;
+        let job = PruneJob {
+            model: self.model.clone(),
+            method: spec.method(),
+            target,
+            options: spec.options.clone(),
+            training: spec.training.clone(),
+            input_size,
+            device,
+            data: self.data.clone(),
+            out: pruned_path(&self.work),
+            report: Some(report_path(&self.work)),
+            verify: true,
+        };
+        let env = PruneEnv {
+            scratch: self.work.join("scratch"),
+            archive_limits: self.archive_limits,
+            checkpoint: Some(self.checkpoint.clone()),
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume.then(|| self.checkpoint.clone()),
+        };
+        Ok((job, env))
+    }
 }
 
 /// What a worker process reports, one JSON object per line of its standard output.
@@ -55,15 +102,6 @@ pub struct RunJobArgs {
     pub request: PathBuf,
 }
 
-/// `effp prune`'s arguments, parsed the way the command line parses them, so that a
-/// job gets exactly the command's defaults.
-#[derive(Debug, Parser)]
-#[command(name = "prune")]
-struct PruneCommand {
-    #[command(flatten)]
-    args: PruneArgs,
-}
-
 /// Runs the job of `args.request`; exit status 0 when the artifacts are written,
 /// 130 when stopped by a signal (checkpoint written), 1 on failure.
 pub fn run(args: &RunJobArgs) -> anyhow::Result<u8> {
@@ -76,20 +114,17 @@ pub fn run(args: &RunJobArgs) -> anyhow::Result<u8> {
     let text = std::fs::read(&args.request)
         .with_context(|| format!("cannot read '{}'", args.request.display()))?;
     let job: JobRun = serde_json::from_slice(&text).context("the job file is not valid")?;
-    let outcome = PruneCommand::try_parse_from(prune_argv(&job))
-        .map_err(anyhow::Error::from)
-        .and_then(|command| {
-            crate::cli::prune::execute(&command.args, &stop, &mut |r| {
-                send(&ChildMessage::Step(r.clone()));
-            })
-        });
+    let (prune, env) = job.pipeline()?;
+    std::fs::create_dir_all(&env.scratch)
+        .with_context(|| format!("cannot create '{}'", env.scratch.display()))?;
+    let outcome = pipeline::run(&prune, &env, &stop, &mut |r| {
+        send(&ChildMessage::Step(r.clone()));
+    });
     match outcome {
         Ok(_) => Ok(0),
-        Err(e) if e.downcast_ref::<crate::cli::prune::Interrupted>().is_some() => {
-            Ok(crate::cli::prune::EXIT_INTERRUPTED)
-        }
+        Err(PipelineError::Cancelled(_)) => Ok(crate::cli::prune::EXIT_INTERRUPTED),
         Err(e) => {
-            send(&ChildMessage::Error(format!("{e:#}")));
+            send(&ChildMessage::Error(e.to_string()));
             Ok(crate::cli::EXIT_FAILURE)
         }
     }
@@ -112,96 +147,4 @@ pub fn pruned_path(work: &Path) -> PathBuf {
 /// The report of a run in its work folder.
 pub fn report_path(work: &Path) -> PathBuf {
     work.join("report.json")
-}
-
-fn prune_argv(job: &JobRun) -> Vec<String> {
-    let spec = &job.spec;
-    let method = serde_json::to_value(spec.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "l1".into());
-    let t = &spec.training;
-    let criterion = match t.criterion {
-        CriterionSpec::Curvature => "curvature",
-        CriterionSpec::Taylor => "taylor",
-        CriterionSpec::Magnitude => "magnitude",
-    };
-    let mut argv: Vec<String> = vec![
-        "prune".into(),
-        job.model.display().to_string(),
-        "--method".into(),
-        method,
-        "--out".into(),
-        pruned_path(&job.work).display().to_string(),
-        "--report".into(),
-        report_path(&job.work).display().to_string(),
-        "--device".into(),
-        spec.device.clone(),
-        "--min-channels".into(),
-        spec.options.min_channels.to_string(),
-        "--round-to".into(),
-        spec.options.round_to.to_string(),
-        "--activation-cost".into(),
-        spec.options.activation_cost.to_string(),
-        "--steps".into(),
-        t.steps.to_string(),
-        "--prune-share".into(),
-        t.prune_share.to_string(),
-        "--interval".into(),
-        t.interval.to_string(),
-        "--regrow".into(),
-        t.regrow.to_string(),
-        "--criterion".into(),
-        criterion.into(),
-        "--stages".into(),
-        t.stages.to_string(),
-        "--batch".into(),
-        t.batch.to_string(),
-        "--lr".into(),
-        t.lr.to_string(),
-        "--seed".into(),
-        t.seed.to_string(),
-        "--label-weight".into(),
-        t.label_weight.to_string(),
-        "--mosaic".into(),
-        t.mosaic.to_string(),
-        "--fine-tune".into(),
-        match t.fine_tune {
-            FineTuneSpec::Compacted => "compacted",
-            FineTuneSpec::Masked => "masked",
-        }
-        .into(),
-        "--checkpoint".into(),
-        job.checkpoint.display().to_string(),
-        "--checkpoint-every".into(),
-        job.checkpoint_every.to_string(),
-    ];
-    if let Some(scope) = spec.options.scope {
-        let scope = match scope {
-            ScopeSpec::Global => "global",
-            ScopeSpec::Layer => "layer",
-        };
-        argv.extend(["--scope".into(), scope.into()]);
-    }
-    if let Some(fraction) = spec.options.min_fraction {
-        argv.extend(["--min-fraction".into(), fraction.to_string()]);
-    }
-    if job.resume {
-        argv.extend(["--resume".into(), job.checkpoint.display().to_string()]);
-    }
-    if let Some(data) = &job.data {
-        argv.extend(["--data".into(), data.display().to_string()]);
-    }
-    let target = &spec.target;
-    if let Some(r) = target.flops_ratio {
-        argv.extend(["--target-flops".into(), r.to_string()]);
-    } else if let Some(f) = target.flops {
-        argv.extend(["--target-flops".into(), f.to_string()]);
-    } else if let Some(r) = target.params_ratio {
-        argv.extend(["--target-params".into(), r.to_string()]);
-    }
-    if let Some(size) = &spec.input_size {
-        argv.extend(["--input-size".into(), size.clone()]);
-    }
-    argv
 }

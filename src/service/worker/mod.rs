@@ -3,6 +3,8 @@
 //! while it works, checkpoints training so that a restart resumes it, and stores the
 //! artifacts. A worker process that dies costs its job an attempt, not the service.
 
+use effp_engine::pipeline::PruneReport;
+use effp_protocol::JobState;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use super::api::jobs::{JobMethod, JobSpec, artifact_entry};
+use super::api::jobs::{JobSpec, artifact_entry};
 use super::store::JobRecord;
 use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
@@ -99,8 +101,10 @@ async fn run_job(state: &AppState, job: JobRecord) {
     heartbeat.abort();
     let checkpoint = checkpoint_path(state, &job.id);
     let (final_state, error, artifacts) = match outcome {
-        Ok(Outcome::Done(artifacts)) => ("succeeded", None, artifacts),
-        Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => ("cancelled", None, json!({})),
+        Ok(Outcome::Done(artifacts)) => (JobState::Succeeded, None, artifacts),
+        Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => {
+            (JobState::Cancelled, None, json!({}))
+        }
         Ok(Outcome::Stopped) => {
             tracing::info!(job = %job.id, "shutting down: the job goes back to the queue");
             if let Err(e) = state.queue.release(&job.id).await {
@@ -117,12 +121,12 @@ async fn run_job(state: &AppState, job: JobRecord) {
             }
             return;
         }
-        Ok(Outcome::Failed(message)) => ("failed", Some(message), json!({})),
+        Ok(Outcome::Failed(message)) => (JobState::Failed, Some(message), json!({})),
         Err(e) => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             tracing::error!(job = %job.id, error_id = %id, error = %format!("{e:#}"), "job failed inside the service");
             (
-                "failed",
+                JobState::Failed,
                 Some(format!(
                     "the service could not run the job (error id {id}; the server log has the details)"
                 )),
@@ -135,7 +139,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
     state
         .metrics
         .jobs_seconds
-        .with_label_values(&[method.as_str(), final_state])
+        .with_label_values(&[method.as_str(), final_state.as_str()])
         .observe(started.elapsed().as_secs_f64());
     if let Err(e) = state
         .queue
@@ -196,7 +200,7 @@ async fn execute(
     };
     let checkpoint = checkpoint_path(state, &job.id);
     let resume = tokio::fs::try_exists(&checkpoint).await.unwrap_or(false);
-    let trains = spec.method != JobMethod::L1 || (data.is_some() && spec.training.steps > 0);
+    let trains = spec.trains();
     let cpu = spec.device == "cpu";
     let run = JobRun {
         spec,
@@ -206,6 +210,7 @@ async fn execute(
         checkpoint,
         checkpoint_every: state.checkpoint_every,
         resume,
+        archive_limits: Default::default(),
     };
     let request = work.path().join("job.json");
     tokio::fs::write(&request, serde_json::to_vec(&run)?).await?;
@@ -274,25 +279,25 @@ async fn execute(
         }
         ChildExit::Died(reason) => return Ok(Outcome::Died(reason)),
     }
-    let report: serde_json::Value =
+    let report: PruneReport =
         serde_json::from_slice(&tokio::fs::read(child::report_path(work.path())).await?)?;
     let mut metrics = json!({
-        "flops_before": report["before"]["flops"],
-        "flops_after": report["after"]["flops"],
-        "params_before": report["before"]["params"],
-        "params_after": report["after"]["params"],
-        "flops_ratio": report["flops_ratio"],
-        "params_ratio": report["params_ratio"],
+        "flops_before": report.before.flops,
+        "flops_after": report.after.flops,
+        "params_before": report.before.params,
+        "params_after": report.after.params,
+        "flops_ratio": report.flops_ratio,
+        "params_ratio": report.params_ratio,
     });
-    if let Some(accuracy) = report.get("accuracy") {
-        metrics["map50_95_before"] = accuracy["before"]["map50_95"].clone();
-        metrics["map50_95_after"] = accuracy["after"]["map50_95"].clone();
-        metrics["map50_before"] = accuracy["before"]["map50"].clone();
-        metrics["map50_after"] = accuracy["after"]["map50"].clone();
+    if let Some(accuracy) = &report.accuracy {
+        metrics["map50_95_before"] = json!(accuracy.before.map50_95);
+        metrics["map50_95_after"] = json!(accuracy.after.map50_95);
+        metrics["map50_before"] = json!(accuracy.before.map50);
+        metrics["map50_after"] = json!(accuracy.after.map50);
     }
-    if let Some(training) = report.get("training") {
-        metrics["steps"] = training["steps"].clone();
-        metrics["resumed_from_step"] = training["resumed_from_step"].clone();
+    if let Some(training) = &report.training {
+        metrics["steps"] = json!(training.steps);
+        metrics["resumed_from_step"] = json!(training.resumed_from_step);
     }
     state.queue.report(&job.id, "store", 0.95, &metrics).await?;
     let mut artifacts = serde_json::Map::new();

@@ -7,7 +7,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// Limits on what an archive may unpack to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArchiveLimits {
     /// Most entries (files and folders).
     pub max_entries: usize,

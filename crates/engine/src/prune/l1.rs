@@ -7,6 +7,8 @@ use effp_graph::channels::{ChannelAnalysis, Mask, PrunableGroup};
 use effp_graph::cost::NodeCost;
 use effp_graph::ir::{Graph, NodeId, Op, ValueId};
 
+use effp_protocol::{Method, PruneOptions};
+
 use super::{PruneError, Target};
 
 /// Limits on how far any one layer may be thinned.
@@ -34,6 +36,23 @@ pub struct L1Options {
 }
 
 impl L1Options {
+    /// The limits a run's prune options set for `method` (checked beforehand by
+    /// [`PruneOptions::errors`]; a scope the method cannot use falls back to the
+    /// method's own).
+    pub fn new(options: &PruneOptions, method: Method) -> Self {
+        Self {
+            min_channels: options.min_channels as usize,
+            min_fraction: options.min_fraction_for(method),
+            round_to: options.round_to as usize,
+            cost_exponent: options.cost_exponent,
+            activation_cost: options.activation_cost,
+            scope: method
+                .scope(options.scope)
+                .or_else(|_| method.scope(None))
+                .unwrap_or_default(),
+        }
+    }
+
     /// The channels feature map `v` keeps at least.
     pub(crate) fn floor(&self, analysis: &ChannelAnalysis, v: ValueId) -> usize {
         let n = analysis.channels(v).unwrap_or(1);
@@ -70,19 +89,7 @@ impl Default for L1Options {
     }
 }
 
-/// Where the groups a pruning step removes compete with each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Across the whole network, by importance per MAC: layers end up thinned by
-    /// different amounts.
-    #[default]
-    Global,
-    /// Within each layer: every layer loses the same share of its channels (the
-    /// least important first), the share chosen so that the target holds. This is
-    /// Torch-Pruning's default and Li et al.'s recipe.
-    Layer,
-}
+pub use effp_protocol::Scope;
 
 /// Chooses groups to switch off: importance = L2 norm of each producer filter,
 /// normalised by the largest in its layer and averaged over the group's producers,

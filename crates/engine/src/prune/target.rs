@@ -1,6 +1,7 @@
 //! What a user asks pruning to reach.
 
 use effp_graph::cost::NodeCost;
+use effp_protocol::TargetSpec;
 
 /// A pruning target.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,6 +15,25 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target a job request names, if it names exactly one.
+    pub fn from_spec(spec: &TargetSpec) -> Option<Target> {
+        match (spec.flops_ratio, spec.flops, spec.params_ratio) {
+            (Some(r), None, None) => Some(Target::FlopsRatio(r)),
+            (None, Some(f), None) => Some(Target::Flops(f)),
+            (None, None, Some(r)) => Some(Target::ParamsRatio(r)),
+            _ => None,
+        }
+    }
+
+    /// The target as a job request spells it.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Target::FlopsRatio(r) => serde_json::json!({ "flops_ratio": r }),
+            Target::Flops(f) => serde_json::json!({ "flops": f }),
+            Target::ParamsRatio(r) => serde_json::json!({ "params_ratio": r }),
+        }
+    }
+
     /// Whether a cost meets the target, given the original cost.
     pub fn is_met(&self, original: NodeCost, now: NodeCost) -> bool {
         match *self {

@@ -4,7 +4,7 @@ mod device;
 mod gates;
 mod ops;
 
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, resolve_device};
 pub use gates::GateMap;
 
 use effp_graph::channels::ChannelAnalysis;

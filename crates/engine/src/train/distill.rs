@@ -5,16 +5,7 @@ use effp_graph::channels::ChannelAnalysis;
 use effp_graph::ir::{Graph, Op, ValueId};
 use tch::{Kind, Tensor};
 
-/// Which tensors the student is taught to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Distill {
-    /// The graph's outputs only.
-    Outputs,
-    /// The graph's outputs and the raw outputs of the prediction layers (the last
-    /// convolutions of the head, before any decoding squashes or rescales them).
-    #[default]
-    Heads,
-}
+pub use effp_protocol::Distill;
 
 /// The prediction layers' outputs: values made by a convolution or Gemm that reads
 /// prunable channels but whose own channels cannot be pruned (they are what the

@@ -29,64 +29,11 @@ use crate::error::EngineError;
 use crate::prune::{L1Options, Target};
 use crate::runtime::Network;
 use crate::verify::Equivalence;
+use effp_protocol::TrainingSpec;
 
-/// How the mask is chosen and moved during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Gradual pruning on a cubic budget with regrowing of switched-off groups.
-    Effp,
-    /// One-shot magnitude pruning before training, then fine-tuning.
-    L1,
-    /// Soft filter pruning: the weakest filters are zeroed but keep training, and are
-    /// chosen again every epoch; the last choice is kept for fine-tuning.
-    Sfp,
-    /// Hard pruning in a few stages, each followed by fine-tuning; nothing comes back.
-    Progressive,
-    /// A random mask of the target's size before training, then fine-tuning.
-    Random,
-    /// The practitioners' recipe (Torch-Pruning's default): the same share of every
-    /// layer by group L2 norm (producer filters and consumer columns), in a few
-    /// stages with fine-tuning between and after; nothing comes back.
-    Uniform,
-}
-
-/// The share of its channels every feature map keeps under EFFP unless told
-/// otherwise: ranked across the whole network, EFFP otherwise empties whole layers of a
-/// converged detector at low targets (docs/benchmarks.md).
-pub const EFFP_MIN_FRACTION: f64 = 0.25;
-
-impl Method {
-    /// The method's own floor on the share of channels a feature map keeps.
-    pub fn default_min_fraction(self) -> f64 {
-        match self {
-            Method::Effp => EFFP_MIN_FRACTION,
-            _ => 0.0,
-        }
-    }
-}
-
-/// How the importance of an active group is judged when pruning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Criterion {
-    /// Norm of the group's filters, relative to the largest in their layer.
-    Magnitude,
-    /// First-order Taylor estimate of the loss increase when the group's gate closes
-    /// (running mean of the squared gate gradient).
-    Taylor,
-    /// Second-order estimate of the loss increase when the gate closes: the first-order
-    /// term plus half the Gauss-Newton curvature, which is informative even while the
-    /// student still equals the teacher and every gradient is zero.
-    #[default]
-    Curvature,
-}
-
-/// How much the labelled detection loss weighs beside the distillation loss unless
-/// told otherwise (per image). On the fixture detector at 0.5 FLOPs and 1000 steps,
-/// EFFP kept 0.459 mAP50-95 with the labels at weight 1 against 0.424 from
-/// distillation alone (docs/benchmarks.md).
-pub const DEFAULT_LABEL_WEIGHT: f64 = 1.0;
+pub use effp_protocol::method::EFFP_MIN_FRACTION;
+pub use effp_protocol::settings::DEFAULT_LABEL_WEIGHT;
+pub use effp_protocol::{Criterion, FineTune, Method};
 
 /// The settings of a training run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -130,39 +77,38 @@ pub struct TrainOptions {
     pub fine_tune: FineTune,
 }
 
-/// What the steps after the pruning phase train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FineTune {
-    /// The student with its switched-off groups removed (weights and optimiser state
-    /// sliced alike): the same steps on a network of the target's size, so faster.
-    #[default]
-    Compacted,
-    /// The full-size student with its gates closed, as in the pruning phase.
-    Masked,
+impl TrainOptions {
+    /// The engine's settings for `method` from a run's training settings and the
+    /// per-layer limits of its pruning steps.
+    pub fn new(method: Method, spec: &TrainingSpec, limits: L1Options) -> Self {
+        Self {
+            method,
+            steps: spec.steps as usize,
+            prune_share: spec.prune_share,
+            interval: spec.interval as usize,
+            regrow: spec.regrow,
+            criterion: spec.criterion,
+            stages: spec.stages as usize,
+            distill: spec.distill,
+            lr: spec.lr,
+            weight_decay: 5e-4,
+            warmup: 10,
+            batch: spec.batch as usize,
+            seed: spec.seed,
+            augment: Some(Augment {
+                mosaic: spec.mosaic,
+                ..Augment::default()
+            }),
+            limits,
+            label_weight: spec.label_weight,
+            fine_tune: spec.fine_tune,
+        }
+    }
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self {
-            method: Method::Effp,
-            steps: 300,
-            prune_share: 0.7,
-            interval: 5,
-            regrow: 0.3,
-            criterion: Criterion::default(),
-            stages: 4,
-            distill: Distill::default(),
-            lr: 1e-3,
-            weight_decay: 5e-4,
-            warmup: 10,
-            batch: 8,
-            seed: 0,
-            augment: Some(Augment::default()),
-            limits: L1Options::default(),
-            label_weight: DEFAULT_LABEL_WEIGHT,
-            fine_tune: FineTune::default(),
-        }
+        Self::new(Method::Effp, &TrainingSpec::default(), L1Options::default())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Physical removal of switched-off groups: a smaller model computing what the masked
 //! one computes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChannelAnalysis, Mask};
 use crate::error::Result;
@@ -9,7 +9,7 @@ use crate::ir::{Model, Node, NodeId, Op, Tensor, Value, ValueId};
 use crate::shape::{infer_shapes, inferred_input_size};
 
 /// How one weighted node changed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerChange {
     /// The node's name.
     pub node: String,
@@ -30,7 +30,7 @@ pub struct LayerChange {
 }
 
 /// What compaction did, node by node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactionReport {
     /// Groups removed.
     pub groups_removed: usize,

@@ -35,9 +35,7 @@ pub struct Augment {
     pub close_mosaic: f64,
 }
 
-/// The default mosaic probability, shared by the CLI, the API and the engine (off:
-/// see [`Augment`]; Ultralytics' trainer uses 1).
-pub const DEFAULT_MOSAIC: f64 = 0.0;
+pub use effp_protocol::settings::DEFAULT_MOSAIC;
 
 impl Default for Augment {
     fn default() -> Self {

@@ -1,0 +1,21 @@
+//! effp's job contract, one definition shared by every process: the pruning
+//! methods and their settings with their one set of defaults and range checks, the
+//! job request the API accepts and the worker runs, the device a job asks for and
+//! the states a job goes through.
+//! CLI flags (feature `cli`) and the OpenAPI schemas (feature `openapi`) are derived
+//! from these types, so a setting cannot mean one thing on the command line and
+//! another in a job.
+
+pub mod device;
+pub mod field;
+pub mod job;
+pub mod method;
+pub mod settings;
+pub mod state;
+
+pub use device::DeviceChoice;
+pub use field::FieldError;
+pub use job::{JobSpec, TargetSpec};
+pub use method::{Criterion, Distill, FineTune, Method, Scope};
+pub use settings::{PruneOptions, TrainingSpec};
+pub use state::JobState;

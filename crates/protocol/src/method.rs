@@ -1,0 +1,180 @@
+//! The pruning methods and the choices that shape how they prune and train.
+
+use serde::{Deserialize, Serialize};
+
+/// A pruning method: how channel groups are chosen, and whether the network trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// One-shot: remove the filters with the smallest L2 norm per FLOP; with
+    /// training data, then fine-tune.
+    L1,
+    /// Masked training with gradual pruning and regrowing (needs training data).
+    Effp,
+    /// Soft filter pruning: zero the weakest filters, keep training them, choose
+    /// again every epoch (needs training data).
+    Sfp,
+    /// Hard pruning in stages with fine-tuning between them (needs training data).
+    Progressive,
+    /// A random mask of the target's size, then fine-tuning (needs training data).
+    Random,
+    /// Torch-Pruning's recipe: the same share of every layer by group L2 norm, in
+    /// stages with fine-tuning between them (needs training data).
+    Uniform,
+}
+
+/// The share of its channels every feature map keeps under EFFP unless told
+/// otherwise: ranked across the whole network, EFFP otherwise empties whole layers
+/// of a converged detector at low targets (docs/benchmarks.md).
+pub const EFFP_MIN_FRACTION: f64 = 0.25;
+
+impl Method {
+    /// Every method, in the order they are documented.
+    pub const ALL: [Method; 6] = [
+        Method::L1,
+        Method::Effp,
+        Method::Sfp,
+        Method::Progressive,
+        Method::Random,
+        Method::Uniform,
+    ];
+
+    /// The method's name, as requests and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::L1 => "l1",
+            Method::Effp => "effp",
+            Method::Sfp => "sfp",
+            Method::Progressive => "progressive",
+            Method::Random => "random",
+            Method::Uniform => "uniform",
+        }
+    }
+
+    /// The method used when none is named: EFFP when there are images to train on,
+    /// one-shot L1 when there are none.
+    pub fn default_for(has_data: bool) -> Method {
+        if has_data { Method::Effp } else { Method::L1 }
+    }
+
+    /// Whether the method cannot run without training images.
+    pub fn needs_data(self) -> bool {
+        self != Method::L1
+    }
+
+    /// The method's own floor on the share of channels a feature map keeps.
+    pub fn default_min_fraction(self) -> f64 {
+        match self {
+            Method::Effp => EFFP_MIN_FRACTION,
+            _ => 0.0,
+        }
+    }
+
+    /// Where the method's removed groups compete when the request does not say, or
+    /// why the requested scope does not fit the method.
+    pub fn scope(self, asked: Option<Scope>) -> Result<Scope, String> {
+        match (self, asked) {
+            (Method::Uniform, Some(Scope::Global)) => Err(
+                "global does not fit method uniform, which prunes the same share of every \
+                 layer: leave the scope out, or use method progressive with scope global"
+                    .into(),
+            ),
+            (Method::Uniform, _) => Ok(Scope::Layer),
+            (_, asked) => Ok(asked.unwrap_or_default()),
+        }
+    }
+}
+
+/// Where the groups a pruning step removes compete with each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Across the whole network, by importance per MAC: layers end up thinned by
+    /// different amounts.
+    #[default]
+    Global,
+    /// Within each layer: every layer loses the same share of its channels (the
+    /// least important first), the share chosen so that the target holds
+    /// (Torch-Pruning's default and Li et al.'s recipe).
+    Layer,
+}
+
+/// How the importance of an active group is judged when EFFP prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// Second-order estimate of the loss increase when the group's gate closes (gate
+    /// gradients and Gauss-Newton curvature), informative even while the student
+    /// still equals the teacher.
+    #[default]
+    Curvature,
+    /// First-order Taylor estimate of the loss increase (squared gate gradients).
+    Taylor,
+    /// Filter norm relative to the largest in the layer.
+    Magnitude,
+}
+
+impl Criterion {
+    /// The criterion's name, as requests and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Criterion::Curvature => "curvature",
+            Criterion::Taylor => "taylor",
+            Criterion::Magnitude => "magnitude",
+        }
+    }
+}
+
+/// What the steps after the pruning phase train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FineTune {
+    /// The network with its switched-off groups removed (weights and optimiser
+    /// state sliced alike): the same steps on a smaller network, so faster.
+    #[default]
+    Compacted,
+    /// The full-size network with its gates closed, as in the pruning phase.
+    Masked,
+}
+
+impl FineTune {
+    /// The mode's name, as requests and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FineTune::Compacted => "compacted",
+            FineTune::Masked => "masked",
+        }
+    }
+}
+
+/// Which tensors the pruned student is taught to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Distill {
+    /// The outputs and the raw outputs of the prediction layers (the last
+    /// convolutions of the head, before decoding squashes or rescales them).
+    #[default]
+    Heads,
+    /// The graph's outputs only.
+    Outputs,
+}
+
+impl Distill {
+    /// The choice's name, as requests and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distill::Heads => "heads",
+            Distill::Outputs => "outputs",
+        }
+    }
+}
