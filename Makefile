@@ -37,6 +37,7 @@ test: venv fixtures ## Run every test
 lint: venv ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --no-default-features --bin effp --quiet --target-dir target/api-only -- -D warnings
 
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)
 	@scripts/bootstrap-python.sh

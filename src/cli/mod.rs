@@ -1,9 +1,13 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
+#[cfg(feature = "engine")]
 mod bench;
-mod data;
+#[cfg(feature = "engine")]
+mod eval;
 mod inspect;
+#[cfg(feature = "engine")]
 pub(crate) mod prune;
+mod synth;
 mod table;
 
 use std::process::ExitCode;
@@ -14,6 +18,12 @@ use clap::{Parser, Subcommand};
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status when the model was read but uses ops effp does not support.
 pub const EXIT_UNSUPPORTED: u8 = 3;
+/// Exit status of a command this build leaves out (the API-only build has no engine).
+#[cfg(not(feature = "engine"))]
+pub const EXIT_UNAVAILABLE: u8 = 2;
+/// Exit status of a run stopped with Ctrl-C or SIGTERM (after saving its checkpoint).
+#[cfg(feature = "engine")]
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// effp: pruning-as-a-service for object detectors.
 #[derive(Debug, Parser)]
@@ -23,25 +33,61 @@ struct Cli {
     command: Command,
 }
 
+/// The arguments of a command this build leaves out: accepted whatever they are, so
+/// that the command can say why it cannot run.
+#[cfg(not(feature = "engine"))]
+#[derive(Debug, clap::Args)]
+struct Unavailable {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+/// Refuses a command this build leaves out, saying what to use instead.
+#[cfg(not(feature = "engine"))]
+fn unavailable(command: &str) -> anyhow::Result<u8> {
+    eprintln!(
+        "error: effp {command} needs the engine (libtorch), which this API-only build leaves \
+         out (built with --no-default-features); use the full build of effp"
+    );
+    Ok(EXIT_UNAVAILABLE)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show a model's layers, shapes, parameters and FLOPs.
     Inspect(inspect::InspectArgs),
     /// Remove channel groups until a FLOPs or parameter target holds; write the smaller ONNX.
+    #[cfg(feature = "engine")]
     Prune(Box<prune::PruneArgs>),
+    /// Remove channel groups (needs the full build: this one has no engine).
+    #[cfg(not(feature = "engine"))]
+    Prune(Unavailable),
     /// Score a detector on a dataset (mAP50-95, mAP50, per class).
-    Eval(data::EvalArgs),
+    #[cfg(feature = "engine")]
+    Eval(eval::EvalArgs),
+    /// Score a detector (needs the full build: this one has no engine).
+    #[cfg(not(feature = "engine"))]
+    Eval(Unavailable),
     /// Write a synthetic detection dataset in the YOLO layout.
-    Synth(data::SynthArgs),
+    Synth(synth::SynthArgs),
     /// Benchmarks of effp's own machinery (runtime, dependency analysis).
+    #[cfg(feature = "engine")]
     Bench(bench::BenchArgs),
+    /// Benchmarks of effp's machinery (needs the full build: this one has no engine).
+    #[cfg(not(feature = "engine"))]
+    Bench(Unavailable),
     /// Run the pruning service (HTTP API) on the embedded default: SQLite and a local directory.
     Serve(Box<crate::service::ServeArgs>),
     /// Print the service's OpenAPI document (what openapi/openapi.json holds).
     Openapi,
     /// Run one job of the service (started by `effp serve` in its own process).
+    #[cfg(feature = "engine")]
     #[command(hide = true)]
-    RunJob(crate::service::worker::child::RunJobArgs),
+    RunJob(crate::service::worker::run_job::RunJobArgs),
+    /// Run one job (needs the full build: this one has no engine).
+    #[cfg(not(feature = "engine"))]
+    #[command(hide = true)]
+    RunJob(Unavailable),
     /// Check an upload (started by `effp serve` in its own process).
     #[command(hide = true)]
     CheckUpload(crate::service::checks::CheckArgs),
@@ -53,12 +99,24 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        #[cfg(feature = "engine")]
         Command::Prune(args) => prune::run(&args),
+        #[cfg(feature = "engine")]
         Command::Bench(args) => bench::run(&args),
-        Command::Eval(args) => data::eval(&args),
-        Command::Synth(args) => data::synth(&args),
+        #[cfg(feature = "engine")]
+        Command::Eval(args) => eval::eval(&args),
+        #[cfg(feature = "engine")]
+        Command::RunJob(args) => crate::service::worker::run_job::run(&args),
+        #[cfg(not(feature = "engine"))]
+        Command::Prune(_) => unavailable("prune"),
+        #[cfg(not(feature = "engine"))]
+        Command::Bench(_) => unavailable("bench"),
+        #[cfg(not(feature = "engine"))]
+        Command::Eval(_) => unavailable("eval"),
+        #[cfg(not(feature = "engine"))]
+        Command::RunJob(_) => unavailable("run-job"),
+        Command::Synth(args) => synth::synth(&args),
         Command::Serve(args) => crate::service::run(&args),
-        Command::RunJob(args) => crate::service::worker::child::run(&args),
         Command::CheckUpload(args) => crate::service::checks::run_command(&args),
         Command::Openapi => {
             println!("{}", crate::service::openapi_document());
@@ -67,9 +125,10 @@ pub fn run() -> ExitCode {
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
+        #[cfg(feature = "engine")]
         Err(err) if err.downcast_ref::<prune::Interrupted>().is_some() => {
             eprintln!("interrupted: {err:#}");
-            ExitCode::from(prune::EXIT_INTERRUPTED)
+            ExitCode::from(EXIT_INTERRUPTED)
         }
         Err(err) => {
             eprintln!("error: {err:#}");

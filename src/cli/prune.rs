@@ -209,9 +209,6 @@ fn print_summary(report: &PruneReport, args: &PruneArgs) {
     println!("wrote   {}", args.out.display());
 }
 
-/// Exit status of a run stopped with Ctrl-C (after saving its checkpoint).
-pub const EXIT_INTERRUPTED: u8 = 130;
-
 /// A run stopped by Ctrl-C; `main` turns it into exit status 130.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Jobs run at once, each in its own worker process.
     #[arg(long, env = "EFFP_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Serve the API only: run no jobs here (they wait in the queue for workers
+    /// elsewhere). The API-only build (no engine) runs only this way.
+    #[arg(long)]
+    pub no_worker: bool,
     /// API keys as tenant:key[,tenant:key…]; without keys only loopback is served.
     #[arg(
         long,
@@ -123,8 +127,23 @@ pub struct AppState {
     shutdown: tokio_util::sync::CancellationToken,
 }
 
+impl ServeArgs {
+    /// Job worker processes this service runs: none with `--no-worker`.
+    fn job_workers(&self) -> usize {
+        if self.no_worker { 0 } else { self.workers }
+    }
+}
+
 /// Runs the service until SIGTERM or Ctrl-C.
 pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
+    #[cfg(not(feature = "engine"))]
+    if !args.no_worker {
+        eprintln!(
+            "error: this API-only build (no engine) cannot run jobs: start it with \
+             `effp serve --no-worker` and run workers with the full build"
+        );
+        return Ok(crate::cli::EXIT_UNAVAILABLE);
+    }
     let keys = ApiKeys::parse(&args.api_keys).map_err(anyhow::Error::msg)?;
     if keys.is_empty() && !args.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -168,9 +187,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         scratch,
         checkpoints,
         checkpoint_every: args.checkpoint_every as usize,
-        job_memory_limit: args
-            .job_memory_limit
-            .map_or_else(|| limits::default_job_memory(args.workers), |b| b.0),
+        job_memory_limit: args.job_memory_limit.map_or_else(
+            || limits::default_job_memory(args.job_workers().max(1)),
+            |b| b.0,
+        ),
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -203,7 +223,7 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let workers: Vec<_> = (0..args.workers)
+    let workers: Vec<_> = (0..args.job_workers())
         .map(|index| tokio::spawn(worker::run(state.clone(), index)))
         .collect();
     let token = state.shutdown.clone();

@@ -24,7 +24,17 @@ impl Server {
 
     /// Starts a server on an existing data directory (a restart).
     pub fn start_in(data: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_effp"));
+        Self::start_binary(env!("CARGO_BIN_EXE_effp").as_ref(), data, extra, env)
+    }
+
+    /// Starts a server from a given effp binary (another build of it).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        data: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(binary);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .args(extra)

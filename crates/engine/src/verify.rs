@@ -2,23 +2,12 @@
 
 use effp_graph::channels::{ChannelAnalysis, Mask};
 use effp_graph::ir::Model;
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::EngineError;
 use crate::runtime::Network;
 
-/// Outcome of an equivalence check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Equivalence {
-    /// Largest difference between masked and compacted outputs, relative per output
-    /// channel ([`channel_relative_error`]), over all outputs.
-    pub max_relative_error: f64,
-    /// Samples in the random batch.
-    pub batch: i64,
-    /// Where it ran.
-    pub device: String,
-}
+pub use effp_protocol::report::Equivalence;
 
 /// How far `actual` is from `expected`, relative per channel (axis 1): the largest
 /// |actual − expected| of a channel over the largest |expected| of that channel

@@ -1,7 +1,7 @@
 //! effp's job contract, one definition shared by every process: the pruning
 //! methods and their settings with their one set of defaults and range checks, the
 //! job request the API accepts and the worker runs, the device a job asks for and
-//! the states a job goes through.
+//! the states a job goes through, and the report a pruning run writes.
 //! CLI flags (feature `cli`) and the OpenAPI schemas (feature `openapi`) are derived
 //! from these types, so a setting cannot mean one thing on the command line and
 //! another in a job.
@@ -10,6 +10,7 @@ pub mod device;
 pub mod field;
 pub mod job;
 pub mod method;
+pub mod report;
 pub mod settings;
 pub mod state;
 

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use effp_engine::data::DataError;
-use effp_engine::data::archive::{ArchiveError, ArchiveLimits};
-use effp_engine::data::dataset::Dataset;
+use effp_data::DataError;
+use effp_data::archive::{ArchiveError, ArchiveLimits};
+use effp_data::dataset::Dataset;
 use serde_json::json;
 
 use super::Refusal;
@@ -21,7 +21,7 @@ pub fn check_dataset(
     let unpacked = scratch.join("unpacked");
     std::fs::create_dir_all(&unpacked)
         .map_err(|e| Refusal::internal(format!("cannot create a scratch folder: {e}")))?;
-    let result = effp_engine::data::dataset::open(archive, &unpacked, limits);
+    let result = effp_data::dataset::open(archive, &unpacked, limits);
     let prefix = format!("{}/", unpacked.join("dataset").display());
     match result {
         Ok(dataset) => Ok(summarise(&dataset, &prefix)),

@@ -3,14 +3,14 @@
 //! while it works, checkpoints training so that a restart resumes it, and stores the
 //! artifacts. A worker process that dies costs its job an attempt, not the service.
 
-use effp_engine::pipeline::PruneReport;
 use effp_protocol::JobState;
+use effp_protocol::report::PruneReport;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use effp_engine::train::session::StepRecord;
+use effp_protocol::report::StepRecord;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,8 @@ use crate::service::limits::ByteSize;
 use child::{ChildMessage, JobRun};
 
 pub mod child;
+#[cfg(feature = "engine")]
+pub mod run_job;
 mod sanitize;
 
 use sanitize::tenant_message;

@@ -61,7 +61,7 @@ pub fn epoch(
         let mut rng = SplitMix(options.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut order: Vec<usize> = (0..samples.len()).collect();
         for i in (1..order.len()).rev() {
-            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for chunk in order.chunks(options.batch.max(1)) {
             let mosaic = epoch < options.mosaic_epochs;

@@ -4,8 +4,6 @@
 //! model against the masked one, scores both on the data and writes the model and
 //! its report.
 
-mod report;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -16,7 +14,9 @@ use effp_graph::ir::Model;
 use effp_graph::shape::InputSize;
 use effp_protocol::{DeviceChoice, FieldError, Method, PruneOptions, TrainingSpec};
 
-pub use report::{Accuracy, PRUNE_REPORT_SCHEMA, PruneReport, Scores, Totals, TrainingSummary};
+pub use effp_protocol::report::{
+    Accuracy, PRUNE_REPORT_SCHEMA, PruneReport, Scores, Totals, TrainingSummary,
+};
 
 use crate::EngineError;
 use crate::data::archive::ArchiveLimits;

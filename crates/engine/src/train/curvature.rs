@@ -115,7 +115,7 @@ fn random_signs(rng: &mut SplitMix, like: &Tensor) -> Tensor {
     let n = like.numel();
     let mut signs = Vec::with_capacity(n);
     while signs.len() < n {
-        let bits = rng.next();
+        let bits = rng.next_u64();
         let take = (n - signs.len()).min(64);
         signs.extend((0..take).map(|i| if bits >> i & 1 == 1 { 1.0f32 } else { -1.0 }));
     }

@@ -10,7 +10,7 @@ use effp_graph::channels::cost::ActiveChannels;
 use effp_graph::channels::{ChannelAnalysis, Mask, compact};
 use effp_graph::cost::NodeCost;
 use effp_graph::ir::{Model, ValueId};
-use serde::{Deserialize, Serialize};
+
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress};
@@ -32,6 +32,7 @@ use crate::verify::Equivalence;
 use effp_protocol::TrainingSpec;
 
 pub use effp_protocol::method::EFFP_MIN_FRACTION;
+pub use effp_protocol::report::{LabelUse, PhaseSeconds, StepRecord};
 pub use effp_protocol::settings::DEFAULT_LABEL_WEIGHT;
 pub use effp_protocol::{Criterion, FineTune, Method};
 
@@ -112,30 +113,6 @@ impl Default for TrainOptions {
     }
 }
 
-/// One step of the training curve.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StepRecord {
-    /// Step number (0-based).
-    pub step: usize,
-    /// Distillation loss.
-    pub loss: f64,
-    /// FLOPs of the masked network over the original's.
-    pub flops_ratio: f64,
-    /// Budget at this step, as a fraction of the original (FLOPs or parameters, as
-    /// the target says).
-    pub budget: f64,
-    /// Groups switched on.
-    pub active_groups: usize,
-    /// Groups revived so far.
-    pub regrown: usize,
-    /// Groups switched off so far (counting every switch-off).
-    pub pruned: usize,
-    /// YOLOv8's detection loss per image on the step's labels, when it trained on
-    /// them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detection_loss: Option<f64>,
-}
-
 /// Where and when a run saves its state, and how it is told to stop.
 #[derive(Debug, Default)]
 pub struct Control<'a> {
@@ -167,15 +144,6 @@ pub struct TrainRun {
     pub compacted: Option<Equivalence>,
     /// Wall time of each phase in this process (a resumed run counts its own part).
     pub seconds: PhaseSeconds,
-}
-
-/// Wall time of a run's phases.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct PhaseSeconds {
-    /// Steps in which the mask could change.
-    pub pruning: f64,
-    /// Steps that trained the final mask.
-    pub fine_tuning: f64,
 }
 
 /// The fine-tuning phase's network when it is compacted.
@@ -220,19 +188,6 @@ fn compact_student(
     let mut next = AdamW::new(params, weight_decay);
     next.set_state(slice(&m)?, slice(&v)?, optimizer.steps());
     Ok((Compacted { net, equivalence }, next))
-}
-
-/// Whether a run learnt from the images' labels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "used")]
-pub enum LabelUse {
-    /// YOLOv8's detection loss on the labels, beside distillation.
-    Yes,
-    /// Distillation only: why.
-    No {
-        /// Why the labels were not used.
-        reason: String,
-    },
 }
 
 /// Whether (and with which head) a run can learn from labels.

@@ -1,11 +1,10 @@
-//! `effp synth` and `effp eval`: making and scoring detection datasets.
+//! `effp eval`: scoring a detector on a dataset.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use effp_engine::data::archive::ArchiveLimits;
-use effp_engine::data::synth::{SynthOptions, generate};
 use effp_engine::eval::decode::{Layout, NmsOptions};
 use effp_engine::eval::run::{EvalOptions, evaluate_network};
 use effp_engine::runtime::{DeviceChoice, Network};
@@ -13,37 +12,6 @@ use effp_graph::shape::InputSize;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::table::new_table;
-
-/// Arguments of `effp synth`.
-#[derive(Debug, Args)]
-pub struct SynthArgs {
-    /// Folder to write the dataset to (YOLO layout).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Number of images (80% train, 20% val).
-    #[arg(long, default_value_t = 200)]
-    pub images: usize,
-    /// Seed; the same seed gives the same dataset.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Image size in pixels (square).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(32..=4096))]
-    pub imgsz: u32,
-}
-
-/// Runs `effp synth`.
-pub fn synth(args: &SynthArgs) -> anyhow::Result<u8> {
-    generate(
-        &args.out,
-        SynthOptions {
-            images: args.images,
-            seed: args.seed,
-            imgsz: args.imgsz,
-        },
-    )?;
-    println!("wrote {} images to {}", args.images, args.out.display());
-    Ok(0)
-}
 
 /// Arguments of `effp eval`.
 #[derive(Debug, Args)]

@@ -1,11 +1,11 @@
-//! The JSON report of a pruning run (`effp.prune-report/v1`).
+//! The JSON report of a pruning run (`effp.prune-report/v1`): what the CLI writes,
+//! what a job's `report.json` artifact holds and what the service reads its metrics
+//! from.
 
 use effp_graph::channels::CompactionReport;
-use effp_protocol::{Criterion, Distill, FineTune, Method, Scope};
 use serde::{Deserialize, Serialize};
 
-use crate::train::session::{LabelUse, PhaseSeconds, StepRecord};
-use crate::verify::Equivalence;
+use crate::method::{Criterion, Distill, FineTune, Method, Scope};
 
 /// Identifier of the report layout.
 pub const PRUNE_REPORT_SCHEMA: &str = "effp.prune-report/v1";
@@ -128,4 +128,62 @@ pub struct TrainingSummary {
     /// Wall time of the pruning and the fine-tuning phase (of this process, when
     /// resumed).
     pub seconds: PhaseSeconds,
+}
+
+/// One step of the training curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    /// Step number (0-based).
+    pub step: usize,
+    /// Distillation loss.
+    pub loss: f64,
+    /// FLOPs of the masked network over the original's.
+    pub flops_ratio: f64,
+    /// Budget at this step, as a fraction of the original (FLOPs or parameters, as
+    /// the target says).
+    pub budget: f64,
+    /// Groups switched on.
+    pub active_groups: usize,
+    /// Groups revived so far.
+    pub regrown: usize,
+    /// Groups switched off so far (counting every switch-off).
+    pub pruned: usize,
+    /// YOLOv8's detection loss per image on the step's labels, when it trained on
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_loss: Option<f64>,
+}
+
+/// Wall time of a run's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Steps in which the mask could change.
+    pub pruning: f64,
+    /// Steps that trained the final mask.
+    pub fine_tuning: f64,
+}
+
+/// Whether a run learnt from the images' labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "used")]
+pub enum LabelUse {
+    /// YOLOv8's detection loss on the labels, beside distillation.
+    Yes,
+    /// Distillation only: why.
+    No {
+        /// Why the labels were not used.
+        reason: String,
+    },
+}
+
+/// Outcome of an equivalence check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Equivalence {
+    /// Largest difference between masked and compacted outputs, relative per output
+    /// channel ([`channel_relative_error`]), over all outputs.
+    pub max_relative_error: f64,
+    /// Samples in the random batch.
+    pub batch: i64,
+    /// Where it ran.
+    pub device: String,
 }
