@@ -52,10 +52,12 @@ soak: venv fixtures ## Long run of the model-mutation property test (PROPTEST_CA
 	@fixtures=$(FIXTURES); EFFP_FIXTURES="$$fixtures" PROPTEST_CASES=$${PROPTEST_CASES:-200000} \
 	  cargo test --release -p effp-graph --test mutation -- --nocapture
 
-bench-inspect: venv ## Benchmark `effp inspect` time and peak memory (yolov8n, yolov8x)
+bench-inspect: venv ## Benchmark `effp inspect` time and peak memory (yolov8n, yolov8x), start-up and idle memory, full and API-only builds
 	@cargo build --release --quiet --bin effp
+	@cargo build --release --quiet --no-default-features --bin effp --target-dir target/api-only
 	@fixtures=$$($(PYTHON_ENV) tests/fixtures/make_fixtures.py --cache "$(EFFP_CACHE)" --bench | tail -n 1); \
-	  $(PYTHON_ENV) scripts/bench_inspect.py --effp "$(EFFP_BIN)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/inspect.json"
+	  $(PYTHON_ENV) scripts/bench_inspect.py --effp "$(EFFP_BIN)" --effp-api-only target/api-only/release/effp \
+	    --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/inspect.json"
 
 bench-venv: venv
 	@$(PYTHON_ENV) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-bench.txt -c scripts/constraints.txt

@@ -4,19 +4,16 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-
-use super::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
+use super::extract::Query;
+use super::resource;
+use super::shared::{FileBytes, Page, UploadForm, UploadQuery};
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
 use crate::service::store::DatasetRecord;
-
-use super::models::{Page, UploadQuery, refuse_if_in_use, release_object};
-use super::upload::{Received, answer_existing, created, discard, receive};
-use crate::service::checks::Upload;
 
 /// A page of datasets.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -36,8 +33,8 @@ pub struct DatasetList {
 #[utoipa::path(post, path = "/v1/datasets", operation_id = "upload_dataset", tag = "datasets",
     params(("name" = Option<String>, Query, description = "Name to show (default: the multipart file name, else dataset)", min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body(description = "The archive", content(
-        (inline(super::models::FileBytes) = "application/octet-stream"),
-        (super::models::UploadForm = "multipart/form-data"),
+        (inline(FileBytes) = "application/octet-stream"),
+        (UploadForm = "multipart/form-data"),
     )),
     responses(
         (status = 201, description = "Stored and checked", body = DatasetRecord),
@@ -56,35 +53,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let Received { object, name } =
-        receive(&state, &tenant, &headers, body, query.name, "dataset").await?;
-    let known = state.jobs.dataset_by_hash(&tenant, &object.sha256).await;
-    if let Some(answer) = answer_existing(&state, &object, known).await {
-        return answer;
-    }
-    let summary = match crate::service::checks::check(&state, Upload::Dataset, &object.sha256).await
-    {
-        Ok(summary) => summary,
-        Err(problem) => {
-            discard(&state, &object).await;
-            return Err(problem);
-        }
-    };
-    let record = DatasetRecord {
-        id: format!("ds_{}", uuid::Uuid::new_v4().simple()),
-        tenant,
-        name,
-        sha256: object.sha256.clone(),
-        size: object.size,
-        created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        summary,
-    };
-    // The same file may have arrived twice at once: one record, one reference.
-    let inserted = state.jobs.insert_dataset(&record).await;
-    if let Some(answer) = answer_existing(&state, &object, inserted).await {
-        return answer;
-    }
-    Ok(created(format!("/v1/datasets/{}", record.id), &record))
+    resource::upload::<DatasetRecord>(&state, tenant, query.name, &headers, body).await
 }
 
 /// `GET /v1/datasets`: the tenant's datasets, newest first.
@@ -100,14 +69,9 @@ pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Query(page): Query<Page>,
-) -> Result<Json<DatasetList>, Problem> {
+) -> Result<Json<serde_json::Value>, Problem> {
     let (limit, offset) = page.checked()?;
-    let items = state.jobs.datasets(&tenant, limit, offset).await?;
-    Ok(Json(DatasetList {
-        items,
-        limit,
-        offset,
-    }))
+    resource::list::<DatasetRecord>(&state, &tenant, limit, offset).await
 }
 
 /// `GET /v1/datasets/{id}`.
@@ -124,12 +88,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<DatasetRecord>, Problem> {
-    state
-        .jobs
-        .dataset(&tenant, &id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Problem::not_found("dataset", &id))
+    resource::show(&state, &tenant, &id).await.map(Json)
 }
 
 /// `DELETE /v1/datasets/{id}`: the record, and the archive when nothing else uses it.
@@ -147,12 +106,5 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    refuse_if_in_use(&state, &tenant, "dataset", &id).await?;
-    let dataset = state
-        .jobs
-        .delete_dataset(&tenant, &id)
-        .await?
-        .ok_or_else(|| Problem::not_found("dataset", &id))?;
-    release_object(&state, &dataset.sha256).await?;
-    Ok(StatusCode::NO_CONTENT)
+    resource::delete::<DatasetRecord>(&state, &tenant, &id).await
 }

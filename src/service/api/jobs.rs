@@ -223,7 +223,7 @@ pub async fn list(
     Tenant(tenant): Tenant,
     Query(q): Query<JobQuery>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let page = super::models::Page {
+    let page = super::shared::Page {
         limit: q.limit,
         offset: q.offset,
     }
@@ -334,7 +334,7 @@ pub async fn artifacts(
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", operation_id = "download_artifact", tag = "jobs",
     params(("id" = String, Path), ("name" = String, Path, description = "pruned.onnx or report.json")),
     responses(
-        (status = 200, description = "The file; ETag is its SHA-256", content_type = "application/octet-stream", body = inline(super::models::FileBytes)),
+        (status = 200, description = "The file; ETag is its SHA-256", content_type = "application/octet-stream", body = inline(super::shared::FileBytes)),
         (status = 304, description = "If-None-Match matched"),
         (status = 401, description = "Missing or wrong API key", content_type = "application/problem+json", body = crate::service::problem::Problem),
         (status = 404, description = "No such job or artifact for this tenant", content_type = "application/problem+json", body = crate::service::problem::Problem),
@@ -357,7 +357,7 @@ pub async fn artifact(
     } else {
         "application/octet-stream"
     };
-    super::models::stream_object(&state, &sha, size, &name, content_type, &headers).await
+    super::shared::stream_object(&state, &sha, size, &name, content_type, &headers).await
 }
 
 /// What the worker writes for a job's artifact list.

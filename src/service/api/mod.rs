@@ -8,6 +8,8 @@ mod health;
 pub mod jobs;
 mod models;
 pub mod openapi;
+mod resource;
+mod shared;
 mod upload;
 
 use axum::Router;

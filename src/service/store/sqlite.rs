@@ -245,65 +245,155 @@ impl SqliteStore {
     }
 }
 
-fn model_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModelRecord> {
-    let inspect: String = row.get(6)?;
-    Ok(ModelRecord {
-        id: row.get(0)?,
-        tenant: row.get(1)?,
-        name: row.get(2)?,
-        sha256: row.get(3)?,
-        size: row.get::<_, i64>(4)? as u64,
-        created_at: row.get(5)?,
-        inspect: serde_json::from_str(&inspect).unwrap_or(serde_json::Value::Null),
-    })
+/// A record of an uploaded file (models, datasets): one table each, the same
+/// columns but the last, which holds what checking the upload found.
+trait UploadRow: Clone + Send + 'static {
+    /// The table.
+    const TABLE: &'static str;
+    /// Its columns, in the order of [`Self::from_row`] and [`Self::fields`].
+    const COLUMNS: &'static str;
+    /// The record of a row.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    /// Id, tenant, name, SHA-256, size, creation time and the check's findings.
+    fn fields(&self) -> (&str, &str, &str, &str, u64, &str, &serde_json::Value);
 }
 
-const MODEL_COLUMNS: &str = "id, tenant, name, sha256, size, created_at, inspect";
-
-fn dataset_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
-    Ok(DatasetRecord {
-        id: row.get(0)?,
-        tenant: row.get(1)?,
-        name: row.get(2)?,
-        sha256: row.get(3)?,
-        size: row.get::<_, i64>(4)? as u64,
-        created_at: row.get(5)?,
-        summary: json_column(row, 6)?,
-    })
+/// The record of an uploaded file from a row of [`UploadRow::COLUMNS`], the last
+/// column through `finish`.
+fn upload_row<T>(
+    row: &rusqlite::Row<'_>,
+    finish: impl FnOnce([String; 5], u64, serde_json::Value) -> T,
+) -> rusqlite::Result<T> {
+    let text = |i: usize| row.get::<_, String>(i);
+    Ok(finish(
+        [text(0)?, text(1)?, text(2)?, text(3)?, text(5)?],
+        row.get::<_, i64>(4)? as u64,
+        json_column(row, 6)?,
+    ))
 }
 
-const DATASET_COLUMNS: &str = "id, tenant, name, sha256, size, created_at, summary";
+/// Implements [`UploadRow`] for a record type: its table and the column (and
+/// field) holding what checking the upload found.
+macro_rules! upload_row {
+    ($record:ident, $table:literal, $found:ident) => {
+        impl UploadRow for $record {
+            const TABLE: &'static str = $table;
+            const COLUMNS: &'static str = concat!(
+                "id, tenant, name, sha256, size, created_at, ",
+                stringify!($found)
+            );
+            fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                upload_row(
+                    row,
+                    |[id, tenant, name, sha256, created_at], size, $found| $record {
+                        id,
+                        tenant,
+                        name,
+                        sha256,
+                        size,
+                        created_at,
+                        $found,
+                    },
+                )
+            }
+            fn fields(&self) -> (&str, &str, &str, &str, u64, &str, &serde_json::Value) {
+                (
+                    &self.id,
+                    &self.tenant,
+                    &self.name,
+                    &self.sha256,
+                    self.size,
+                    &self.created_at,
+                    &self.$found,
+                )
+            }
+        }
+    };
+}
 
-#[async_trait::async_trait]
-impl JobStore for SqliteStore {
-    async fn insert_model(&self, m: &ModelRecord) -> Result<Option<ModelRecord>, StoreError> {
-        let m = m.clone();
+upload_row!(ModelRecord, "models", inspect);
+upload_row!(DatasetRecord, "datasets", summary);
+
+impl SqliteStore {
+    /// Records an upload unless the tenant has the same content; then returns that.
+    async fn insert_upload<R: UploadRow>(&self, record: &R) -> Result<Option<R>, StoreError> {
+        let record = record.clone();
         self.with(move |c| {
+            let (id, tenant, name, sha256, size, created_at, found) = record.fields();
             let inserted = c.execute(
-                &format!("INSERT INTO models ({MODEL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING"),
-                params![m.id, m.tenant, m.name, m.sha256, m.size as i64, m.created_at, m.inspect.to_string()],
+                &format!(
+                    "INSERT INTO {} ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    R::TABLE,
+                    R::COLUMNS
+                ),
+                params![id, tenant, name, sha256, size as i64, created_at, found.to_string()],
             )?;
             if inserted == 1 {
                 return Ok(None);
             }
             c.query_row(
-                &format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND sha256 = ?2"),
-                params![m.tenant, m.sha256],
-                model_row,
+                &format!("SELECT {} FROM {} WHERE tenant = ?1 AND sha256 = ?2", R::COLUMNS, R::TABLE),
+                params![tenant, sha256],
+                R::from_row,
             )
             .optional()
         })
         .await
     }
 
-    async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError> {
+    /// A tenant's upload whose `column` (id or sha256) is `value`.
+    async fn upload_by<R: UploadRow>(
+        &self,
+        column: &'static str,
+        tenant: &str,
+        value: &str,
+    ) -> Result<Option<R>, StoreError> {
         self.find(
-            format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND id = ?2"),
+            format!(
+                "SELECT {} FROM {} WHERE tenant = ?1 AND {column} = ?2",
+                R::COLUMNS,
+                R::TABLE
+            ),
             tenant,
-            id,
-            model_row,
+            value,
+            R::from_row,
         )
         .await
+    }
+
+    /// A tenant's uploads, newest first.
+    async fn uploads<R: UploadRow>(
+        &self,
+        tenant: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<R>, StoreError> {
+        self.page(R::TABLE, R::COLUMNS, tenant, (limit, offset), R::from_row)
+            .await
+    }
+
+    /// Deletes a tenant's upload record; returns it.
+    async fn delete_upload<R: UploadRow>(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<R>, StoreError> {
+        let existing = self.upload_by::<R>("id", tenant, id).await?;
+        if existing.is_some() {
+            self.delete_row(R::TABLE, tenant, id).await?;
+        }
+        Ok(existing)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_model(&self, m: &ModelRecord) -> Result<Option<ModelRecord>, StoreError> {
+        self.insert_upload(m).await
+    }
+
+    async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError> {
+        self.upload_by("id", tenant, id).await
     }
 
     async fn model_by_hash(
@@ -311,13 +401,7 @@ impl JobStore for SqliteStore {
         tenant: &str,
         sha256: &str,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        self.find(
-            format!("SELECT {MODEL_COLUMNS} FROM models WHERE tenant = ?1 AND sha256 = ?2"),
-            tenant,
-            sha256,
-            model_row,
-        )
-        .await
+        self.upload_by("sha256", tenant, sha256).await
     }
 
     async fn models(
@@ -326,8 +410,7 @@ impl JobStore for SqliteStore {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<ModelRecord>, StoreError> {
-        self.page("models", MODEL_COLUMNS, tenant, (limit, offset), model_row)
-            .await
+        self.uploads(tenant, limit, offset).await
     }
 
     async fn delete_model(
@@ -335,51 +418,15 @@ impl JobStore for SqliteStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        let existing = self.model(tenant, id).await?;
-        if existing.is_some() {
-            self.delete_row("models", tenant, id).await?;
-        }
-        Ok(existing)
+        self.delete_upload(tenant, id).await
     }
 
     async fn insert_dataset(&self, d: &DatasetRecord) -> Result<Option<DatasetRecord>, StoreError> {
-        let d = d.clone();
-        self.with(move |c| {
-            let inserted = c.execute(
-                &format!(
-                    "INSERT INTO datasets ({DATASET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING"
-                ),
-                params![
-                    d.id,
-                    d.tenant,
-                    d.name,
-                    d.sha256,
-                    d.size as i64,
-                    d.created_at,
-                    d.summary.to_string()
-                ],
-            )?;
-            if inserted == 1 {
-                return Ok(None);
-            }
-            c.query_row(
-                &format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
-                params![d.tenant, d.sha256],
-                dataset_row,
-            )
-            .optional()
-        })
-        .await
+        self.insert_upload(d).await
     }
 
     async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        self.find(
-            format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND id = ?2"),
-            tenant,
-            id,
-            dataset_row,
-        )
-        .await
+        self.upload_by("id", tenant, id).await
     }
 
     async fn dataset_by_hash(
@@ -387,13 +434,7 @@ impl JobStore for SqliteStore {
         tenant: &str,
         sha256: &str,
     ) -> Result<Option<DatasetRecord>, StoreError> {
-        self.find(
-            format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
-            tenant,
-            sha256,
-            dataset_row,
-        )
-        .await
+        self.upload_by("sha256", tenant, sha256).await
     }
 
     async fn datasets(
@@ -402,14 +443,7 @@ impl JobStore for SqliteStore {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<DatasetRecord>, StoreError> {
-        self.page(
-            "datasets",
-            DATASET_COLUMNS,
-            tenant,
-            (limit, offset),
-            dataset_row,
-        )
-        .await
+        self.uploads(tenant, limit, offset).await
     }
 
     async fn delete_dataset(
@@ -417,11 +451,7 @@ impl JobStore for SqliteStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<DatasetRecord>, StoreError> {
-        let existing = self.dataset(tenant, id).await?;
-        if existing.is_some() {
-            self.delete_row("datasets", tenant, id).await?;
-        }
-        Ok(existing)
+        self.delete_upload(tenant, id).await
     }
 
     async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError> {
