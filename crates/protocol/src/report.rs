@@ -180,7 +180,7 @@ pub enum LabelUse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Equivalence {
     /// Largest difference between masked and compacted outputs, relative per output
-    /// channel ([`channel_relative_error`]), over all outputs.
+    /// channel (the engine's `verify::channel_relative_error`), over all outputs.
     pub max_relative_error: f64,
     /// Samples in the random batch.
     pub batch: i64,
