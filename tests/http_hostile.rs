@@ -56,25 +56,7 @@ fn synth_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .output()
         .unwrap();
     assert!(status.status.success());
-    let mut files = Vec::new();
-    let mut stack = vec![out.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path
-                    .strip_prefix(&out)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                files.push((name, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files
+    files_of(&out)
 }
 
 /// The server's resident memory after it has settled.

@@ -21,21 +21,12 @@ fn zip_dir(dir: &std::path::Path, skip: &[&str], extra: &[(&str, Vec<u8>)]) -> V
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path.strip_prefix(dir).unwrap().to_str().unwrap();
-                if skip.iter().any(|s| name.starts_with(s)) {
-                    continue;
-                }
-                z.start_file(name, opts).unwrap();
-                z.write_all(&std::fs::read(&path).unwrap()).unwrap();
-            }
+    for (name, bytes) in files_of(dir) {
+        if skip.iter().any(|s| name.starts_with(s)) {
+            continue;
         }
+        z.start_file(name, opts).unwrap();
+        z.write_all(&bytes).unwrap();
     }
     for (name, bytes) in extra {
         z.start_file(*name, opts).unwrap();

@@ -336,12 +336,10 @@ pub fn download_artifact(
     path
 }
 
-/// A .zip of the folder `dir`'s files (one level of subfolders deep is enough for
-/// the YOLO layout: `images/<split>/…`).
-pub fn zip_dir(dir: &std::path::Path) -> Vec<u8> {
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+/// Every file below `dir` (one level of subfolders deep is enough for the YOLO
+/// layout: `images/<split>/…`), as its path relative to `dir` and its bytes.
+pub fn files_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
@@ -349,11 +347,27 @@ pub fn zip_dir(dir: &std::path::Path) -> Vec<u8> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let name = path.strip_prefix(dir).unwrap().to_str().unwrap();
-                z.start_file(name, opts).unwrap();
-                std::io::Write::write_all(&mut z, &std::fs::read(&path).unwrap()).unwrap();
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                files.push((name, std::fs::read(&path).unwrap()));
             }
         }
+    }
+    files
+}
+
+/// A .zip of the folder `dir`'s files.
+pub fn zip_dir(dir: &std::path::Path) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files_of(dir) {
+        z.start_file(name, opts).unwrap();
+        std::io::Write::write_all(&mut z, &bytes).unwrap();
     }
     z.finish().unwrap().into_inner()
 }

@@ -258,20 +258,6 @@ trait UploadRow: Clone + Send + 'static {
     fn fields(&self) -> (&str, &str, &str, &str, u64, &str, &serde_json::Value);
 }
 
-/// The record of an uploaded file from a row of [`UploadRow::COLUMNS`], the last
-/// column through `finish`.
-fn upload_row<T>(
-    row: &rusqlite::Row<'_>,
-    finish: impl FnOnce([String; 5], u64, serde_json::Value) -> T,
-) -> rusqlite::Result<T> {
-    let text = |i: usize| row.get::<_, String>(i);
-    Ok(finish(
-        [text(0)?, text(1)?, text(2)?, text(3)?, text(5)?],
-        row.get::<_, i64>(4)? as u64,
-        json_column(row, 6)?,
-    ))
-}
-
 /// Implements [`UploadRow`] for a record type: its table and the column (and
 /// field) holding what checking the upload found.
 macro_rules! upload_row {
@@ -283,18 +269,15 @@ macro_rules! upload_row {
                 stringify!($found)
             );
             fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-                upload_row(
-                    row,
-                    |[id, tenant, name, sha256, created_at], size, $found| $record {
-                        id,
-                        tenant,
-                        name,
-                        sha256,
-                        size,
-                        created_at,
-                        $found,
-                    },
-                )
+                Ok($record {
+                    id: row.get(0)?,
+                    tenant: row.get(1)?,
+                    name: row.get(2)?,
+                    sha256: row.get(3)?,
+                    size: row.get::<_, i64>(4)? as u64,
+                    created_at: row.get(5)?,
+                    $found: json_column(row, 6)?,
+                })
             }
             fn fields(&self) -> (&str, &str, &str, &str, u64, &str, &serde_json::Value) {
                 (
