@@ -630,7 +630,8 @@ fn a_restart_removes_files_no_record_refers_to_and_checkpoints_of_ended_jobs() {
     let objects = data.path().join("objects").join("objects");
     let stray = objects.join("ab".repeat(32));
     std::fs::write(&stray, b"an upload whose record was never written").unwrap();
-    let checkpoints = data.path().join("checkpoints");
+    let checkpoints = checkpoint_dir(data.path());
+    std::fs::create_dir_all(&checkpoints).unwrap();
     std::fs::write(checkpoints.join(format!("{job_id}.ckpt")), b"old").unwrap();
     std::fs::write(checkpoints.join("job_unknown.ckpt"), b"old").unwrap();
 
@@ -672,4 +673,27 @@ fn a_restart_removes_files_no_record_refers_to_and_checkpoints_of_ended_jobs() {
         204
     );
     assert_eq!(server.objects().len(), 2);
+}
+
+#[test]
+fn a_second_service_on_the_same_data_directory_is_refused_and_the_first_keeps_serving() {
+    let server = Server::start(&[], &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(server.data.path())
+        .env_remove("EFFP_API_KEYS")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another effp process")
+            && stderr.contains("its own data directory"),
+        "{stderr}"
+    );
+    assert!(second.stdout.is_empty(), "the second one never served");
+    assert_eq!(
+        call("GET", &format!("{}/readyz", server.url), None, None).status,
+        200
+    );
 }

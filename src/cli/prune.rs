@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Args;
 use effp_engine::data::archive::ArchiveLimits;
-use effp_engine::pipeline::{self, PipelineError, PruneEnv, PruneJob, PruneReport};
+use effp_engine::pipeline::{self, PipelineError, PruneEnv, PruneJob, PruneReport, TrainEvent};
 use effp_engine::prune::Target;
 use effp_engine::runtime::DeviceChoice;
 use effp_graph::shape::InputSize;
@@ -134,7 +134,10 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<u8> {
             .expect("a valid template"),
     );
     bar.set_prefix(job.method.as_str());
-    let outcome = pipeline::run(&job, &env, &cancel, &mut |r| {
+    let outcome = pipeline::run(&job, &env, &cancel, &mut |event| {
+        let TrainEvent::Step(r) = event else {
+            return;
+        };
         if bar.is_hidden() {
             // Shown once training starts: one-shot pruning has no steps to count.
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());

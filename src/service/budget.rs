@@ -8,7 +8,7 @@ use super::AppState;
 use super::api::jobs::{JobSpec, field};
 use super::limits::ByteSize;
 use super::problem::Problem;
-use super::store::ModelRecord;
+use effp_store::ModelRecord;
 
 /// Private memory a worker process holds besides the job's tensors: libtorch's own
 /// allocations, the dataset index, evaluation buffers and the allocator's slack

@@ -5,14 +5,12 @@ mod api;
 mod auth;
 mod budget;
 pub mod checks;
-mod content;
 mod isolation;
 pub mod limits;
 mod listener;
 mod metrics;
 mod problem;
 mod quota;
-pub mod store;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -23,9 +21,9 @@ use anyhow::Context;
 use clap::Args;
 
 use auth::ApiKeys;
-use store::local::LocalObjects;
-use store::sqlite::SqliteStore;
-use store::{JobStore, ObjectStore, Queue};
+use effp_store::local::LocalObjects;
+use effp_store::sqlite::SqliteStore;
+use effp_store::{Checkpoints, Content, JobStore, ObjectStore, Queue};
 
 /// Arguments (and environment) of `effp serve`.
 #[derive(Debug, Args)]
@@ -105,19 +103,17 @@ pub struct AppState {
     queue: Arc<dyn Queue>,
     objects: Arc<dyn ObjectStore>,
     /// Stored content with its reference counts (uploads, records, artifacts).
-    content: content::Content,
+    content: Content,
     /// What one tenant may hold at once.
     quotas: quota::Quotas,
     /// Slowest upload accepted, in bytes per second.
     upload_min_rate: u64,
     metrics: metrics::Metrics,
-    /// Wakes idle workers when a job is submitted.
-    wake: Arc<tokio::sync::Notify>,
     keys: Arc<ApiKeys>,
     max_upload_bytes: u64,
     scratch: PathBuf,
-    /// Where running jobs keep their training checkpoints.
-    checkpoints: PathBuf,
+    /// Running jobs' training state, kept between attempts.
+    checkpoints: Checkpoints,
     checkpoint_every: usize,
     /// Memory a job's worker process may use, in bytes.
     job_memory_limit: u64,
@@ -159,19 +155,24 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         )
     })?;
     let jobs = SqliteStore::open(&args.data_dir.join("effp.sqlite3"))?;
+    if jobs.recovered() > 0 {
+        tracing::info!(
+            jobs = jobs.recovered(),
+            "jobs left running by the previous process go back to the queue"
+        );
+    }
     let objects = LocalObjects::open(&args.data_dir.join("objects"))?;
     // Scratch holds only what a running request or job is using, so whatever a
     // previous process left there is garbage.
     let scratch = args.data_dir.join("scratch");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
-    let checkpoints = args.data_dir.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints)?;
     let jobs = Arc::new(jobs);
     let objects: Arc<dyn ObjectStore> = Arc::new(objects);
     let state = AppState {
         queue: jobs.clone(),
-        content: content::Content::new(objects.clone(), jobs.clone()),
+        content: Content::new(objects.clone(), jobs.clone()),
+        checkpoints: Checkpoints::new(objects.clone()),
         quotas: quota::Quotas {
             jobs: args.max_queued_jobs,
             training_steps: args.max_training_steps,
@@ -179,13 +180,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         },
         upload_min_rate: args.upload_min_rate.0,
         jobs,
-        wake: Arc::new(tokio::sync::Notify::new()),
         metrics: metrics::Metrics::new(),
         objects,
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
         scratch,
-        checkpoints,
         checkpoint_every: args.checkpoint_every as usize,
         job_memory_limit: args.job_memory_limit.map_or_else(
             || limits::default_job_memory(args.job_workers().max(1)),
@@ -209,14 +208,7 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let signal = shutdown_signal()?;
-    let recovered = state.queue.recover_abandoned().await?;
     sweep(&state).await?;
-    if recovered > 0 {
-        tracing::info!(
-            jobs = recovered,
-            "jobs left running by the previous process go back to the queue"
-        );
-    }
     println!(
         "effp serving on http://{address} (data in {})",
         args.data_dir.display()
@@ -273,19 +265,10 @@ fn raise_open_file_limit() {
 /// to (an upload a crash cut short) and checkpoints of jobs that have ended go.
 async fn sweep(state: &AppState) -> anyhow::Result<()> {
     let removed = state.content.sweep().await?;
-    let mut checkpoints = Vec::new();
-    for entry in std::fs::read_dir(&state.checkpoints)?.flatten() {
-        if let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_suffix(".ckpt"))
-        {
-            checkpoints.push(id.to_string());
-        }
-    }
-    let ended = state.jobs.ended_jobs(&checkpoints).await?;
+    let checkpointed = state.checkpoints.jobs().await?;
+    let ended = state.jobs.ended_jobs(&checkpointed).await?;
     for id in &ended {
-        let _ = std::fs::remove_file(state.checkpoints.join(format!("{id}.ckpt")));
+        state.checkpoints.remove(id).await?;
     }
     if removed + ended.len() > 0 {
         tracing::info!(

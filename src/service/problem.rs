@@ -4,7 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::store::StoreError;
+use effp_store::StoreError;
 
 pub use effp_protocol::FieldError;
 
@@ -97,6 +97,9 @@ impl From<StoreError> for Problem {
                 ),
             ),
             StoreError::Backend(m) => Problem::internal("storage failed", m),
+            e @ (StoreError::InvalidName(_) | StoreError::InUse(_)) => {
+                Problem::internal("storage failed", e.to_string())
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use effp_testkit::fixtures;
@@ -71,6 +71,23 @@ impl Server {
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default()
     }
+
+    /// The training checkpoints kept in the object store (one per job).
+    pub fn checkpoints(&self) -> Vec<PathBuf> {
+        checkpoints_in(self.data.path())
+    }
+}
+
+/// Where the embedded object store of the data directory `data` keeps checkpoints.
+pub fn checkpoint_dir(data: &Path) -> PathBuf {
+    data.join("objects").join("named").join("checkpoints")
+}
+
+/// The training checkpoints kept in the data directory `data`.
+pub fn checkpoints_in(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(checkpoint_dir(data))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for Server {

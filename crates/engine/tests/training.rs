@@ -12,7 +12,7 @@ use effp_engine::runtime::Network;
 use effp_engine::tch::{self, Device, Kind, Tensor};
 use effp_engine::train::checkpoint::Checkpoint;
 use effp_engine::train::session::{
-    Control, FineTune, Method, Problem, TrainOptions, TrainRun, train,
+    Control, FineTune, Method, Problem, TrainEvent, TrainOptions, TrainRun, train,
 };
 use effp_graph::channels::{ChannelAnalysis, Mask, compact};
 use effp_graph::ir::Model;
@@ -318,8 +318,10 @@ fn a_resumed_run_ends_with_the_same_masks_as_an_uninterrupted_one() {
             fingerprint: fingerprint.clone(),
         },
         // Ctrl-C arrives during step 6 (mid-epoch, between checkpoints).
-        |r| {
-            if r.step == 6 {
+        |event| {
+            if let TrainEvent::Step(r) = event
+                && r.step == 6
+            {
                 cancel.store(true, Ordering::SeqCst);
             }
         },
@@ -403,8 +405,9 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
     let kept = tmp.path().join("at-step-8.ckpt");
     let late = tmp.path().join("at-step-12.ckpt");
     let problem = problem(&fx, 0.6);
-    // The uninterrupted run writes a checkpoint every 4 steps; the one on disk when
-    // step 9 starts is what a crash during step 9 would leave.
+    // The uninterrupted run writes a checkpoint every 4 steps; the one it announces
+    // before step 8 is what a crash during step 8 or 9 would leave.
+    let mut saved_at = Vec::new();
     let whole = train(
         &problem,
         &options,
@@ -415,16 +418,20 @@ fn a_run_resumed_from_its_last_periodic_checkpoint_ends_like_an_uninterrupted_on
             fingerprint: fingerprint.clone(),
             ..Control::default()
         },
-        |r| {
-            if r.step == 9 {
-                std::fs::copy(&path, &kept).unwrap();
-            }
-            if r.step == 13 {
-                std::fs::copy(&path, &late).unwrap();
+        |event| {
+            if let TrainEvent::Saved { step } = event {
+                saved_at.push(step);
+                match step {
+                    8 => std::fs::copy(&path, &kept).unwrap(),
+                    12 => std::fs::copy(&path, &late).unwrap(),
+                    _ => 0,
+                };
             }
         },
     )
     .unwrap();
+    // Every 4 steps, not after the last one (the run is over then).
+    assert_eq!(saved_at, [4, 8, 12]);
     // Step 8 is in the pruning phase (10 steps), step 12 in the fine-tuning of the
     // compacted network.
     assert!(whole.compacted.is_some());

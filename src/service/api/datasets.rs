@@ -13,7 +13,7 @@ use super::shared::{FileBytes, Page, UploadForm, UploadQuery};
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
-use crate::service::store::DatasetRecord;
+use effp_store::DatasetRecord;
 
 /// A page of datasets.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

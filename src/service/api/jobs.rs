@@ -17,8 +17,7 @@ use serde_json::json;
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::{FieldError, Problem};
-use crate::service::store::JobRecord;
-use crate::service::store::sqlite::now;
+use effp_store::JobRecord;
 
 pub use effp_protocol::JobSpec;
 use effp_protocol::JobState;
@@ -141,29 +140,17 @@ pub async fn submit(
         }
         return Err(refused);
     }
-    let (ts, _) = now();
-    let job = JobRecord {
-        id: format!("job_{}", uuid::Uuid::new_v4().simple()),
+    let job = JobRecord::queued(
+        format!("job_{}", uuid::Uuid::new_v4().simple()),
         tenant,
-        spec: spec_value,
-        state: JobState::Queued,
-        phase: "queued".into(),
-        progress: 0.0,
-        metrics: json!({}),
-        artifacts: json!({}),
-        error: None,
-        attempts: 0,
-        cancel_requested: false,
-        idempotency_key: key,
-        created_at: ts.clone(),
-        updated_at: ts,
-    };
+        spec_value,
+        key,
+    );
     if let Some(existing) = state.jobs.insert_job(&job).await? {
         // Another request with the same Idempotency-Key got there first.
         let key = job.idempotency_key.as_deref().unwrap_or_default();
         return replay(existing, &job.spec, key);
     }
-    state.wake.notify_waiters();
     let location = format!("/v1/jobs/{}", job.id);
     Ok((
         StatusCode::CREATED,
@@ -462,6 +449,6 @@ struct Follow {
     tenant: String,
     id: String,
     after: i64,
-    pending: VecDeque<crate::service::store::JobEvent>,
+    pending: VecDeque<effp_store::JobEvent>,
     ended: bool,
 }

@@ -12,7 +12,7 @@ use super::shared::{FileBytes, Page, UploadForm, UploadQuery, stream_object};
 use crate::service::AppState;
 use crate::service::auth::Tenant;
 use crate::service::problem::Problem;
-use crate::service::store::ModelRecord;
+use effp_store::ModelRecord;
 
 /// A page of models.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::service::AppState;
 use crate::service::checks::Upload;
 use crate::service::problem::Problem;
-use crate::service::store::{DatasetRecord, ModelRecord, StoreError, StoredObject};
+use effp_store::{DatasetRecord, ModelRecord, StoreError, StoredObject};
 
 use super::shared::{refuse_if_in_use, release_object};
 use super::upload::{Received, answer_existing, created, discard, receive};

@@ -8,7 +8,7 @@ use futures_util::TryStreamExt;
 
 use crate::service::AppState;
 use crate::service::problem::{FieldError, Problem};
-use crate::service::store::{StoreError, StoredObject};
+use effp_store::{StoreError, StoredObject};
 
 /// An upload stored in the object store.
 pub struct Received {

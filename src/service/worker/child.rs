@@ -47,6 +47,13 @@ pub enum ChildMessage {
     Step(StepRecord),
     /// The run failed: what to tell the client.
     Error(String),
+    /// The checkpoint file now holds the state before `step`: the service copies it
+    /// to the object store, so that a later attempt (this worker's or another's)
+    /// resumes from there.
+    Saved {
+        /// The step a resumed run starts at.
+        step: usize,
+    },
 }
 
 /// The outputs of a run in its work folder.

@@ -1,11 +1,10 @@
 //! The worker: claims jobs from the queue and runs each in its own worker process
 //! (`effp run-job`, the same pipeline as `effp prune`), heartbeats and reports progress
-//! while it works, checkpoints training so that a restart resumes it, and stores the
-//! artifacts. A worker process that dies costs its job an attempt, not the service.
+//! while it works, keeps training checkpoints in the object store so that a restart
+//! (or another worker) resumes the job, and stores the artifacts. A worker process that dies costs its job an attempt, not the service.
 
 use effp_protocol::JobState;
 use effp_protocol::report::PruneReport;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::api::jobs::{JobSpec, artifact_entry};
-use super::store::JobRecord;
 use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
 use child::{ChildMessage, JobRun};
+use effp_store::JobRecord;
 
 pub mod child;
 #[cfg(feature = "engine")]
@@ -34,6 +33,9 @@ const LEASE: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Claims of one job before it is given up.
 const MAX_ATTEMPTS: u32 = 3;
+/// Longest wait for work between two claims (the queue wakes idle workers sooner
+/// when a job arrives or a lease runs out).
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Shortest time between two progress reports of a training job.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 
@@ -41,7 +43,6 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// put back in the queue.
 pub async fn run(state: AppState, index: usize) {
     while !state.shutdown.is_cancelled() {
-        let wake = state.wake.notified();
         match state.queue.claim(LEASE, MAX_ATTEMPTS).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = index, job = %job.id, attempt = job.attempts, "claimed");
@@ -49,7 +50,7 @@ pub async fn run(state: AppState, index: usize) {
             }
             Ok(None) => {
                 tokio::select! {
-                    _ = tokio::time::timeout(Duration::from_secs(2), wake) => {}
+                    _ = state.queue.wait_for_work(IDLE_WAIT) => {}
                     _ = state.shutdown.cancelled() => {}
                 }
             }
@@ -59,11 +60,6 @@ pub async fn run(state: AppState, index: usize) {
             }
         }
     }
-}
-
-/// Where a job's training state is kept between attempts.
-fn checkpoint_path(state: &AppState, job_id: &str) -> PathBuf {
-    state.checkpoints.join(format!("{job_id}.ckpt"))
 }
 
 async fn run_job(state: &AppState, job: JobRecord) {
@@ -101,7 +97,6 @@ async fn run_job(state: &AppState, job: JobRecord) {
     let started = std::time::Instant::now();
     let outcome = execute(state, &job, &stop).await;
     heartbeat.abort();
-    let checkpoint = checkpoint_path(state, &job.id);
     let (final_state, error, artifacts) = match outcome {
         Ok(Outcome::Done(artifacts)) => (JobState::Succeeded, None, artifacts),
         Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => {
@@ -136,7 +131,9 @@ async fn run_job(state: &AppState, job: JobRecord) {
             )
         }
     };
-    let _ = tokio::fs::remove_file(&checkpoint).await;
+    if let Err(e) = state.checkpoints.remove(&job.id).await {
+        tracing::warn!(%e, job = %job.id, "cannot remove the job's checkpoint");
+    }
     let method = job.spec["method"].as_str().unwrap_or("unknown").to_string();
     state
         .metrics
@@ -200,8 +197,8 @@ async fn execute(
         }
         None => None,
     };
-    let checkpoint = checkpoint_path(state, &job.id);
-    let resume = tokio::fs::try_exists(&checkpoint).await.unwrap_or(false);
+    let checkpoint = work.path().join("checkpoint.ckpt");
+    let resume = state.checkpoints.fetch(&job.id, &checkpoint).await?;
     let trains = spec.trains();
     let cpu = spec.device == "cpu";
     let run = JobRun {
@@ -209,7 +206,7 @@ async fn execute(
         model: source,
         data,
         work: work.path().to_path_buf(),
-        checkpoint,
+        checkpoint: checkpoint.clone(),
         checkpoint_every: state.checkpoint_every,
         resume,
         archive_limits: Default::default(),
@@ -232,6 +229,13 @@ async fn execute(
         run.spec.training.steps as usize,
         steps_rx,
     ));
+    let (saved_tx, saved_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let keeper = tokio::spawn(keep_checkpoints(
+        state.clone(),
+        job.id.clone(),
+        checkpoint.clone(),
+        saved_rx,
+    ));
     let error = Arc::new(std::sync::Mutex::new(None::<String>));
     let exit = {
         let error = Arc::clone(&error);
@@ -247,6 +251,9 @@ async fn execute(
                 Ok(ChildMessage::Step(r)) => {
                     let _ = steps_tx.send(r);
                 }
+                Ok(ChildMessage::Saved { step }) => {
+                    let _ = saved_tx.send(step);
+                }
                 Ok(ChildMessage::Error(e)) => {
                     *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
@@ -256,6 +263,11 @@ async fn execute(
         .await?
     };
     let _ = reporter.await;
+    let _ = keeper.await;
+    if matches!(exit, ChildExit::Stopped | ChildExit::Died(_)) {
+        // The last checkpoint the worker process wrote (when stopped: just now).
+        keep_checkpoint(state, &job.id, &checkpoint).await;
+    }
     match exit {
         ChildExit::Succeeded => {}
         ChildExit::Stopped => return Ok(Outcome::Stopped),
@@ -318,6 +330,33 @@ async fn execute(
         artifacts.insert(name, artifact_entry(&stored.sha256, stored.size));
     }
     Ok(Outcome::Done(serde_json::Value::Object(artifacts)))
+}
+
+/// Copies each checkpoint the worker process writes to the object store (the latest
+/// one when several were written during a copy), until the run ends.
+async fn keep_checkpoints(
+    state: AppState,
+    job_id: String,
+    checkpoint: std::path::PathBuf,
+    mut saved: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    while let Some(mut step) = saved.recv().await {
+        while let Ok(later) = saved.try_recv() {
+            step = later;
+        }
+        tracing::debug!(job = %job_id, step, "checkpoint written");
+        keep_checkpoint(&state, &job_id, &checkpoint).await;
+    }
+}
+
+/// Copies a job's checkpoint file to the object store, if there is one.
+async fn keep_checkpoint(state: &AppState, job_id: &str, checkpoint: &std::path::Path) {
+    if !tokio::fs::try_exists(checkpoint).await.unwrap_or(false) {
+        return;
+    }
+    if let Err(e) = state.checkpoints.save(job_id, checkpoint).await {
+        tracing::warn!(%e, job = %job_id, "cannot keep the job's checkpoint: a restart would begin it again");
+    }
 }
 
 /// Turns training steps into progress reports (at most one per [`REPORT_EVERY`],

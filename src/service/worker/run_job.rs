@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
-use effp_engine::pipeline::{self, PipelineError, PruneEnv, PruneJob};
+use effp_engine::pipeline::{self, PipelineError, PruneEnv, PruneJob, TrainEvent};
 use effp_engine::prune::Target;
 
 use super::child::{ChildMessage, JobRun, pruned_path, report_path};
@@ -34,8 +34,9 @@ pub fn run(args: &RunJobArgs) -> anyhow::Result<u8> {
     let (prune, env) = pipeline_of(&job)?;
     std::fs::create_dir_all(&env.scratch)
         .with_context(|| format!("cannot create '{}'", env.scratch.display()))?;
-    let outcome = pipeline::run(&prune, &env, &stop, &mut |r| {
-        send(&ChildMessage::Step(r.clone()));
+    let outcome = pipeline::run(&prune, &env, &stop, &mut |event| match event {
+        TrainEvent::Step(r) => send(&ChildMessage::Step(r.clone())),
+        TrainEvent::Saved { step } => send(&ChildMessage::Saved { step }),
     });
     match outcome {
         Ok(_) => Ok(0),

@@ -25,7 +25,8 @@ use crate::eval::run::{EvalOptions, evaluate_network};
 use crate::prune::{L1Options, PruneError, Target, l1_mask};
 use crate::runtime::{Network, resolve_device};
 use crate::train::checkpoint::{Checkpoint, CheckpointError};
-use crate::train::session::{Control, Problem, StepRecord, TrainOptions, TrainRun, train};
+pub use crate::train::session::TrainEvent;
+use crate::train::session::{Control, Problem, TrainOptions, TrainRun, train};
 use crate::verify::{EQUIVALENCE_TOLERANCE, equivalence};
 
 /// What to prune, to what, and how.
@@ -170,12 +171,13 @@ const ONE_SHOT_NOTE: &str = "one-shot pruning without training: accuracy was not
 
 /// Runs a pruning job: writes the pruned model (and the report when asked) and
 /// returns the report. `cancel` stops a training run after the current step (its
-/// checkpoint saved); `on_step` sees every training step.
+/// checkpoint saved); `on_event` sees every training step and every checkpoint
+/// written.
 pub fn run(
     job: &PruneJob,
     env: &PruneEnv,
     cancel: &AtomicBool,
-    on_step: &mut dyn FnMut(&StepRecord),
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<PruneReport, PipelineError> {
     let method = job.method;
     let mut errors = job.options.errors(method);
@@ -215,7 +217,7 @@ pub fn run(
             samples: ds.split("train")?,
             target: job.target,
         };
-        let (run, summary) = train_job(job, env, &problem, limits, device, cancel, on_step)?;
+        let (run, summary) = train_job(job, env, &problem, limits, device, cancel, on_event)?;
         (
             run.model,
             run.mask,
@@ -329,7 +331,7 @@ fn train_job(
     limits: L1Options,
     device: tch::Device,
     cancel: &AtomicBool,
-    on_step: &mut dyn FnMut(&StepRecord),
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<(TrainRun, TrainingSummary), PipelineError> {
     let spec = &job.training;
     let options = TrainOptions::new(job.method, spec, limits);
@@ -350,7 +352,7 @@ fn train_job(
         resume,
         fingerprint: fingerprint(&job.model, job.input_size)?,
     };
-    let run = train(problem, &options, device, control, |r| on_step(r))?;
+    let run = train(problem, &options, device, control, on_event)?;
     if env.checkpoint.is_none() {
         // The default checkpoint only serves this run; an explicit one is the caller's.
         let _ = std::fs::remove_file(&checkpoint);

@@ -321,6 +321,19 @@ pub struct Problem<'a> {
     pub target: Target,
 }
 
+/// What a training run tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TrainEvent<'a> {
+    /// A step ended.
+    Step(&'a StepRecord),
+    /// The checkpoint (at [`Control::checkpoint`]) now holds the state before `step`:
+    /// a caller that keeps checkpoints elsewhere can copy it.
+    Saved {
+        /// The step a run resumed from it starts at.
+        step: usize,
+    },
+}
+
 /// Runs `options.method` on a problem: trains the student on its images until the
 /// mask meets its target, then fine-tunes.
 pub fn train(
@@ -328,7 +341,7 @@ pub fn train(
     options: &TrainOptions,
     device: Device,
     mut control: Control<'_>,
-    mut progress: impl FnMut(&StepRecord),
+    mut progress: impl FnMut(TrainEvent<'_>),
 ) -> Result<TrainRun, EngineError> {
     let Problem {
         model,
@@ -466,6 +479,7 @@ pub fn train(
                 let stats = [&benefit, &sensitivity, &curvature];
                 let net = compacted.as_ref().map_or(&student, |c| &c.net);
                 save(p, &mut state, &mask, net, &optimizer, stats)?;
+                progress(TrainEvent::Saved { step });
             }
             return Err(EngineError::Cancelled(Cancelled {
                 step,
@@ -587,7 +601,7 @@ pub fn train(
             regrown: state.regrown,
             pruned: state.pruned,
         };
-        progress(&record);
+        progress(TrainEvent::Step(&record));
         state.history.push(record);
         state.step = step + 1;
         if let Some(p) = &control.checkpoint
@@ -597,6 +611,7 @@ pub fn train(
         {
             let stats = [&benefit, &sensitivity, &curvature];
             save(p, &mut state, &mask, net, &optimizer, stats)?;
+            progress(TrainEvent::Saved { step: state.step });
         }
         let took = started.elapsed().as_secs_f64();
         if step < prune_steps {

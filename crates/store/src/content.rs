@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::store::{ByteStream, JobStore, ObjectStore, StoreError, StoredObject};
+use crate::{ByteStream, JobStore, ObjectStore, StoreError, StoredObject};
 
 /// The object store and the reference counts kept in the job store, used together.
 #[derive(Clone)]

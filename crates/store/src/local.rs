@@ -1,4 +1,5 @@
-//! The embedded object store: a directory of files named by their SHA-256.
+//! The embedded object store: a directory of files named by their SHA-256, and one
+//! of named objects.
 
 use std::path::{Path, PathBuf};
 
@@ -6,9 +7,10 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, ObjectStore, Staged, StoreError, StoredObject};
+use crate::{ByteStream, ObjectStore, Staged, StoreError, StoredObject, check_name};
 
-/// Objects under `root/objects`, uploads in progress under `root/partial`.
+/// Objects under `root/objects`, named objects under `root/named`, uploads in
+/// progress under `root/partial`.
 #[derive(Debug, Clone)]
 pub struct LocalObjects {
     root: PathBuf,
@@ -22,7 +24,19 @@ impl LocalObjects {
         std::fs::create_dir_all(root.join("objects")).map_err(backend)?;
         let _ = std::fs::remove_dir_all(root.join("partial"));
         std::fs::create_dir_all(root.join("partial")).map_err(backend)?;
+        std::fs::create_dir_all(root.join("named")).map_err(backend)?;
         Ok(Self { root: root.into() })
+    }
+
+    fn named_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        check_name(name)?;
+        Ok(self.root.join("named").join(name))
+    }
+
+    fn partial_path(&self) -> PathBuf {
+        self.root
+            .join("partial")
+            .join(format!("{:016x}", rand_suffix()))
     }
 
     fn path(&self, key: &str) -> Option<PathBuf> {
@@ -35,10 +49,7 @@ impl LocalObjects {
 impl ObjectStore for LocalObjects {
     async fn stage(&self, mut body: ByteStream<'_>, limit: u64) -> Result<Staged, StoreError> {
         let backend = |e: std::io::Error| StoreError::Backend(e.to_string());
-        let partial = self
-            .root
-            .join("partial")
-            .join(format!("{:016x}", rand_suffix()));
+        let partial = self.partial_path();
         let mut file = tokio::fs::File::create(&partial).await.map_err(backend)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -133,6 +144,76 @@ impl ObjectStore for LocalObjects {
             .filter(|p| p.is_file())
             .ok_or_else(|| StoreError::Backend(format!("object {key} is missing")))
     }
+
+    async fn put_named(&self, name: &str, file: &Path) -> Result<(), StoreError> {
+        let target = self.named_path(name)?;
+        let backend = |e: std::io::Error| StoreError::Backend(format!("{name}: {e}"));
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(backend)?;
+        }
+        // Copied aside first and renamed over the target: a crash leaves the old
+        // object whole.
+        let partial = self.partial_path();
+        if let Err(e) = tokio::fs::copy(file, &partial).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(backend(e));
+        }
+        tokio::fs::rename(&partial, &target).await.map_err(backend)
+    }
+
+    async fn get_named(&self, name: &str, dest: &Path) -> Result<bool, StoreError> {
+        let source = self.named_path(name)?;
+        match tokio::fs::copy(&source, dest).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Backend(format!("{name}: {e}"))),
+        }
+    }
+
+    async fn delete_named(&self, name: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.named_path(name)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Backend(format!("{name}: {e}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn named(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.join("named");
+        tokio::task::spawn_blocking(move || walk_named(&root))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map(|names| {
+                names
+                    .into_iter()
+                    .filter(|n| n.starts_with(prefix))
+                    .collect()
+            })
+    }
+}
+
+/// The names of the files under `root`, as paths relative to it with `/` between
+/// parts.
+fn walk_named(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(relative) = path.strip_prefix(root)
+                && let Some(name) = relative.to_str()
+            {
+                names.push(name.replace(std::path::MAIN_SEPARATOR, "/"));
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A name for an upload in progress that no concurrent upload shares.

@@ -1,0 +1,32 @@
+//! What can go wrong in a store.
+
+/// What can go wrong in a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The upload is larger than allowed.
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The client's body broke off or could not be read.
+    #[error("the upload could not be read: {0}")]
+    Body(String),
+    /// The client stopped sending the upload.
+    #[error("the upload stalled: {0}")]
+    Stalled(String),
+    /// A named object's name that no backend may use.
+    #[error(
+        "'{0}' is not a valid object name: use parts of letters, digits, '.', '_' and '-' separated by '/'"
+    )]
+    InvalidName(String),
+    /// Another process already uses a store that serves one process only.
+    #[error(
+        "the database '{0}' is in use by another effp process: the embedded store serves one process; \
+         stop the other one, or give this one its own data directory"
+    )]
+    InUse(String),
+    /// The backend failed (disk, database).
+    #[error("storage failed: {0}")]
+    Backend(String),
+}

@@ -1,0 +1,99 @@
+//! The job store: metadata of models, datasets and jobs, and content references.
+
+use effp_protocol::JobState;
+
+use crate::{DatasetRecord, JobEvent, JobRecord, ModelRecord, StoreError};
+
+/// Metadata of the service's resources: models, datasets and jobs.
+#[async_trait::async_trait]
+pub trait JobStore: Send + Sync {
+    /// Records a model, unless the tenant already has one with the same content:
+    /// then that one is returned and nothing is written.
+    async fn insert_model(&self, model: &ModelRecord) -> Result<Option<ModelRecord>, StoreError>;
+    /// A tenant's model by id.
+    async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError>;
+    /// A tenant's model with this content, if it uploaded it before.
+    async fn model_by_hash(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Option<ModelRecord>, StoreError>;
+    /// A tenant's models, newest first, `limit` from `offset`.
+    async fn models(
+        &self,
+        tenant: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Removes a tenant's model; returns it when it existed.
+    async fn delete_model(&self, tenant: &str, id: &str)
+    -> Result<Option<ModelRecord>, StoreError>;
+    /// Records a dataset, unless the tenant already has one with the same content:
+    /// then that one is returned and nothing is written.
+    async fn insert_dataset(
+        &self,
+        dataset: &DatasetRecord,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
+    /// A tenant's dataset by id.
+    async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    /// A tenant's dataset with this content, if it uploaded it before.
+    async fn dataset_by_hash(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
+    /// A tenant's datasets, newest first, `limit` from `offset`.
+    async fn datasets(
+        &self,
+        tenant: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// Removes a tenant's dataset; returns it when it existed.
+    async fn delete_dataset(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<DatasetRecord>, StoreError>;
+    /// Counts one more reference to stored content (an upload in progress, then the
+    /// record it becomes).
+    async fn hold_object(&self, sha256: &str, size: u64) -> Result<(), StoreError>;
+    /// Counts one reference less; returns whether none is left (the content may go).
+    async fn drop_object(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// Recounts every reference from the records (models, datasets, job artifacts),
+    /// forgetting references of uploads a crash cut short; returns the content still
+    /// referenced. Runs at start-up, before anything else uses the store.
+    async fn recount_objects(&self) -> Result<std::collections::HashSet<String>, StoreError>;
+    /// Bytes of models and datasets a tenant keeps.
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError>;
+    /// A tenant's queued or running jobs and the training steps they ask for.
+    async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError>;
+    /// Jobs that have ended (their checkpoints can go).
+    async fn ended_jobs(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// A tenant's queued or running jobs that use this model or dataset.
+    async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError>;
+    /// Records a new job (queued), unless the tenant already has one with the same
+    /// Idempotency-Key: then that one is returned and nothing is written.
+    async fn insert_job(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
+    /// A tenant's job by id.
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// The job a tenant created with this Idempotency-Key.
+    async fn job_by_key(&self, tenant: &str, key: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// A tenant's jobs, newest first, optionally in one state.
+    async fn jobs(
+        &self,
+        tenant: &str,
+        state: Option<JobState>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Asks for cancellation: a queued job is cancelled at once, a running one is
+    /// flagged for its worker. Returns the job as it is now.
+    async fn cancel_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// A job's events after `after` (a sequence number), oldest first.
+    async fn events(&self, job_id: &str, after: i64) -> Result<Vec<JobEvent>, StoreError>;
+    /// Jobs (all tenants) per state.
+    async fn job_counts(&self) -> Result<std::collections::HashMap<JobState, u64>, StoreError>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,34 @@
+//! Where effp keeps things: the job store (models, datasets, jobs and their events),
+//! the work queue and the object store, as traits, with the embedded backends
+//! (SQLite and a local directory). The API, the worker and the distributed backends
+//! program against the traits; which backend runs is configuration.
+//!
+//! Knows nothing of tch or HTTP.
+
+pub mod checkpoints;
+pub mod content;
+mod error;
+mod jobs;
+pub mod local;
+mod objects;
+mod queue;
+mod records;
+pub mod sqlite;
+
+pub use checkpoints::Checkpoints;
+pub use content::Content;
+pub use error::StoreError;
+pub use jobs::JobStore;
+pub use objects::{ByteStream, MAX_NAME_LEN, ObjectStore, Staged, StoredObject, check_name};
+pub use queue::Queue;
+pub use records::{DatasetRecord, JobEvent, JobRecord, ModelRecord};
+
+/// Now as an RFC 3339 timestamp (what records show) and as Unix milliseconds (what
+/// leases compare).
+pub fn now() -> (String, i64) {
+    let t = std::time::SystemTime::now();
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (humantime::format_rfc3339_millis(t).to_string(), ms)
+}

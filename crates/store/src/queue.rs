@@ -1,0 +1,51 @@
+//! The work queue workers claim jobs from.
+
+use effp_protocol::JobState;
+use std::time::Duration;
+
+use crate::{JobRecord, StoreError};
+
+/// The work queue: jobs are claimed with a lease that the worker renews; a job whose
+/// lease runs out (its worker died, or lost touch) goes to the next claim, up to a
+/// limit of attempts. Waking idle workers and noticing expired leases are the
+/// backend's business: a worker claims, and when there was nothing, waits with
+/// [`Queue::wait_for_work`].
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Claims the oldest claimable job for `lease`; jobs out of attempts fail.
+    async fn claim(
+        &self,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JobRecord>, StoreError>;
+    /// Returns when a claim may find work: a job was queued or put back, a running
+    /// job's lease ran out, or `timeout` passed (whichever is first). May return
+    /// early; the claim that follows then finds nothing.
+    async fn wait_for_work(&self, timeout: Duration);
+    /// Renews a running job's lease; returns whether cancellation was asked for.
+    async fn heartbeat(&self, id: &str, lease: Duration) -> Result<bool, StoreError>;
+    /// Records a running job's phase, progress and metrics.
+    async fn report(
+        &self,
+        id: &str,
+        phase: &str,
+        progress: f64,
+        metrics: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Puts a running job back in the queue without counting the attempt (the
+    /// service is shutting down; its checkpoint lets the next claim resume it).
+    async fn release(&self, id: &str) -> Result<(), StoreError>;
+    /// Puts a running job whose worker process died back in the queue, counting the
+    /// attempt; once it has had `max_attempts` it fails with `reason`.
+    async fn retry(&self, id: &str, reason: &str, max_attempts: u32) -> Result<(), StoreError>;
+    /// Ends a job: its final state, error and artifacts.
+    async fn finish(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<&str>,
+        artifacts: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Jobs waiting to be claimed.
+    async fn depth(&self) -> Result<u64, StoreError>;
+}

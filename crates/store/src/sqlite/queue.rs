@@ -1,0 +1,187 @@
+//! The work queue on SQLite: the jobs table's state and lease columns.
+
+use std::time::Duration;
+
+use effp_protocol::JobState;
+use rusqlite::{OptionalExtension, params};
+
+use super::{JOB_COLUMNS, SqliteStore, append_event, job_row};
+use crate::{JobRecord, Queue, StoreError, now};
+
+#[async_trait::async_trait]
+impl Queue for SqliteStore {
+    async fn claim(
+        &self,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let (ts, ms) = now();
+        let until = ms + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = 'failed', phase = 'done', updated_at = ?1, \
+                 error = 'the job was started ' || attempts || ' times and never finished (its worker died each time)' \
+                 WHERE state = 'running' AND lease_until < ?2 AND attempts >= ?3",
+                params![ts, ms, max_attempts],
+            )?;
+            let job = c
+                .query_row(
+                    &format!(
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?1, updated_at = ?2, claimed_at = ?3 \
+                         WHERE id = (SELECT id FROM jobs j WHERE j.state = 'queued' OR (j.state = 'running' AND j.lease_until < ?3) \
+                                     ORDER BY \
+                                       (SELECT COUNT(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'running' AND r.lease_until >= ?3), \
+                                       (SELECT COALESCE(MAX(c.claimed_at), 0) FROM jobs c WHERE c.tenant = j.tenant), \
+                                       j.created_at, j.id LIMIT 1) \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    params![until, ts, ms],
+                    job_row,
+                )
+                .optional()?;
+            if let Some(j) = &job {
+                append_event(c, &j.id, "state")?;
+            }
+            Ok(job)
+        })
+        .await
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let woken = self.wake.notified();
+        // The earliest lease of a running job, in Unix milliseconds: when it runs out
+        // the job is claimable.
+        let expiry = self
+            .with(|c| {
+                c.query_row(
+                    "SELECT MIN(lease_until) FROM jobs WHERE state = 'running'",
+                    [],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+            })
+            .await
+            .ok()
+            .flatten();
+        let wait = match expiry {
+            Some(until) => {
+                let left = Duration::from_millis(until.saturating_sub(now().1).max(0) as u64);
+                // Just past the expiry, so that the claim sees it run out.
+                timeout.min(left + Duration::from_millis(5))
+            }
+            None => timeout,
+        };
+        let _ = tokio::time::timeout(wait, woken).await;
+    }
+
+    async fn heartbeat(&self, id: &str, lease: Duration) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let (ts, ms) = now();
+        let until = ms + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET lease_until = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+                params![id, until, ts],
+            )?;
+            c.query_row(
+                "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                params![id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v != 0)
+        })
+        .await
+    }
+
+    async fn report(
+        &self,
+        id: &str,
+        phase: &str,
+        progress: f64,
+        metrics: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (id, phase, metrics) = (id.to_string(), phase.to_string(), metrics.to_string());
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, phase, progress, metrics, ts],
+            )?;
+            append_event(c, &id, "progress")
+        })
+        .await
+    }
+
+    async fn release(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = 'queued', phase = 'queued', lease_until = 0, \
+                 attempts = MAX(attempts - 1, 0), updated_at = ?2 WHERE id = ?1 AND state = 'running'",
+                params![id, ts],
+            )?;
+            append_event(c, &id, "state")
+        })
+        .await?;
+        self.work_arrived();
+        Ok(())
+    }
+
+    async fn retry(&self, id: &str, reason: &str, max_attempts: u32) -> Result<(), StoreError> {
+        let (id, reason) = (id.to_string(), reason.to_string());
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET lease_until = 0, updated_at = ?2, \
+                 state = CASE WHEN attempts >= ?3 THEN 'failed' ELSE 'queued' END, \
+                 phase = CASE WHEN attempts >= ?3 THEN 'done' ELSE 'queued' END, \
+                 error = CASE WHEN attempts >= ?3 \
+                   THEN 'the job was started ' || attempts || ' times and never finished: ' || ?4 \
+                   ELSE error END \
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, ts, max_attempts, reason],
+            )?;
+            append_event(c, &id, "state")
+        })
+        .await?;
+        self.work_arrived();
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<&str>,
+        artifacts: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (id, state, error, artifacts) = (
+            id.to_string(),
+            state.as_str(),
+            error.map(str::to_string),
+            artifacts.to_string(),
+        );
+        let (ts, _) = now();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = ?2, error = ?3, artifacts = ?4, phase = 'done', \
+                 progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END, updated_at = ?5 WHERE id = ?1",
+                params![id, state, error, artifacts, ts],
+            )?;
+            append_event(c, &id, "state")
+        })
+        .await
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+}
