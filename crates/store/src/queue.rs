@@ -1,6 +1,6 @@
 //! The work queue workers claim jobs from.
 
-use effp_protocol::JobState;
+use effp_protocol::{Artifacts, JobState};
 use std::time::Duration;
 
 use crate::{JobRecord, StoreError};
@@ -44,7 +44,7 @@ pub trait Queue: Send + Sync {
         id: &str,
         state: JobState,
         error: Option<&str>,
-        artifacts: &serde_json::Value,
+        artifacts: &Artifacts,
     ) -> Result<(), StoreError>;
     /// Jobs waiting to be claimed.
     async fn depth(&self) -> Result<u64, StoreError>;

@@ -1,6 +1,6 @@
 //! The records the job store keeps: models, datasets, jobs and their events.
 
-use effp_protocol::JobState;
+use effp_protocol::{Artifacts, JobState};
 use serde::Serialize;
 
 /// A model a tenant uploaded.
@@ -76,8 +76,8 @@ pub struct JobRecord {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metrics: serde_json::Value,
     /// Artifact name → SHA-256 and size.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub artifacts: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, effp_protocol::ArtifactRef>))]
+    pub artifacts: Artifacts,
     /// Why it failed.
     pub error: Option<String>,
     /// Times a worker claimed it.
@@ -111,7 +111,7 @@ impl JobRecord {
             phase: "queued".into(),
             progress: 0.0,
             metrics: serde_json::json!({}),
-            artifacts: serde_json::json!({}),
+            artifacts: Artifacts::new(),
             error: None,
             attempts: 0,
             cancel_requested: false,

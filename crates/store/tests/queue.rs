@@ -177,3 +177,38 @@ async fn the_database_serves_one_process_and_the_next_one_recovers_its_jobs() {
     let queued = next.claim(LONG, 3).await.unwrap().unwrap();
     assert_eq!(queued.id, "job_b");
 }
+
+#[tokio::test]
+async fn a_finished_job_keeps_its_state_and_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.insert_job(&job("job_a")).await.unwrap();
+    store.claim(LONG, 3).await.unwrap().unwrap();
+    let mut artifacts = effp_protocol::Artifacts::new();
+    artifacts.insert(
+        effp_protocol::artifact::PRUNED_MODEL.into(),
+        effp_protocol::ArtifactRef {
+            sha256: "ab".repeat(32),
+            size: 1234,
+        },
+    );
+    store
+        .finish("job_a", JobState::Succeeded, None, &artifacts)
+        .await
+        .unwrap();
+    let done = state(&store, "job_a").await;
+    assert_eq!((done.state, done.progress), (JobState::Succeeded, 1.0));
+    assert_eq!(done.artifacts, artifacts);
+    // Its content is referenced: the start-up recount keeps it.
+    let referenced = store.recount_objects().await.unwrap();
+    assert!(referenced.contains(&"ab".repeat(32)));
+    // Nothing is left to claim, and ended jobs are reported as such.
+    assert!(store.claim(LONG, 3).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .ended_jobs(&["job_a".into(), "job_x".into()])
+            .await
+            .unwrap(),
+        ["job_a", "job_x"]
+    );
+}

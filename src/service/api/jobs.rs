@@ -337,19 +337,20 @@ pub async fn artifact(
     let Some(entry) = job.artifacts.get(&name) else {
         return Err(Problem::not_found("artifact", &format!("{id}/{name}")));
     };
-    let sha = entry["sha256"].as_str().unwrap_or_default().to_string();
-    let size = entry["size"].as_u64().unwrap_or(0);
     let content_type = if name.ends_with(".json") {
         "application/json"
     } else {
         "application/octet-stream"
     };
-    super::shared::stream_object(&state, &sha, size, &name, content_type, &headers).await
-}
-
-/// What the worker writes for a job's artifact list.
-pub fn artifact_entry(sha256: &str, size: u64) -> serde_json::Value {
-    json!({ "sha256": sha256, "size": size })
+    super::shared::stream_object(
+        &state,
+        &entry.sha256,
+        entry.size,
+        &name,
+        content_type,
+        &headers,
+    )
+    .await
 }
 
 /// `GET /v1/jobs/{id}/events`: Server-Sent Events, one per state change or progress

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use effp_data::archive::ArchiveLimits;
+use effp_protocol::artifact::{PRUNE_REPORT, PRUNED_MODEL};
 use effp_protocol::report::StepRecord;
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +59,10 @@ pub enum ChildMessage {
 
 /// The outputs of a run in its work folder.
 pub fn pruned_path(work: &Path) -> PathBuf {
-    work.join("pruned.onnx")
+    work.join(PRUNED_MODEL)
 }
 
 /// The report of a run in its work folder.
 pub fn report_path(work: &Path) -> PathBuf {
-    work.join("report.json")
+    work.join(PRUNE_REPORT)
 }

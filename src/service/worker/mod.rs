@@ -3,8 +3,9 @@
 //! while it works, keeps training checkpoints in the object store so that a restart
 //! (or another worker) resumes the job, and stores the artifacts. A worker process that dies costs its job an attempt, not the service.
 
-use effp_protocol::JobState;
+use effp_protocol::artifact::{PRUNE_REPORT, PRUNED_MODEL};
 use effp_protocol::report::PruneReport;
+use effp_protocol::{ArtifactRef, Artifacts, JobState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use super::api::jobs::{JobSpec, artifact_entry};
+use super::api::jobs::JobSpec;
 use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
 use child::{ChildMessage, JobRun};
@@ -100,7 +101,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
     let (final_state, error, artifacts) = match outcome {
         Ok(Outcome::Done(artifacts)) => (JobState::Succeeded, None, artifacts),
         Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => {
-            (JobState::Cancelled, None, json!({}))
+            (JobState::Cancelled, None, Artifacts::new())
         }
         Ok(Outcome::Stopped) => {
             tracing::info!(job = %job.id, "shutting down: the job goes back to the queue");
@@ -118,7 +119,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
             }
             return;
         }
-        Ok(Outcome::Failed(message)) => (JobState::Failed, Some(message), json!({})),
+        Ok(Outcome::Failed(message)) => (JobState::Failed, Some(message), Artifacts::new()),
         Err(e) => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             tracing::error!(job = %job.id, error_id = %id, error = %format!("{e:#}"), "job failed inside the service");
@@ -127,7 +128,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
                 Some(format!(
                     "the service could not run the job (error id {id}; the server log has the details)"
                 )),
-                json!({}),
+                Artifacts::new(),
             )
         }
     };
@@ -152,7 +153,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
 /// How a job's run ended, as far as the worker loop is concerned.
 enum Outcome {
     /// The artifacts, stored.
-    Done(serde_json::Value),
+    Done(Artifacts),
     /// Stopped on request with a checkpoint.
     Stopped,
     /// Failed for a reason the client may read.
@@ -314,22 +315,23 @@ async fn execute(
         metrics["resumed_from_step"] = json!(training.resumed_from_step);
     }
     state.queue.report(&job.id, "store", 0.95, &metrics).await?;
-    let mut artifacts = serde_json::Map::new();
-    for path in [
-        child::pruned_path(work.path()),
-        child::report_path(work.path()),
+    let mut artifacts = Artifacts::new();
+    for (name, path) in [
+        (PRUNED_MODEL, child::pruned_path(work.path())),
+        (PRUNE_REPORT, child::report_path(work.path())),
     ] {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
         let file = tokio::fs::File::open(&path).await?;
         let stream = Box::pin(tokio_util::io::ReaderStream::new(file));
         let stored = state.content.store(stream, u64::MAX).await?;
-        artifacts.insert(name, artifact_entry(&stored.sha256, stored.size));
+        artifacts.insert(
+            name.to_string(),
+            ArtifactRef {
+                sha256: stored.sha256,
+                size: stored.size,
+            },
+        );
     }
-    Ok(Outcome::Done(serde_json::Value::Object(artifacts)))
+    Ok(Outcome::Done(artifacts))
 }
 
 /// Copies each checkpoint the worker process writes to the object store (the latest

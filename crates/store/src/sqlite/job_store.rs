@@ -199,7 +199,7 @@ impl JobStore for SqliteStore {
                           ON CONFLICT (tenant, idempotency_key) DO NOTHING"),
                 params![
                     j.id, j.tenant, j.spec.to_string(), j.state.as_str(), j.phase, j.progress,
-                    j.metrics.to_string(), j.artifacts.to_string(), j.error, j.attempts,
+                    j.metrics.to_string(), serde_json::json!(j.artifacts).to_string(), j.error, j.attempts,
                     j.cancel_requested as i64, j.idempotency_key, j.created_at, j.updated_at
                 ],
             )?;

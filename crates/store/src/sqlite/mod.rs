@@ -120,6 +120,17 @@ fn json_column(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
+/// A JSON column of a typed value; text that does not hold one is a corrupt row.
+fn typed_column<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 /// A job state column; text that names no state is a corrupt row.
 fn state_column(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<JobState> {
     let text: String = row.get(i)?;
@@ -137,7 +148,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         phase: row.get(4)?,
         progress: row.get(5)?,
         metrics: json_column(row, 6)?,
-        artifacts: json_column(row, 7)?,
+        artifacts: typed_column(row, 7)?,
         error: row.get(8)?,
         attempts: row.get(9)?,
         cancel_requested: row.get::<_, i64>(10)? != 0,

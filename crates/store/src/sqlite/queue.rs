@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use effp_protocol::JobState;
+use effp_protocol::{Artifacts, JobState};
 use rusqlite::{OptionalExtension, params};
 
 use super::{JOB_COLUMNS, SqliteStore, append_event, job_row};
@@ -153,13 +153,13 @@ impl Queue for SqliteStore {
         id: &str,
         state: JobState,
         error: Option<&str>,
-        artifacts: &serde_json::Value,
+        artifacts: &Artifacts,
     ) -> Result<(), StoreError> {
         let (id, state, error, artifacts) = (
             id.to_string(),
             state.as_str(),
             error.map(str::to_string),
-            artifacts.to_string(),
+            serde_json::to_string(artifacts).map_err(|e| StoreError::Backend(e.to_string()))?,
         );
         let (ts, _) = now();
         self.with(move |c| {
