@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks `effp serve` on the embedded default (release binary, one process).
+"""Benchmarks `effp serve` on the embedded default (release binaries, one process).
 
 1. Throughput and latency percentiles, measured with oha at a fixed concurrency, of
    `GET /v1/jobs/{id}` (a finished l1 job) and of `POST /v1/jobs` with a request that
@@ -8,6 +8,9 @@
    so the server streams, hashes, unpacks and checks all of it) and a 500 MB body
    that is not an ONNX model. The server's resident memory is sampled every 10 ms
    from /proc while the request runs; the figure is its peak above the idle level.
+
+With --effp-api-only, the same figures for the build without the engine, serving the
+same data with `--no-worker` (the API replicas' build).
 
 Prints a table and writes the figures as JSON.
 """
@@ -153,9 +156,42 @@ def upload(server: Server, path: str, file: Path) -> dict:
     }
 
 
+def measure(server: Server, args, tmp: Path, model_id: str, job_id: str) -> dict:
+    """Endpoint throughput and the two large uploads against one running server."""
+    idle = rss(server.proc.pid)
+    rows = {}
+    rows["GET /v1/jobs/{id}"] = oha(args.oha, f"{server.url}/v1/jobs/{job_id}", args.seconds, args.concurrency, [])
+    invalid = json.dumps({"model": model_id, "target": {"flops_ratio": 1.5}})
+    rows["POST /v1/jobs (422)"] = oha(
+        args.oha,
+        f"{server.url}/v1/jobs",
+        args.seconds,
+        args.concurrency,
+        ["-m", "POST", "-H", "Content-Type: application/json", "-d", invalid],
+    )
+    size = args.upload_mb * 1_000_000
+    # New random padding per server: the same bytes twice would be found stored.
+    archive = tmp / "dataset.tar"
+    padded_dataset(args.fixtures / "synth", size, archive)
+    garbage = tmp / "garbage.bin"
+    with open(garbage, "wb") as f:
+        reader = RandomReader(size)
+        while chunk := reader.read(1 << 20):
+            f.write(chunk)
+    uploads = {
+        "POST /v1/datasets (valid archive)": upload(server, "/v1/datasets", archive),
+        "POST /v1/models (not ONNX, 422)": upload(server, "/v1/models", garbage),
+    }
+    archive.unlink()
+    garbage.unlink()
+    return {"idle_rss_mb": idle / 1e6, "endpoints": rows, "uploads": uploads}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--effp", required=True)
+    parser.add_argument("--effp-api-only", help="also measure this build without the engine "
+                        "(effp serve --no-worker on the same data)")
     parser.add_argument("--oha", required=True)
     parser.add_argument("--fixtures", required=True, type=Path)
     parser.add_argument("--seconds", type=int, default=10)
@@ -164,6 +200,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
+    builds = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         server = Server(args.effp, tmp / "data")
@@ -178,43 +215,29 @@ def main() -> int:
             job_id = json.loads(job)["id"]
             while json.loads(server.request("GET", f"/v1/jobs/{job_id}")[1])["state"] not in ("succeeded", "failed"):
                 time.sleep(0.2)
-
-            rows = {}
-            rows["GET /v1/jobs/{id}"] = oha(args.oha, f"{server.url}/v1/jobs/{job_id}", args.seconds, args.concurrency, [])
-            invalid = json.dumps({"model": model_id, "target": {"flops_ratio": 1.5}})
-            rows["POST /v1/jobs (422)"] = oha(
-                args.oha,
-                f"{server.url}/v1/jobs",
-                args.seconds,
-                args.concurrency,
-                ["-m", "POST", "-H", "Content-Type: application/json", "-d", invalid],
-            )
-
-            size = args.upload_mb * 1_000_000
-            archive = tmp / "dataset.tar"
-            padded_dataset(args.fixtures / "synth", size, archive)
-            garbage = tmp / "garbage.bin"
-            with open(garbage, "wb") as f:
-                reader = RandomReader(size)
-                while chunk := reader.read(1 << 20):
-                    f.write(chunk)
-            uploads = {
-                "POST /v1/datasets (valid archive)": upload(server, "/v1/datasets", archive),
-                "POST /v1/models (not ONNX, 422)": upload(server, "/v1/models", garbage),
-            }
+            builds["full"] = measure(server, args, tmp, model_id, job_id)
         finally:
             server.stop()
+        if args.effp_api_only:
+            # The same data directory, now served by the build without the engine.
+            server = Server(args.effp_api_only, tmp / "data", ["--no-worker"])
+            try:
+                builds["api-only"] = measure(server, args, tmp, model_id, job_id)
+            finally:
+                server.stop()
 
-    print(f"effp serve, release build, {os.cpu_count()} cores ({cpu_name()}); oha -c {args.concurrency} for {args.seconds} s")
-    print(f"{'endpoint':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status codes")
-    for name, r in rows.items():
-        print(f"{name:<24} {r['requests_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {r['status_codes']}")
-    print(f"\n{'upload':<34} {'MB':>6} {'status':>6} {'MB/s':>7} {'peak RSS above idle':>20}")
-    for name, u in uploads.items():
-        print(
-            f"{name:<34} {u['bytes'] / 1e6:>6.0f} {u['status']:>6} {u['mb_per_second']:>7.1f} "
-            f"{u['peak_rss_above_idle_mb']:>17.1f} MB"
-        )
+    print(f"effp serve, release builds, {os.cpu_count()} cores ({cpu_name()}); oha -c {args.concurrency} for {args.seconds} s")
+    print(f"{'build':<9} {'endpoint':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status codes")
+    for build, b in builds.items():
+        for name, r in b["endpoints"].items():
+            print(f"{build:<9} {name:<24} {r['requests_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {r['status_codes']}")
+    print(f"\n{'build':<9} {'upload':<34} {'MB':>6} {'status':>6} {'MB/s':>7} {'peak RSS above idle':>20} {'idle RSS':>9}")
+    for build, b in builds.items():
+        for name, u in b["uploads"].items():
+            print(
+                f"{build:<9} {name:<34} {u['bytes'] / 1e6:>6.0f} {u['status']:>6} {u['mb_per_second']:>7.1f} "
+                f"{u['peak_rss_above_idle_mb']:>17.1f} MB {b['idle_rss_mb']:>6.1f} MB"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -222,8 +245,7 @@ def main() -> int:
                 "machine": {"cpus": os.cpu_count(), "cpu": cpu_name()},
                 "concurrency": args.concurrency,
                 "seconds": args.seconds,
-                "endpoints": rows,
-                "uploads": uploads,
+                "builds": builds,
             },
             indent=2,
         )
