@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: openapi help run test lint venv fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
+.PHONY: openapi help run test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -27,7 +27,7 @@ run: venv ## Start the service on the embedded default (SQLite + local directory
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
 	  EFFP_DATA_DIR="$${EFFP_DATA_DIR:-$(EFFP_CACHE)/data}" "$(EFFP_BIN)" serve
 
-test: venv fixtures ## Run every test
+test: venv fixtures servers ## Run every test
 	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \
 	  { EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets \
 	    && cargo test --workspace --doc; } 2>&1 | tee "$$log"; status=$${PIPESTATUS[0]}; \
@@ -38,6 +38,9 @@ lint: venv ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --no-default-features --bin effp --quiet --target-dir target/api-only -- -D warnings
+
+servers: ## Install the servers the tests start (Debian redis-server)
+	@scripts/install-servers.sh
 
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)
 	@scripts/bootstrap-python.sh

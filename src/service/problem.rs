@@ -97,9 +97,9 @@ impl From<StoreError> for Problem {
                 ),
             ),
             StoreError::Backend(m) => Problem::internal("storage failed", m),
-            e @ (StoreError::InvalidName(_) | StoreError::InUse(_)) => {
-                Problem::internal("storage failed", e.to_string())
-            }
+            e @ (StoreError::InvalidName(_)
+            | StoreError::InUse(_)
+            | StoreError::LeaseLost { .. }) => Problem::internal("storage failed", e.to_string()),
         }
     }
 }

@@ -26,6 +26,17 @@ pub enum StoreError {
          stop the other one, or give this one its own data directory"
     )]
     InUse(String),
+    /// A worker's claim on a job was taken over: its lease ran out and another
+    /// claim got the job.
+    #[error(
+        "the claim on job {job} (attempt {attempt}) was taken over after its lease ran out; this worker must stop it"
+    )]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// The attempt number of the lost claim.
+        attempt: u32,
+    },
     /// The backend failed (disk, database).
     #[error("storage failed: {0}")]
     Backend(String),

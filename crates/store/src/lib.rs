@@ -1,7 +1,8 @@
 //! Where effp keeps things: the job store (models, datasets, jobs and their events),
 //! the work queue and the object store, as traits, with the embedded backends
-//! (SQLite and a local directory). The API, the worker and the distributed backends
-//! program against the traits; which backend runs is configuration.
+//! (SQLite and a local directory) and the distributed job store and queue (Redis).
+//! The API and the worker program against the traits; which backend runs is
+//! configuration.
 //!
 //! Knows nothing of tch or HTTP.
 
@@ -13,6 +14,7 @@ pub mod local;
 mod objects;
 mod queue;
 mod records;
+pub mod redis;
 pub mod sqlite;
 
 pub use checkpoints::Checkpoints;

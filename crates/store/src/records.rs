@@ -1,10 +1,10 @@
 //! The records the job store keeps: models, datasets, jobs and their events.
 
 use effp_protocol::{Artifacts, JobState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A model a tenant uploaded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRecord {
     /// Identifier (`mdl_…`).
@@ -30,7 +30,7 @@ pub struct ModelRecord {
 }
 
 /// A dataset (an archive of images and labels) a tenant uploaded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetRecord {
     /// Identifier (`ds_…`).

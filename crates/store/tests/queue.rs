@@ -1,9 +1,13 @@
-//! The SQLite queue as workers use it: claims, leases that run out, waking idle
-//! workers, attempts, and the one-process rule of the embedded store.
+//! The queue as workers use it, on every backend: claims, leases that run out,
+//! waking idle workers, attempts, fencing of lost claims; and the one-process rule of
+//! the embedded store.
+
+mod backends;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backends::Store;
 use effp_protocol::JobState;
 use effp_store::sqlite::SqliteStore;
 use effp_store::{JobRecord, JobStore, Queue, StoreError};
@@ -14,30 +18,25 @@ fn job(id: &str) -> JobRecord {
     JobRecord::queued(id.into(), "tenant".into(), serde_json::json!({}), None)
 }
 
-fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&dir.path().join("effp.sqlite3")).unwrap()
-}
-
-async fn state(store: &SqliteStore, id: &str) -> JobRecord {
+async fn state(store: &dyn Store, id: &str) -> JobRecord {
     store.job("tenant", id).await.unwrap().unwrap()
 }
 
-#[tokio::test]
-async fn a_job_is_claimed_once_while_its_lease_lasts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn lost<T: std::fmt::Debug>(outcome: Result<T, StoreError>) -> bool {
+    matches!(outcome, Err(StoreError::LeaseLost { .. }))
+}
+
+async fn a_job_is_claimed_once_while_its_lease_lasts(store: Arc<dyn Store>) {
     assert!(store.claim(LONG, 3).await.unwrap().is_none());
     store.insert_job(&job("job_a")).await.unwrap();
     let claimed = store.claim(LONG, 3).await.unwrap().unwrap();
     assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_a", 1));
     assert_eq!(claimed.state, JobState::Running);
     assert!(store.claim(LONG, 3).await.unwrap().is_none());
+    assert_eq!(store.depth().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn an_idle_worker_wakes_when_a_job_is_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(&dir));
+async fn an_idle_worker_wakes_when_a_job_is_queued(store: Arc<dyn Store>) {
     let waiter = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
@@ -46,7 +45,7 @@ async fn an_idle_worker_wakes_when_a_job_is_queued() {
             started.elapsed()
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !waiter.is_finished(),
         "the wait returned with nothing queued"
@@ -59,10 +58,7 @@ async fn an_idle_worker_wakes_when_a_job_is_queued() {
     assert!(waited < LONG);
 }
 
-#[tokio::test]
-async fn a_job_queued_between_a_claim_and_the_wait_is_not_missed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_job_queued_between_a_claim_and_the_wait_is_not_missed(store: Arc<dyn Store>) {
     assert!(store.claim(LONG, 3).await.unwrap().is_none());
     store.insert_job(&job("job_a")).await.unwrap();
     tokio::time::timeout(Duration::from_secs(30), store.wait_for_work(LONG))
@@ -71,10 +67,7 @@ async fn a_job_queued_between_a_claim_and_the_wait_is_not_missed() {
     assert!(store.claim(LONG, 3).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again(store: Arc<dyn Store>) {
     store.insert_job(&job("job_a")).await.unwrap();
     // Drain the wake-up of the insert.
     store.wait_for_work(Duration::ZERO).await;
@@ -93,26 +86,74 @@ async fn a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again() {
     assert_eq!((again.id.as_str(), again.attempts), ("job_a", 2));
 }
 
-#[tokio::test]
-async fn heartbeats_keep_the_lease_and_carry_the_cancellation() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_worker_whose_claim_was_taken_over_changes_nothing(store: Arc<dyn Store>) {
+    store.insert_job(&job("job_a")).await.unwrap();
+    let first = store
+        .claim(Duration::from_millis(100), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(second.attempts, first.attempts + 1);
+    // The first worker wakes up late: every call of its claim is refused.
+    let old = first.attempts;
+    assert!(lost(store.heartbeat("job_a", old, LONG).await));
+    assert!(lost(
+        store
+            .report("job_a", old, "train", 0.5, &serde_json::json!({"step": 1}))
+            .await
+    ));
+    assert!(lost(
+        store
+            .finish(
+                "job_a",
+                old,
+                JobState::Failed,
+                Some("stale"),
+                &Default::default()
+            )
+            .await
+    ));
+    assert!(lost(store.release("job_a", old).await));
+    assert!(lost(store.retry("job_a", old, "stale", 3).await));
+    let now = state(&*store, "job_a").await;
+    assert_eq!((now.state, now.attempts), (JobState::Running, 2));
+    assert!(now.error.is_none() && now.metrics == serde_json::json!({}));
+    // The holder's calls work.
+    assert!(
+        !store
+            .heartbeat("job_a", second.attempts, LONG)
+            .await
+            .unwrap()
+    );
+    store
+        .finish(
+            "job_a",
+            second.attempts,
+            JobState::Succeeded,
+            None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state(&*store, "job_a").await.state, JobState::Succeeded);
+}
+
+async fn heartbeats_keep_the_lease_and_carry_the_cancellation(store: Arc<dyn Store>) {
     store.insert_job(&job("job_a")).await.unwrap();
     let lease = Duration::from_millis(400);
     store.claim(lease, 3).await.unwrap().unwrap();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!store.heartbeat("job_a", lease).await.unwrap());
+        assert!(!store.heartbeat("job_a", 1, lease).await.unwrap());
         assert!(store.claim(lease, 3).await.unwrap().is_none());
     }
     store.cancel_job("tenant", "job_a").await.unwrap();
-    assert!(store.heartbeat("job_a", lease).await.unwrap());
+    assert!(store.heartbeat("job_a", 1, lease).await.unwrap());
 }
 
-#[tokio::test]
-async fn a_job_whose_workers_keep_dying_fails_after_its_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_job_whose_workers_keep_dying_fails_after_its_attempts(store: Arc<dyn Store>) {
     store.insert_job(&job("job_a")).await.unwrap();
     let short = Duration::from_millis(50);
     for attempt in 1..=2 {
@@ -121,7 +162,7 @@ async fn a_job_whose_workers_keep_dying_fails_after_its_attempts() {
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
     assert!(store.claim(short, 2).await.unwrap().is_none());
-    let failed = state(&store, "job_a").await;
+    let failed = state(&*store, "job_a").await;
     assert_eq!(failed.state, JobState::Failed);
     assert!(
         failed.error.as_deref().unwrap().contains("started 2 times"),
@@ -129,59 +170,30 @@ async fn a_job_whose_workers_keep_dying_fails_after_its_attempts() {
     );
 }
 
-#[tokio::test]
-async fn release_gives_the_attempt_back_and_retry_spends_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn release_gives_the_attempt_back_and_retry_spends_it(store: Arc<dyn Store>) {
     store.insert_job(&job("job_a")).await.unwrap();
     store.wait_for_work(Duration::ZERO).await;
     store.claim(LONG, 2).await.unwrap().unwrap();
-    store.release("job_a").await.unwrap();
-    let released = state(&store, "job_a").await;
+    store.release("job_a", 1).await.unwrap();
+    let released = state(&*store, "job_a").await;
     assert_eq!((released.state, released.attempts), (JobState::Queued, 0));
+    assert_eq!(store.depth().await.unwrap(), 1);
     // Each put-back wakes idle workers.
     tokio::time::timeout(Duration::from_secs(30), store.wait_for_work(LONG))
         .await
         .expect("a released job did not wake a worker");
 
     store.claim(LONG, 2).await.unwrap().unwrap();
-    store.retry("job_a", "killed", 2).await.unwrap();
-    assert_eq!(state(&store, "job_a").await.state, JobState::Queued);
+    store.retry("job_a", 1, "killed", 2).await.unwrap();
+    assert_eq!(state(&*store, "job_a").await.state, JobState::Queued);
     store.claim(LONG, 2).await.unwrap().unwrap();
-    store.retry("job_a", "killed again", 2).await.unwrap();
-    let failed = state(&store, "job_a").await;
+    store.retry("job_a", 2, "killed again", 2).await.unwrap();
+    let failed = state(&*store, "job_a").await;
     assert_eq!(failed.state, JobState::Failed);
     assert!(failed.error.unwrap().ends_with("killed again"));
 }
 
-#[tokio::test]
-async fn the_database_serves_one_process_and_the_next_one_recovers_its_jobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    store.insert_job(&job("job_a")).await.unwrap();
-    store.insert_job(&job("job_b")).await.unwrap();
-    store.claim(LONG, 3).await.unwrap().unwrap();
-    match SqliteStore::open(&dir.path().join("effp.sqlite3")) {
-        Err(e @ StoreError::InUse(_)) => {
-            assert!(e.to_string().contains("another effp process"), "{e}")
-        }
-        other => panic!("a second open was not refused: {other:?}"),
-    }
-    // The process ends with a job running (its lease far from over)…
-    drop(store);
-    // …and the next one may claim it at once: nobody else can be running it.
-    let next = open(&dir);
-    assert_eq!(next.recovered(), 1);
-    let claimed = next.claim(LONG, 3).await.unwrap().unwrap();
-    assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_a", 2));
-    let queued = next.claim(LONG, 3).await.unwrap().unwrap();
-    assert_eq!(queued.id, "job_b");
-}
-
-#[tokio::test]
-async fn a_finished_job_keeps_its_state_and_artifacts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_finished_job_keeps_its_state_and_artifacts(store: Arc<dyn Store>) {
     store.insert_job(&job("job_a")).await.unwrap();
     store.claim(LONG, 3).await.unwrap().unwrap();
     let mut artifacts = effp_protocol::Artifacts::new();
@@ -193,10 +205,10 @@ async fn a_finished_job_keeps_its_state_and_artifacts() {
         },
     );
     store
-        .finish("job_a", JobState::Succeeded, None, &artifacts)
+        .finish("job_a", 1, JobState::Succeeded, None, &artifacts)
         .await
         .unwrap();
-    let done = state(&store, "job_a").await;
+    let done = state(&*store, "job_a").await;
     assert_eq!((done.state, done.progress), (JobState::Succeeded, 1.0));
     assert_eq!(done.artifacts, artifacts);
     // Its content is referenced: the start-up recount keeps it.
@@ -211,4 +223,158 @@ async fn a_finished_job_keeps_its_state_and_artifacts() {
             .unwrap(),
         ["job_a", "job_x"]
     );
+    // Its history: queued, running, succeeded, in order.
+    let events = store.events("job_a", 0).await.unwrap();
+    let states: Vec<_> = events.iter().map(|e| e.data["state"].clone()).collect();
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    let later = store.events("job_a", events[0].seq).await.unwrap();
+    assert_eq!(later, events[1..]);
+}
+
+async fn a_cancelled_queued_job_is_never_claimed(store: Arc<dyn Store>) {
+    store.insert_job(&job("job_a")).await.unwrap();
+    store.insert_job(&job("job_b")).await.unwrap();
+    let cancelled = store.cancel_job("tenant", "job_a").await.unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(store.cancel_job("other", "job_b").await.unwrap().is_none());
+    let claimed = store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "job_b");
+    assert!(store.claim(LONG, 3).await.unwrap().is_none());
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts.get(&JobState::Cancelled), Some(&1));
+    assert_eq!(counts.get(&JobState::Running), Some(&1));
+}
+
+async fn a_tenant_with_many_queued_jobs_does_not_hold_back_another(store: Arc<dyn Store>) {
+    for i in 0..5 {
+        let mut j = job(&format!("job_a{i}"));
+        j.tenant = "busy".into();
+        store.insert_job(&j).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut other = job("job_b");
+    other.tenant = "quiet".into();
+    store.insert_job(&other).await.unwrap();
+    let first = store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(first.id, "job_a0");
+    // The busy tenant has a job running; the quiet one none: it goes next.
+    let second = store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(second.id, "job_b");
+    let third = store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(third.id, "job_a1");
+}
+
+async fn listings_are_newest_first_per_tenant_and_state(store: Arc<dyn Store>) {
+    for i in 0..4 {
+        store.insert_job(&job(&format!("job_{i}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut foreign = job("job_f");
+    foreign.tenant = "other".into();
+    store.insert_job(&foreign).await.unwrap();
+    let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.jobs("tenant", None, 10, 0).await.unwrap()),
+        ["job_3", "job_2", "job_1", "job_0"]
+    );
+    assert_eq!(
+        ids(store.jobs("tenant", None, 2, 1).await.unwrap()),
+        ["job_2", "job_1"]
+    );
+    store.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(
+        ids(store
+            .jobs("tenant", Some(JobState::Running), 10, 0)
+            .await
+            .unwrap()),
+        ["job_0"]
+    );
+    assert_eq!(
+        ids(store
+            .jobs("tenant", Some(JobState::Queued), 10, 0)
+            .await
+            .unwrap()),
+        ["job_3", "job_2", "job_1"]
+    );
+    assert!(store.job("other", "job_0").await.unwrap().is_none());
+    assert_eq!(store.active_load("tenant").await.unwrap().0, 4);
+    // An Idempotency-Key gives one job per tenant.
+    let mut keyed = job("job_k1");
+    keyed.idempotency_key = Some("key-1".into());
+    assert!(store.insert_job(&keyed).await.unwrap().is_none());
+    let mut again = job("job_k2");
+    again.idempotency_key = Some("key-1".into());
+    let existing = store.insert_job(&again).await.unwrap().unwrap();
+    assert_eq!(existing.id, "job_k1");
+    assert!(store.job("tenant", "job_k2").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .job_by_key("tenant", "key-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "job_k1"
+    );
+}
+
+/// Runs each scenario on a fresh store of one backend.
+macro_rules! on_backend {
+    ($backend:ident, $open:path) => {
+        mod $backend {
+            use super::*;
+            on_backend!(@tests $open;
+                a_job_is_claimed_once_while_its_lease_lasts,
+                an_idle_worker_wakes_when_a_job_is_queued,
+                a_job_queued_between_a_claim_and_the_wait_is_not_missed,
+                a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again,
+                a_worker_whose_claim_was_taken_over_changes_nothing,
+                heartbeats_keep_the_lease_and_carry_the_cancellation,
+                a_job_whose_workers_keep_dying_fails_after_its_attempts,
+                release_gives_the_attempt_back_and_retry_spends_it,
+                a_finished_job_keeps_its_state_and_artifacts,
+                a_cancelled_queued_job_is_never_claimed,
+                a_tenant_with_many_queued_jobs_does_not_hold_back_another,
+                listings_are_newest_first_per_tenant_and_state,
+            );
+        }
+    };
+    (@tests $open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let backend = $open().await;
+                super::$name(backend.store()).await;
+            }
+        )*
+    };
+}
+
+on_backend!(sqlite, backends::sqlite);
+on_backend!(redis, backends::redis);
+
+#[tokio::test]
+async fn the_database_serves_one_process_and_the_next_one_recovers_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("effp.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    store.insert_job(&job("job_a")).await.unwrap();
+    store.insert_job(&job("job_b")).await.unwrap();
+    store.claim(LONG, 3).await.unwrap().unwrap();
+    match SqliteStore::open(&path) {
+        Err(e @ StoreError::InUse(_)) => {
+            assert!(e.to_string().contains("another effp process"), "{e}")
+        }
+        other => panic!("a second open was not refused: {other:?}"),
+    }
+    // The process ends with a job running (its lease far from over)…
+    drop(store);
+    // …and the next one may claim it at once: nobody else can be running it.
+    let next = SqliteStore::open(&path).unwrap();
+    assert_eq!(next.recovered(), 1);
+    let claimed = next.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_a", 2));
+    let queued = next.claim(LONG, 3).await.unwrap().unwrap();
+    assert_eq!(queued.id, "job_b");
 }

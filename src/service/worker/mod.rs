@@ -19,7 +19,7 @@ use super::api::jobs::JobSpec;
 use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
 use child::{ChildMessage, JobRun};
-use effp_store::JobRecord;
+use effp_store::{JobRecord, StoreError};
 
 pub mod child;
 #[cfg(feature = "engine")]
@@ -68,12 +68,14 @@ async fn run_job(state: &AppState, job: JobRecord) {
     // happens after the worker process stops depends on which.
     let stop = CancellationToken::new();
     let cancelled = Arc::new(AtomicBool::new(job.cancel_requested));
+    // Set when another worker took the job over: this one must leave it alone.
+    let lost = Arc::new(AtomicBool::new(false));
     if job.cancel_requested {
         stop.cancel();
     }
     let heartbeat = {
-        let (state, id) = (state.clone(), job.id.clone());
-        let (stop, cancelled) = (stop.clone(), Arc::clone(&cancelled));
+        let (state, id, attempt) = (state.clone(), job.id.clone(), job.attempts);
+        let (stop, cancelled, lost) = (stop.clone(), Arc::clone(&cancelled), Arc::clone(&lost));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -84,12 +86,18 @@ async fn run_job(state: &AppState, job: JobRecord) {
                         tokio::time::sleep(HEARTBEAT).await;
                     }
                 }
-                match state.queue.heartbeat(&id, LEASE).await {
+                match state.queue.heartbeat(&id, attempt, LEASE).await {
                     Ok(true) => {
                         cancelled.store(true, Ordering::SeqCst);
                         stop.cancel();
                     }
                     Ok(false) => {}
+                    Err(e @ StoreError::LeaseLost { .. }) => {
+                        tracing::error!(%e, job = %id, "stopping the job: another worker claimed it");
+                        lost.store(true, Ordering::SeqCst);
+                        stop.cancel();
+                        return;
+                    }
                     Err(e) => tracing::warn!(%e, job = %id, "heartbeat failed"),
                 }
             }
@@ -98,6 +106,10 @@ async fn run_job(state: &AppState, job: JobRecord) {
     let started = std::time::Instant::now();
     let outcome = execute(state, &job, &stop).await;
     heartbeat.abort();
+    if lost.load(Ordering::SeqCst) {
+        // Its checkpoint and its end belong to the worker that holds it now.
+        return;
+    }
     let (final_state, error, artifacts) = match outcome {
         Ok(Outcome::Done(artifacts)) => (JobState::Succeeded, None, artifacts),
         Ok(Outcome::Stopped) if cancelled.load(Ordering::SeqCst) => {
@@ -105,7 +117,7 @@ async fn run_job(state: &AppState, job: JobRecord) {
         }
         Ok(Outcome::Stopped) => {
             tracing::info!(job = %job.id, "shutting down: the job goes back to the queue");
-            if let Err(e) = state.queue.release(&job.id).await {
+            if let Err(e) = state.queue.release(&job.id, job.attempts).await {
                 tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
             }
             return;
@@ -114,7 +126,11 @@ async fn run_job(state: &AppState, job: JobRecord) {
             // Possibly a passing cause (the machine ran out of memory, an operator
             // killed it): the next attempt resumes from the last checkpoint.
             tracing::warn!(job = %job.id, %reason, attempt = job.attempts, "the job's worker process died");
-            if let Err(e) = state.queue.retry(&job.id, &reason, MAX_ATTEMPTS).await {
+            if let Err(e) = state
+                .queue
+                .retry(&job.id, job.attempts, &reason, MAX_ATTEMPTS)
+                .await
+            {
                 tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
             }
             return;
@@ -143,7 +159,13 @@ async fn run_job(state: &AppState, job: JobRecord) {
         .observe(started.elapsed().as_secs_f64());
     if let Err(e) = state
         .queue
-        .finish(&job.id, final_state, error.as_deref(), &artifacts)
+        .finish(
+            &job.id,
+            job.attempts,
+            final_state,
+            error.as_deref(),
+            &artifacts,
+        )
         .await
     {
         tracing::error!(%e, job = %job.id, "cannot record the end of the job");
@@ -178,7 +200,7 @@ async fn execute(
     };
     state
         .queue
-        .report(&job.id, "prepare", 0.02, &json!({}))
+        .report(&job.id, job.attempts, "prepare", 0.02, &json!({}))
         .await?;
     let work = tempfile::tempdir_in(&state.scratch)?;
     let source = state.objects.local_file(&model.sha256, work.path()).await?;
@@ -218,6 +240,7 @@ async fn execute(
         .queue
         .report(
             &job.id,
+            job.attempts,
             if trains { "train" } else { "prune" },
             0.05,
             &json!({}),
@@ -226,7 +249,7 @@ async fn execute(
     let (steps_tx, steps_rx) = tokio::sync::mpsc::unbounded_channel::<StepRecord>();
     let reporter = tokio::spawn(report_steps(
         state.clone(),
-        job.id.clone(),
+        (job.id.clone(), job.attempts),
         run.spec.training.steps as usize,
         steps_rx,
     ));
@@ -314,7 +337,10 @@ async fn execute(
         metrics["steps"] = json!(training.steps);
         metrics["resumed_from_step"] = json!(training.resumed_from_step);
     }
-    state.queue.report(&job.id, "store", 0.95, &metrics).await?;
+    state
+        .queue
+        .report(&job.id, job.attempts, "store", 0.95, &metrics)
+        .await?;
     let mut artifacts = Artifacts::new();
     for (name, path) in [
         (PRUNED_MODEL, child::pruned_path(work.path())),
@@ -365,7 +391,7 @@ async fn keep_checkpoint(state: &AppState, job_id: &str, checkpoint: &std::path:
 /// always the latest, and the last one), until the run ends.
 async fn report_steps(
     state: AppState,
-    job_id: String,
+    (job_id, attempt): (String, u32),
     steps: usize,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<StepRecord>,
 ) {
@@ -393,7 +419,11 @@ async fn report_steps(
                 "regrown": r.regrown,
                 "pruned": r.pruned,
             });
-            if let Err(e) = state.queue.report(&job_id, phase, progress, &metrics).await {
+            if let Err(e) = state
+                .queue
+                .report(&job_id, attempt, phase, progress, &metrics)
+                .await
+            {
                 tracing::warn!(%e, job = %job_id, "cannot report progress");
             }
             last_sent = std::time::Instant::now();

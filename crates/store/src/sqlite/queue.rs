@@ -73,64 +73,69 @@ impl Queue for SqliteStore {
         let _ = tokio::time::timeout(wait, woken).await;
     }
 
-    async fn heartbeat(&self, id: &str, lease: Duration) -> Result<bool, StoreError> {
-        let id = id.to_string();
+    async fn heartbeat(&self, id: &str, attempt: u32, lease: Duration) -> Result<bool, StoreError> {
+        let (id, id_copy) = (id.to_string(), id.to_string());
         let (ts, ms) = now();
         let until = ms + lease.as_millis() as i64;
-        self.with(move |c| {
-            c.execute(
-                "UPDATE jobs SET lease_until = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
-                params![id, until, ts],
-            )?;
-            c.query_row(
-                "SELECT cancel_requested FROM jobs WHERE id = ?1",
-                params![id],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|v| v != 0)
-        })
-        .await
+        let cancel = self
+            .with(move |c| {
+                c.query_row(
+                    "UPDATE jobs SET lease_until = ?2, updated_at = ?3 \
+                     WHERE id = ?1 AND state = 'running' AND attempts = ?4 RETURNING cancel_requested",
+                    params![id, until, ts, attempt],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .await?;
+        held(cancel.map(|v| v != 0), (id_copy.as_str(), attempt))
     }
 
     async fn report(
         &self,
         id: &str,
+        attempt: u32,
         phase: &str,
         progress: f64,
         metrics: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let (id, phase, metrics) = (id.to_string(), phase.to_string(), metrics.to_string());
+        let (phase, metrics) = (phase.to_string(), metrics.to_string());
         let (ts, _) = now();
-        self.with(move |c| {
+        self.fenced((id, attempt), "progress", move |c, job| {
             c.execute(
-                "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 WHERE id = ?1",
-                params![id, phase, progress, metrics, ts],
-            )?;
-            append_event(c, &id, "progress")
+                "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?6",
+                params![job, phase, progress, metrics, ts, attempt],
+            )
         })
         .await
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
+    async fn release(&self, id: &str, attempt: u32) -> Result<(), StoreError> {
         let (ts, _) = now();
-        self.with(move |c| {
+        self.fenced((id, attempt), "state", move |c, job| {
             c.execute(
                 "UPDATE jobs SET state = 'queued', phase = 'queued', lease_until = 0, \
-                 attempts = MAX(attempts - 1, 0), updated_at = ?2 WHERE id = ?1 AND state = 'running'",
-                params![id, ts],
-            )?;
-            append_event(c, &id, "state")
+                 attempts = MAX(attempts - 1, 0), updated_at = ?2 \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?3",
+                params![job, ts, attempt],
+            )
         })
         .await?;
         self.work_arrived();
         Ok(())
     }
 
-    async fn retry(&self, id: &str, reason: &str, max_attempts: u32) -> Result<(), StoreError> {
-        let (id, reason) = (id.to_string(), reason.to_string());
+    async fn retry(
+        &self,
+        id: &str,
+        attempt: u32,
+        reason: &str,
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
+        let reason = reason.to_string();
         let (ts, _) = now();
-        self.with(move |c| {
+        self.fenced((id, attempt), "state", move |c, job| {
             c.execute(
                 "UPDATE jobs SET lease_until = 0, updated_at = ?2, \
                  state = CASE WHEN attempts >= ?3 THEN 'failed' ELSE 'queued' END, \
@@ -138,10 +143,9 @@ impl Queue for SqliteStore {
                  error = CASE WHEN attempts >= ?3 \
                    THEN 'the job was started ' || attempts || ' times and never finished: ' || ?4 \
                    ELSE error END \
-                 WHERE id = ?1 AND state = 'running'",
-                params![id, ts, max_attempts, reason],
-            )?;
-            append_event(c, &id, "state")
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?5",
+                params![job, ts, max_attempts, reason, attempt],
+            )
         })
         .await?;
         self.work_arrived();
@@ -151,24 +155,24 @@ impl Queue for SqliteStore {
     async fn finish(
         &self,
         id: &str,
+        attempt: u32,
         state: JobState,
         error: Option<&str>,
         artifacts: &Artifacts,
     ) -> Result<(), StoreError> {
-        let (id, state, error, artifacts) = (
-            id.to_string(),
+        let (state, error, artifacts) = (
             state.as_str(),
             error.map(str::to_string),
             serde_json::to_string(artifacts).map_err(|e| StoreError::Backend(e.to_string()))?,
         );
         let (ts, _) = now();
-        self.with(move |c| {
+        self.fenced((id, attempt), "state", move |c, job| {
             c.execute(
                 "UPDATE jobs SET state = ?2, error = ?3, artifacts = ?4, phase = 'done', \
-                 progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END, updated_at = ?5 WHERE id = ?1",
-                params![id, state, error, artifacts, ts],
-            )?;
-            append_event(c, &id, "state")
+                 progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END, updated_at = ?5 \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?6",
+                params![job, state, error, artifacts, ts, attempt],
+            )
         })
         .await
     }
@@ -184,4 +188,36 @@ impl Queue for SqliteStore {
         })
         .await
     }
+}
+
+impl SqliteStore {
+    /// Runs `update` (which changes the job only while the claim holds it) and, when
+    /// it changed the job, records an event of `kind`.
+    async fn fenced(
+        &self,
+        (id, attempt): (&str, u32),
+        kind: &'static str,
+        update: impl FnOnce(&rusqlite::Connection, &str) -> rusqlite::Result<usize> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let job = id.to_string();
+        let changed = self
+            .with(move |c| {
+                let n = update(c, &job)?;
+                if n > 0 {
+                    append_event(c, &job, kind)?;
+                }
+                Ok(n > 0)
+            })
+            .await?;
+        held(changed.then_some(()), (id, attempt))
+    }
+}
+
+/// The outcome of an operation fenced by a claim: `None` when the claim no longer
+/// holds the job.
+fn held<T>(outcome: Option<T>, (job, attempt): (&str, u32)) -> Result<T, StoreError> {
+    outcome.ok_or_else(|| StoreError::LeaseLost {
+        job: job.to_string(),
+        attempt,
+    })
 }

@@ -1,0 +1,302 @@
+//! The Lua scripts that change jobs and records. Each runs atomically in Redis, so a
+//! state change, its indexes, its event and the queue entry move together, and every
+//! change a worker makes is checked against its claim in the same step.
+//!
+//! Keys, under the prefix `p` (ARGV[1] of every script):
+//! - `p:job:{id}`: the job (a hash: the record's fields, `created_ms`, `steps`,
+//!   `model`, `dataset`, `lease_until`, `entry` (its queue entry), `seq` (events));
+//! - `p:jobs:{tenant}` and `p:jobs:{tenant}:{state}`: ids by creation time;
+//! - `p:idem:{tenant}:{key}`: the job an Idempotency-Key made;
+//! - `p:events:{id}`: the job's events, a stream whose entry ids are `{seq}-1`;
+//! - `p:queue:{tenant}`: the tenant's queue, a stream read by the consumer group
+//!   `workers`; `p:queue:tenants`: tenants that may have queued work;
+//! - `p:leases`: running jobs by the end of their lease; `p:last-claim`: per tenant;
+//! - `p:wake`: tokens idle workers block on; `p:dead`: jobs that ran out of attempts;
+//! - `p:job-counts`: jobs per state;
+//! - `p:{kind}:{id}`, `p:{kind}s:{tenant}`, `p:{kind}-sha:{tenant}:{sha256}`: models
+//!   and datasets; `p:stored-bytes`: per tenant;
+//! - `p:objects`, `p:object-sizes`: references to stored content.
+
+/// Helpers every job script starts with.
+const PRELUDE: &str = r#"
+local p = ARGV[1]
+local function job_key(id) return p .. ':job:' .. id end
+local function state_key(tenant, state) return p .. ':jobs:' .. tenant .. ':' .. state end
+local function move_state(id, to)
+  local j = job_key(id)
+  local f = redis.call('HMGET', j, 'tenant', 'state', 'created_ms')
+  if f[2] == to then return end
+  redis.call('ZREM', state_key(f[1], f[2]), id)
+  redis.call('ZADD', state_key(f[1], to), f[3], id)
+  redis.call('HINCRBY', p .. ':job-counts', f[2], -1)
+  redis.call('HINCRBY', p .. ':job-counts', to, 1)
+  redis.call('HSET', j, 'state', to)
+end
+local function event(id, kind)
+  local j = job_key(id)
+  local f = redis.call('HMGET', j, 'state', 'phase', 'progress', 'metrics', 'artifacts', 'error', 'attempts')
+  local err = 'null'
+  if f[6] then err = cjson.encode(f[6]) end
+  local data = '{"state":' .. cjson.encode(f[1]) .. ',"phase":' .. cjson.encode(f[2]) ..
+    ',"progress":' .. f[3] .. ',"metrics":' .. f[4] .. ',"artifacts":' .. f[5] ..
+    ',"error":' .. err .. ',"attempts":' .. f[7] .. '}'
+  local seq = redis.call('HINCRBY', j, 'seq', 1)
+  redis.call('XADD', p .. ':events:' .. id, seq .. '-1', 'kind', kind, 'data', data)
+end
+local function enqueue(id)
+  local j = job_key(id)
+  local tenant = redis.call('HGET', j, 'tenant')
+  local stream = p .. ':queue:' .. tenant
+  redis.pcall('XGROUP', 'CREATE', stream, 'workers', '0', 'MKSTREAM')
+  local entry = redis.call('XADD', stream, '*', 'job', id)
+  redis.call('HSET', j, 'entry', entry)
+  redis.call('SADD', p .. ':queue:tenants', tenant)
+  redis.call('LPUSH', p .. ':wake', '1')
+  redis.call('LTRIM', p .. ':wake', 0, 63)
+end
+local function dequeue(id)
+  local j = job_key(id)
+  local f = redis.call('HMGET', j, 'tenant', 'entry')
+  if f[2] then
+    local stream = p .. ':queue:' .. f[1]
+    redis.call('XACK', stream, 'workers', f[2])
+    redis.call('XDEL', stream, f[2])
+    redis.call('HDEL', j, 'entry')
+  end
+  redis.call('ZREM', p .. ':leases', id)
+  redis.call('HSET', j, 'lease_until', 0)
+end
+local function holds(id, attempt)
+  local f = redis.call('HMGET', job_key(id), 'state', 'attempts')
+  return f[1] == 'running' and f[2] == attempt
+end
+local function dead_letter(id, reason)
+  redis.call('XADD', p .. ':dead', 'MAXLEN', '~', 10000, '*', 'job', id, 'reason', reason)
+end
+"#;
+
+/// ARGV: p, id, tenant, idempotency key (`''`: none), created_ms, then field/value
+/// pairs. Returns the id of the tenant's job with the same key, or nil when inserted.
+pub const INSERT_JOB: &str = r#"
+local id, tenant, key, created = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if key ~= '' then
+  local idem = p .. ':idem:' .. tenant .. ':' .. key
+  if not redis.call('SET', idem, id, 'NX') then return redis.call('GET', idem) end
+end
+local j = job_key(id)
+for i = 6, #ARGV, 2 do redis.call('HSET', j, ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', p .. ':jobs:' .. tenant, created, id)
+redis.call('ZADD', state_key(tenant, 'queued'), created, id)
+redis.call('HINCRBY', p .. ':job-counts', 'queued', 1)
+event(id, 'state')
+enqueue(id)
+return false
+"#;
+
+/// ARGV: p, now (ms), lease (ms), max attempts, consumer, timestamp. Returns the
+/// claimed job's id or nil.
+pub const CLAIM: &str = r#"
+local now, lease, max, consumer, ts = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local function take(id)
+  local j = job_key(id)
+  redis.call('HINCRBY', j, 'attempts', 1)
+  redis.call('HSET', j, 'lease_until', now + lease, 'updated_at', ts)
+  move_state(id, 'running')
+  redis.call('ZADD', p .. ':leases', now + lease, id)
+  redis.call('HSET', p .. ':last-claim', redis.call('HGET', j, 'tenant'), now)
+  event(id, 'state')
+  return id
+end
+-- Leases that ran out: the job fails once out of attempts, else this claim takes
+-- over its queue entry.
+local again = nil
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':leases', '-inf', '(' .. now)) do
+  local j = job_key(id)
+  local attempts = redis.call('HGET', j, 'attempts')
+  if tonumber(attempts) >= max then
+    local reason = 'the job was started ' .. attempts .. ' times and never finished (its worker died each time)'
+    redis.call('HSET', j, 'error', reason, 'phase', 'done', 'updated_at', ts)
+    dequeue(id)
+    move_state(id, 'failed')
+    dead_letter(id, reason)
+    event(id, 'state')
+  elseif not again then
+    again = id
+  end
+end
+if again then
+  local f = redis.call('HMGET', job_key(again), 'tenant', 'entry')
+  if f[2] then redis.call('XCLAIM', p .. ':queue:' .. f[1], 'workers', consumer, 0, f[2], 'JUSTID') end
+  return take(again)
+end
+-- Otherwise the next job of the tenant with the fewest running, the least recently
+-- served, the longest waiting.
+local candidates = {}
+for _, t in ipairs(redis.call('SMEMBERS', p .. ':queue:tenants')) do
+  local first = redis.call('ZRANGE', state_key(t, 'queued'), 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('SREM', p .. ':queue:tenants', t)
+  else
+    local running = redis.call('ZCARD', state_key(t, 'running'))
+    local last = tonumber(redis.call('HGET', p .. ':last-claim', t) or '0')
+    table.insert(candidates, {running, last, tonumber(first[2]), t})
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  if a[3] ~= b[3] then return a[3] < b[3] end
+  return a[4] < b[4]
+end)
+for _, c in ipairs(candidates) do
+  local stream = p .. ':queue:' .. c[4]
+  for _ = 1, 1000 do
+    local r = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+    if not r then break end
+    local entry = r[1][2][1]
+    local id = entry[2][2]
+    local j = job_key(id)
+    if redis.call('HGET', j, 'state') == 'queued' and redis.call('HGET', j, 'entry') == entry[1] then
+      return take(id)
+    end
+    -- An entry of a job cancelled (or requeued) since: drop it.
+    redis.call('XACK', stream, 'workers', entry[1])
+    redis.call('XDEL', stream, entry[1])
+  end
+end
+return false
+"#;
+
+/// ARGV: p, id, attempt, lease end (ms), timestamp, consumer. Returns -1 when the
+/// claim was lost, else whether cancellation was asked for (0/1).
+pub const HEARTBEAT: &str = r#"
+local id, attempt, untl, ts, consumer = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not holds(id, attempt) then return -1 end
+local j = job_key(id)
+redis.call('HSET', j, 'lease_until', untl, 'updated_at', ts)
+redis.call('ZADD', p .. ':leases', untl, id)
+local f = redis.call('HMGET', j, 'tenant', 'entry')
+if f[2] then redis.call('XCLAIM', p .. ':queue:' .. f[1], 'workers', consumer, 0, f[2], 'JUSTID') end
+return tonumber(redis.call('HGET', j, 'cancel_requested'))
+"#;
+
+/// ARGV: p, id, attempt, phase, progress, metrics (JSON), timestamp. Returns 0 when
+/// the claim was lost.
+pub const REPORT: &str = r#"
+local id, attempt = ARGV[2], ARGV[3]
+if not holds(id, attempt) then return 0 end
+redis.call('HSET', job_key(id), 'phase', ARGV[4], 'progress', ARGV[5], 'metrics', ARGV[6], 'updated_at', ARGV[7])
+event(id, 'progress')
+return 1
+"#;
+
+/// ARGV: p, id, attempt, timestamp. Back in the queue, the attempt given back.
+pub const RELEASE: &str = r#"
+local id, attempt = ARGV[2], ARGV[3]
+if not holds(id, attempt) then return 0 end
+local j = job_key(id)
+local attempts = math.max(tonumber(redis.call('HGET', j, 'attempts')) - 1, 0)
+redis.call('HSET', j, 'attempts', attempts, 'phase', 'queued', 'updated_at', ARGV[4])
+dequeue(id)
+move_state(id, 'queued')
+enqueue(id)
+event(id, 'state')
+return 1
+"#;
+
+/// ARGV: p, id, attempt, reason, max attempts, timestamp. Back in the queue, or failed
+/// once out of attempts.
+pub const RETRY: &str = r#"
+local id, attempt, reason, max, ts = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if not holds(id, attempt) then return 0 end
+local j = job_key(id)
+local attempts = tonumber(redis.call('HGET', j, 'attempts'))
+dequeue(id)
+if attempts >= max then
+  local why = 'the job was started ' .. attempts .. ' times and never finished: ' .. reason
+  redis.call('HSET', j, 'error', why, 'phase', 'done', 'updated_at', ts)
+  move_state(id, 'failed')
+  dead_letter(id, why)
+else
+  redis.call('HSET', j, 'phase', 'queued', 'updated_at', ts)
+  move_state(id, 'queued')
+  enqueue(id)
+end
+event(id, 'state')
+return 1
+"#;
+
+/// ARGV: p, id, attempt, state, error (`''` with no error flag), has error (0/1),
+/// artifacts (JSON), timestamp.
+pub const FINISH: &str = r#"
+local id, attempt, state = ARGV[2], ARGV[3], ARGV[4]
+if not holds(id, attempt) then return 0 end
+local j = job_key(id)
+if ARGV[6] == '1' then redis.call('HSET', j, 'error', ARGV[5]) else redis.call('HDEL', j, 'error') end
+redis.call('HSET', j, 'artifacts', ARGV[7], 'phase', 'done', 'updated_at', ARGV[8])
+if state == 'succeeded' then redis.call('HSET', j, 'progress', '1.0') end
+dequeue(id)
+move_state(id, state)
+event(id, 'state')
+return 1
+"#;
+
+/// ARGV: p, tenant, id, timestamp. Returns 0 when the tenant has no such job.
+pub const CANCEL: &str = r#"
+local tenant, id = ARGV[2], ARGV[3]
+local j = job_key(id)
+if redis.call('HGET', j, 'tenant') ~= tenant then return 0 end
+local state = redis.call('HGET', j, 'state')
+if state == 'queued' then
+  redis.call('HSET', j, 'cancel_requested', 1)
+  dequeue(id)
+  move_state(id, 'cancelled')
+elseif state == 'running' then
+  redis.call('HSET', j, 'cancel_requested', 1)
+end
+redis.call('HSET', j, 'updated_at', ARGV[4])
+event(id, 'state')
+return 1
+"#;
+
+/// ARGV: p, kind, id, tenant, sha256, size, created_ms, record JSON. Returns the id of
+/// the tenant's record of the same content, or nil when inserted.
+pub const INSERT_UPLOAD: &str = r#"
+local p, kind, id, tenant, sha, size, created, json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local by_sha = p .. ':' .. kind .. '-sha:' .. tenant .. ':' .. sha
+if not redis.call('SET', by_sha, id, 'NX') then return redis.call('GET', by_sha) end
+redis.call('HSET', p .. ':' .. kind .. ':' .. id, 'tenant', tenant, 'sha256', sha, 'size', size, 'json', json)
+redis.call('ZADD', p .. ':' .. kind .. 's:' .. tenant, created, id)
+redis.call('HINCRBY', p .. ':stored-bytes', tenant, size)
+return false
+"#;
+
+/// ARGV: p, kind, tenant, id. Returns the deleted record's JSON, or nil.
+pub const DELETE_UPLOAD: &str = r#"
+local p, kind, tenant, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = p .. ':' .. kind .. ':' .. id
+local f = redis.call('HMGET', key, 'tenant', 'sha256', 'size', 'json')
+if f[1] ~= tenant then return false end
+redis.call('DEL', key)
+redis.call('ZREM', p .. ':' .. kind .. 's:' .. tenant, id)
+local by_sha = p .. ':' .. kind .. '-sha:' .. tenant .. ':' .. f[2]
+if redis.call('GET', by_sha) == id then redis.call('DEL', by_sha) end
+redis.call('HINCRBY', p .. ':stored-bytes', tenant, -tonumber(f[3]))
+return f[4]
+"#;
+
+/// ARGV: p, sha256. Returns 1 when no reference is left.
+pub const DROP_OBJECT: &str = r#"
+local p, sha = ARGV[1], ARGV[2]
+if redis.call('HINCRBY', p .. ':objects', sha, -1) <= 0 then
+  redis.call('HDEL', p .. ':objects', sha)
+  redis.call('HDEL', p .. ':object-sizes', sha)
+  return 1
+end
+return 0
+"#;
+
+/// A job script with its helpers.
+pub fn job_script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
+}
