@@ -315,11 +315,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
 
     // Followed over Server-Sent Events: the stream ends with the job's success.
     let events = sse(&format!("{base}/v1/jobs/{id}/events"), None);
-    let states: Vec<&str> = events
-        .iter()
-        .filter(|e| e.kind == "state")
-        .map(|e| e.data["state"].as_str().unwrap())
-        .collect();
+    let states = states_of(&events);
     assert_eq!(states, ["queued", "running", "succeeded"], "{events:?}");
     assert!(events.iter().any(|e| e.kind == "progress"));
     assert!(events.windows(2).all(|w| w[0].id < w[1].id));
@@ -628,8 +624,18 @@ fn a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept() {
     assert!(answer.contains("application/problem+json") && answer.contains("upload-stalled"));
     assert!(started.elapsed().as_secs() < 10);
     assert!(server.objects().is_empty());
-    let partial = std::fs::read_dir(server.data.path().join("objects/partial"))
-        .unwrap()
-        .count();
-    assert_eq!(partial, 0, "the half-received file is removed");
+    let partial = server
+        .data
+        .path()
+        .join("objects/partial")
+        .join(server.child.id().to_string());
+    assert!(
+        partial.is_dir(),
+        "the server's own folder of uploads in progress"
+    );
+    assert_eq!(
+        std::fs::read_dir(&partial).unwrap().count(),
+        0,
+        "the half-received file is removed"
+    );
 }

@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status when the model was read but uses ops effp does not support.
 pub const EXIT_UNSUPPORTED: u8 = 3;
-/// Exit status of a command this build leaves out (the API-only build has no engine).
-#[cfg(not(feature = "engine"))]
+/// Exit status of a command that cannot run here: this build leaves it out (the
+/// API-only build has no engine), or the setting it needs is missing.
 pub const EXIT_UNAVAILABLE: u8 = 2;
 /// Exit status of a run stopped with Ctrl-C or SIGTERM (after saving its checkpoint).
 #[cfg(feature = "engine")]
@@ -76,8 +76,16 @@ enum Command {
     /// Benchmarks of effp's machinery (needs the full build: this one has no engine).
     #[cfg(not(feature = "engine"))]
     Bench(Unavailable),
-    /// Run the pruning service (HTTP API) on the embedded default: SQLite and a local directory.
+    /// Run the pruning service (HTTP API): on the embedded default (SQLite and a local
+    /// directory, jobs run here), or as an API replica over Redis (EFFP_REDIS_URL).
     Serve(Box<crate::service::ServeArgs>),
+    /// Run jobs from the shared queue (Redis) beside API replicas started with
+    /// `effp serve --no-worker`.
+    #[cfg(feature = "engine")]
+    Worker(Box<crate::service::worker::standalone::WorkerArgs>),
+    /// Run jobs from the shared queue (needs the full build: this one has no engine).
+    #[cfg(not(feature = "engine"))]
+    Worker(Unavailable),
     /// Print the service's OpenAPI document (what openapi/openapi.json holds).
     Openapi,
     /// Run one job of the service (started by `effp serve` in its own process).
@@ -107,6 +115,10 @@ pub fn run() -> ExitCode {
         Command::Eval(args) => eval::eval(&args),
         #[cfg(feature = "engine")]
         Command::RunJob(args) => crate::service::worker::run_job::run(&args),
+        #[cfg(feature = "engine")]
+        Command::Worker(args) => crate::service::worker::standalone::run(&args),
+        #[cfg(not(feature = "engine"))]
+        Command::Worker(_) => unavailable("worker"),
         #[cfg(not(feature = "engine"))]
         Command::Prune(_) => unavailable("prune"),
         #[cfg(not(feature = "engine"))]

@@ -5,10 +5,11 @@ mod api;
 mod auth;
 mod budget;
 pub mod checks;
+pub mod config;
 mod isolation;
 pub mod limits;
 mod listener;
-mod metrics;
+pub(crate) mod metrics;
 mod problem;
 mod quota;
 pub mod worker;
@@ -21,8 +22,6 @@ use anyhow::Context;
 use clap::Args;
 
 use auth::ApiKeys;
-use effp_store::local::LocalObjects;
-use effp_store::sqlite::SqliteStore;
 use effp_store::{Checkpoints, Content, JobStore, ObjectStore, Queue};
 
 /// Arguments (and environment) of `effp serve`.
@@ -31,9 +30,12 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "EFFP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory of the SQLite database and the stored objects.
-    #[arg(long, env = "EFFP_DATA_DIR", default_value = "effp-data")]
-    pub data_dir: PathBuf,
+    /// Where jobs, records and objects are kept.
+    #[command(flatten)]
+    pub store: config::StoreArgs,
+    /// How jobs run here.
+    #[command(flatten)]
+    pub jobs: config::JobRunArgs,
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "EFFP_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,
@@ -52,16 +54,6 @@ pub struct ServeArgs {
         default_value = ""
     )]
     pub api_keys: String,
-    /// Training steps between checkpoints of a running job (a restart resumes from
-    /// the last one; shutting down always writes one).
-    #[arg(long, env = "EFFP_CHECKPOINT_EVERY", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
-    pub checkpoint_every: u64,
-    /// Memory one job's worker process may use (e.g. 8GiB); default: three quarters
-    /// of the machine's memory shared by the jobs that run at once. Jobs estimated to
-    /// need more are refused when submitted; a job that uses more while it runs is
-    /// stopped and fails.
-    #[arg(long, env = "EFFP_JOB_MEMORY_LIMIT")]
-    pub job_memory_limit: Option<limits::ByteSize>,
     /// Seconds a request (other than an upload) may take to be answered.
     #[arg(long, env = "EFFP_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
@@ -112,9 +104,13 @@ pub struct AppState {
     keys: Arc<ApiKeys>,
     max_upload_bytes: u64,
     scratch: PathBuf,
+    /// The data directory.
+    data_dir: PathBuf,
     /// Running jobs' training state, kept between attempts.
     checkpoints: Checkpoints,
     checkpoint_every: usize,
+    /// How long a worker's claim lasts without a heartbeat.
+    lease: std::time::Duration,
     /// Memory a job's worker process may use, in bytes.
     job_memory_limit: u64,
     request_timeout: std::time::Duration,
@@ -148,29 +144,29 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             args.listen
         );
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory '{}'",
-            args.data_dir.display()
-        )
-    })?;
-    let jobs = SqliteStore::open(&args.data_dir.join("effp.sqlite3"))?;
-    if jobs.recovered() > 0 {
-        tracing::info!(
-            jobs = jobs.recovered(),
-            "jobs left running by the previous process go back to the queue"
-        );
-    }
-    let objects = LocalObjects::open(&args.data_dir.join("objects"))?;
-    // Scratch holds only what a running request or job is using, so whatever a
-    // previous process left there is garbage.
-    let scratch = args.data_dir.join("scratch");
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
-    let jobs = Arc::new(jobs);
-    let objects: Arc<dyn ObjectStore> = Arc::new(objects);
-    let state = AppState {
-        queue: jobs.clone(),
+    raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let stores = args.store.open().await?;
+        let embedded = stores.embedded;
+        serve(args, app_state(args, keys, stores), embedded).await
+    })
+}
+
+/// The state of the API and its workers over opened stores.
+fn app_state(args: &ServeArgs, keys: ApiKeys, stores: config::Stores) -> AppState {
+    let config::Stores {
+        jobs,
+        queue,
+        objects,
+        scratch,
+        ..
+    } = stores;
+    AppState {
+        queue,
         content: Content::new(objects.clone(), jobs.clone()),
         checkpoints: Checkpoints::new(objects.clone()),
         quotas: quota::Quotas {
@@ -185,38 +181,55 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         keys: Arc::new(keys),
         max_upload_bytes: args.max_upload_bytes,
         scratch,
-        checkpoint_every: args.checkpoint_every as usize,
-        job_memory_limit: args.job_memory_limit.map_or_else(
+        data_dir: args.store.data_dir.clone(),
+        checkpoint_every: args.jobs.checkpoint_every as usize,
+        lease: args.jobs.lease(),
+        job_memory_limit: args.jobs.job_memory_limit.map_or_else(
             || limits::default_job_memory(args.job_workers().max(1)),
             |b| b.0,
         ),
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
-    };
-    raise_open_file_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, state))
+    }
 }
 
-async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
+impl AppState {
+    /// What this process's workers need.
+    fn worker_context(&self) -> worker::WorkerContext {
+        worker::WorkerContext {
+            jobs: self.jobs.clone(),
+            queue: self.queue.clone(),
+            objects: self.objects.clone(),
+            content: self.content.clone(),
+            checkpoints: self.checkpoints.clone(),
+            scratch: self.scratch.clone(),
+            data_dir: self.data_dir.clone(),
+            checkpoint_every: self.checkpoint_every,
+            lease: self.lease,
+            job_memory_limit: self.job_memory_limit,
+            jobs_seconds: self.metrics.jobs_seconds.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+async fn serve(args: &ServeArgs, state: AppState, embedded: bool) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let signal = shutdown_signal()?;
-    sweep(&state).await?;
+    sweep(&state, embedded).await?;
     println!(
-        "effp serving on http://{address} (data in {})",
-        args.data_dir.display()
+        "effp serving on http://{address} (data in {}{})",
+        args.store.data_dir.display(),
+        if embedded { "" } else { ", jobs in Redis" }
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let workers: Vec<_> = (0..args.job_workers())
-        .map(|index| tokio::spawn(worker::run(state.clone(), index)))
+        .map(|index| tokio::spawn(worker::run(state.worker_context(), index)))
         .collect();
     let token = state.shutdown.clone();
     let app = with_request_ids(api::router(state));
@@ -246,7 +259,7 @@ async fn serve(args: &ServeArgs, state: AppState) -> anyhow::Result<u8> {
 
 /// Lifts the soft limit on open files to the hard one: every connection is a file,
 /// and the usual soft default (1024) is below the connection cap.
-fn raise_open_file_limit() {
+pub(crate) fn raise_open_file_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -262,9 +275,14 @@ fn raise_open_file_limit() {
 }
 
 /// At start-up, before anything else uses the stores: content that no record refers
-/// to (an upload a crash cut short) and checkpoints of jobs that have ended go.
-async fn sweep(state: &AppState) -> anyhow::Result<()> {
-    let removed = state.content.sweep().await?;
+/// to (an upload a crash cut short; only with the embedded store, whose one process
+/// is this one) and checkpoints of jobs that have ended go.
+async fn sweep(state: &AppState, embedded: bool) -> anyhow::Result<()> {
+    let removed = if embedded {
+        state.content.sweep().await?
+    } else {
+        0
+    };
     let checkpointed = state.checkpoints.jobs().await?;
     let ended = state.jobs.ended_jobs(&checkpointed).await?;
     for id in &ended {
@@ -301,7 +319,7 @@ fn with_request_ids(app: axum::Router) -> axum::Router {
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called,
 /// not when first polled, so a signal right after the URL is printed is not lost.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -72,6 +72,23 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// What the server's scratch folder holds (requests and jobs in progress).
+    pub fn scratch(&self) -> Vec<PathBuf> {
+        let mine = self
+            .data
+            .path()
+            .join("scratch")
+            .join(self.child.id().to_string());
+        assert!(
+            mine.is_dir(),
+            "the server's scratch folder {}",
+            mine.display()
+        );
+        std::fs::read_dir(mine)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap()
+    }
+
     /// The training checkpoints kept in the object store (one per job).
     pub fn checkpoints(&self) -> Vec<PathBuf> {
         checkpoints_in(self.data.path())
@@ -399,4 +416,89 @@ pub fn small_dataset(dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap();
     assert!(status.status.success());
     out
+}
+
+/// Submits a short EFFP job (CPU, target 0.6 of the FLOPs) that checkpoints as it
+/// trains; its id.
+pub fn submit_training_job(base: &str, model: &str, dataset: &str, steps: u64) -> String {
+    submit_job(
+        base,
+        None,
+        &serde_json::json!({
+            "model": model, "dataset": dataset, "method": "effp",
+            "target": { "flops_ratio": 0.6 },
+            "training": { "steps": steps, "interval": 2, "batch": 4 },
+            "device": "cpu",
+        }),
+    )
+}
+
+/// The step a finished job resumed from, checked against its report: the curve
+/// still has every step.
+pub fn resumed_from(base: &str, id: &str, job: &serde_json::Value, steps: u64) -> u64 {
+    let from = job["metrics"]["resumed_from_step"].as_u64().unwrap();
+    let report = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
+        None,
+        None,
+    )
+    .json();
+    assert_eq!(report["training"]["resumed_from_step"], from);
+    assert_eq!(report["curve"].as_array().unwrap().len(), steps as usize);
+    from
+}
+
+/// The states of a job's `state` events, in order.
+pub fn states_of(events: &[Sse]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e.kind == "state")
+        .filter_map(|e| e.data["state"].as_str())
+        .collect()
+}
+
+/// A .tar.gz of the folder `dir`, inside a top-level folder `top`.
+pub fn tar_gz_folder(dir: &Path, top: &str) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(top, dir).unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Uploads the trained fixture detector and its synthetic dataset; their ids.
+pub fn upload_model_and_data(base: &str, token: Option<&str>) -> (String, String) {
+    let model = call(
+        "POST",
+        &format!("{base}/v1/models?name=trained.onnx"),
+        token,
+        Some(&fixture_bytes("trained.onnx")),
+    );
+    assert_eq!(model.status, 201);
+    let data = call(
+        "POST",
+        &format!("{base}/v1/datasets?name=synth.tar.gz"),
+        token,
+        Some(&tar_gz_folder(&fixtures::dir().join("synth"), "synth")),
+    );
+    assert_eq!(data.status, 201, "{}", String::from_utf8_lossy(&data.body));
+    (
+        model.json()["id"].as_str().unwrap().to_string(),
+        data.json()["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Waits until a running job has reported at least `step` training steps.
+pub fn wait_for_step(base: &str, id: &str, token: Option<&str>, step: u64) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let job = call("GET", &format!("{base}/v1/jobs/{id}"), token, None).json();
+        if job["metrics"]["step"].as_u64().is_some_and(|s| s >= step) {
+            return job;
+        }
+        assert_ne!(job["state"], "succeeded", "the job ended first: {job}");
+        assert_ne!(job["state"], "failed", "{job}");
+        assert!(started.elapsed().as_secs() < 120, "no step {step}: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -12,6 +12,7 @@ mod error;
 mod jobs;
 pub mod local;
 mod objects;
+pub mod process_dir;
 mod queue;
 mod records;
 pub mod redis;

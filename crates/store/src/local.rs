@@ -10,22 +10,27 @@ use tokio::io::AsyncWriteExt;
 use crate::{ByteStream, ObjectStore, Staged, StoreError, StoredObject, check_name};
 
 /// Objects under `root/objects`, named objects under `root/named`, uploads in
-/// progress under `root/partial`.
+/// progress under `root/partial/<process>`. Several processes on one machine (API
+/// replicas and workers) may share the directory.
 #[derive(Debug, Clone)]
 pub struct LocalObjects {
     root: PathBuf,
+    /// This process's folder for uploads in progress.
+    partial: PathBuf,
 }
 
 impl LocalObjects {
-    /// Opens (creating) the store in `root`; uploads a crash left half-written are
-    /// removed.
+    /// Opens (creating) the store in `root`; uploads that processes which have
+    /// ended left half-written are removed.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let backend = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", root.display()));
         std::fs::create_dir_all(root.join("objects")).map_err(backend)?;
-        let _ = std::fs::remove_dir_all(root.join("partial"));
-        std::fs::create_dir_all(root.join("partial")).map_err(backend)?;
         std::fs::create_dir_all(root.join("named")).map_err(backend)?;
-        Ok(Self { root: root.into() })
+        let partial = crate::process_dir::claim(&root.join("partial")).map_err(backend)?;
+        Ok(Self {
+            root: root.into(),
+            partial,
+        })
     }
 
     fn named_path(&self, name: &str) -> Result<PathBuf, StoreError> {
@@ -34,9 +39,7 @@ impl LocalObjects {
     }
 
     fn partial_path(&self) -> PathBuf {
-        self.root
-            .join("partial")
-            .join(format!("{:016x}", rand_suffix()))
+        self.partial.join(format!("{:016x}", rand_suffix()))
     }
 
     fn path(&self, key: &str) -> Option<PathBuf> {

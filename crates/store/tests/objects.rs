@@ -59,7 +59,9 @@ proptest! {
                 let refused = objects.stage(body(bytes.clone(), chunk), size - 1).await;
                 let too_large = matches!(refused, Err(StoreError::TooLarge { .. }));
                 prop_assert!(too_large, "over the limit: {:?}", refused.map(|s| s.object));
-                let partial = std::fs::read_dir(dir.path().join("partial")).unwrap().count();
+                let partial = std::fs::read_dir(dir.path().join("partial").join(std::process::id().to_string()))
+                    .unwrap()
+                    .count();
                 prop_assert_eq!(partial, 0, "a refused upload left its part behind");
             }
             Ok(())

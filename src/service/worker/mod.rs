@@ -14,24 +14,22 @@ use effp_protocol::report::StepRecord;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
 use super::api::jobs::JobSpec;
 use crate::service::isolation::{self, ChildExit};
 use crate::service::limits::ByteSize;
 use child::{ChildMessage, JobRun};
-use effp_store::{JobRecord, StoreError};
+use effp_store::{Checkpoints, Content, JobRecord, JobStore, ObjectStore, Queue, StoreError};
+use std::path::PathBuf;
 
 pub mod child;
 #[cfg(feature = "engine")]
 pub mod run_job;
 mod sanitize;
+#[cfg(feature = "engine")]
+pub mod standalone;
 
 use sanitize::tenant_message;
 
-/// How long a claim lasts without a heartbeat.
-const LEASE: Duration = Duration::from_secs(30);
-/// How often a running job renews its lease and looks for a cancellation.
-const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Claims of one job before it is given up.
 const MAX_ATTEMPTS: u32 = 3;
 /// Longest wait for work between two claims (the queue wakes idle workers sooner
@@ -40,11 +38,42 @@ const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Shortest time between two progress reports of a training job.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 
-/// Runs jobs until the service shuts down; a job running then is checkpointed and
+/// What a worker needs: the stores, where to work, its limits and when to stop.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    /// Stored content with its reference counts (artifacts).
+    pub(crate) content: Content,
+    /// Running jobs' training state, kept between attempts.
+    pub(crate) checkpoints: Checkpoints,
+    /// This process's scratch folder.
+    pub(crate) scratch: PathBuf,
+    /// The data directory (left out of what tenants read).
+    pub(crate) data_dir: PathBuf,
+    pub(crate) checkpoint_every: usize,
+    /// How long a claim lasts without a heartbeat.
+    pub(crate) lease: Duration,
+    /// Memory a job's worker process may use, in bytes.
+    pub(crate) job_memory_limit: u64,
+    /// Job durations by method and final state.
+    pub(crate) jobs_seconds: prometheus::HistogramVec,
+    /// Cancelled when the process starts shutting down.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// How often a running job renews its lease and looks for a cancellation: three
+/// times a lease, so that one late heartbeat does not lose it.
+fn heartbeat_every(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(100))
+}
+
+/// Runs jobs until the process shuts down; a job running then is checkpointed and
 /// put back in the queue.
-pub async fn run(state: AppState, index: usize) {
+pub async fn run(state: WorkerContext, index: usize) {
     while !state.shutdown.is_cancelled() {
-        match state.queue.claim(LEASE, MAX_ATTEMPTS).await {
+        match state.queue.claim(state.lease, MAX_ATTEMPTS).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = index, job = %job.id, attempt = job.attempts, "claimed");
                 run_job(&state, job).await;
@@ -63,7 +92,7 @@ pub async fn run(state: AppState, index: usize) {
     }
 }
 
-async fn run_job(state: &AppState, job: JobRecord) {
+async fn run_job(state: &WorkerContext, job: JobRecord) {
     // `stop` fires on the client's cancellation and on the service's shutdown; what
     // happens after the worker process stops depends on which.
     let stop = CancellationToken::new();
@@ -75,18 +104,19 @@ async fn run_job(state: &AppState, job: JobRecord) {
     }
     let heartbeat = {
         let (state, id, attempt) = (state.clone(), job.id.clone(), job.attempts);
+        let lease = state.lease;
         let (stop, cancelled, lost) = (stop.clone(), Arc::clone(&cancelled), Arc::clone(&lost));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                    _ = tokio::time::sleep(heartbeat_every(lease)) => {}
                     _ = state.shutdown.cancelled() => {
                         stop.cancel();
                         // Keep the lease until the job is released.
-                        tokio::time::sleep(HEARTBEAT).await;
+                        tokio::time::sleep(heartbeat_every(lease)).await;
                     }
                 }
-                match state.queue.heartbeat(&id, attempt, LEASE).await {
+                match state.queue.heartbeat(&id, attempt, lease).await {
                     Ok(true) => {
                         cancelled.store(true, Ordering::SeqCst);
                         stop.cancel();
@@ -153,7 +183,6 @@ async fn run_job(state: &AppState, job: JobRecord) {
     }
     let method = job.spec["method"].as_str().unwrap_or("unknown").to_string();
     state
-        .metrics
         .jobs_seconds
         .with_label_values(&[method.as_str(), final_state.as_str()])
         .observe(started.elapsed().as_secs_f64());
@@ -187,7 +216,7 @@ enum Outcome {
 /// Runs one job in a worker process: fetch the model (and dataset), prune, store the
 /// pruned ONNX and the report.
 async fn execute(
-    state: &AppState,
+    state: &WorkerContext,
     job: &JobRecord,
     stop: &CancellationToken,
 ) -> anyhow::Result<Outcome> {
@@ -363,7 +392,7 @@ async fn execute(
 /// Copies each checkpoint the worker process writes to the object store (the latest
 /// one when several were written during a copy), until the run ends.
 async fn keep_checkpoints(
-    state: AppState,
+    state: WorkerContext,
     job_id: String,
     checkpoint: std::path::PathBuf,
     mut saved: tokio::sync::mpsc::UnboundedReceiver<usize>,
@@ -378,7 +407,7 @@ async fn keep_checkpoints(
 }
 
 /// Copies a job's checkpoint file to the object store, if there is one.
-async fn keep_checkpoint(state: &AppState, job_id: &str, checkpoint: &std::path::Path) {
+async fn keep_checkpoint(state: &WorkerContext, job_id: &str, checkpoint: &std::path::Path) {
     if !tokio::fs::try_exists(checkpoint).await.unwrap_or(false) {
         return;
     }
@@ -390,7 +419,7 @@ async fn keep_checkpoint(state: &AppState, job_id: &str, checkpoint: &std::path:
 /// Turns training steps into progress reports (at most one per [`REPORT_EVERY`],
 /// always the latest, and the last one), until the run ends.
 async fn report_steps(
-    state: AppState,
+    state: WorkerContext,
     (job_id, attempt): (String, u32),
     steps: usize,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<StepRecord>,

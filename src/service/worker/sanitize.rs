@@ -3,17 +3,14 @@
 
 use std::path::Path;
 
-use crate::service::AppState;
+use super::WorkerContext;
 
 /// `message` as the client sees it: paths inside the job's folder and the data
 /// directory lose their prefix, any other absolute path keeps only its file name, and
 /// libtorch's C++ context (the "Exception raised from …" tail, `frame #` lines) is cut.
-pub fn tenant_message(message: &str, work: &Path, state: &AppState) -> String {
+pub fn tenant_message(message: &str, work: &Path, state: &WorkerContext) -> String {
     let mut text = cut_native_context(message);
-    let mut prefixes = vec![work.to_path_buf()];
-    if let Some(data) = state.scratch.parent() {
-        prefixes.push(data.to_path_buf());
-    }
+    let prefixes = [work.to_path_buf(), state.data_dir.clone()];
     for prefix in prefixes {
         let prefix = format!("{}/", prefix.display());
         text = text.replace(&prefix, "");

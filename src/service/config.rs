@@ -1,0 +1,116 @@
+//! Settings `effp serve` and `effp worker` share, one definition each: where things
+//! are kept and how jobs run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use effp_store::local::LocalObjects;
+use effp_store::redis::RedisStore;
+use effp_store::sqlite::SqliteStore;
+use effp_store::{JobStore, ObjectStore, Queue};
+
+use super::limits::ByteSize;
+
+/// Where jobs, records and objects are kept.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded database, the stored objects and scratch space.
+    #[arg(long, env = "EFFP_DATA_DIR", default_value = "effp-data")]
+    pub data_dir: PathBuf,
+    /// Redis for jobs, records and the queue, shared by API replicas and workers
+    /// (redis://[user:password@]host:port[/db]; rediss:// for TLS). Unset: the
+    /// embedded SQLite database in the data directory, for one process.
+    #[arg(long, env = "EFFP_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (deployments can share one Redis).
+    #[arg(long, env = "EFFP_REDIS_PREFIX", default_value = "effp")]
+    pub redis_prefix: String,
+}
+
+/// How this process runs jobs.
+#[derive(Debug, Clone, Args)]
+pub struct JobRunArgs {
+    /// Training steps between checkpoints of a running job (a restart resumes from
+    /// the last one; shutting down always writes one).
+    #[arg(long, env = "EFFP_CHECKPOINT_EVERY", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    /// Memory one job's worker process may use (e.g. 8GiB); default: three quarters
+    /// of the machine's memory shared by the jobs that run at once. Jobs estimated to
+    /// need more are refused when submitted; a job that uses more while it runs is
+    /// stopped and fails.
+    #[arg(long, env = "EFFP_JOB_MEMORY_LIMIT")]
+    pub job_memory_limit: Option<ByteSize>,
+    /// Seconds a worker's claim on a job lasts without a heartbeat (it renews it
+    /// three times as often): how long a job whose worker died waits before another
+    /// worker takes it over.
+    #[arg(long, env = "EFFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+}
+
+impl JobRunArgs {
+    /// [`JobRunArgs::lease_secs`] as a duration.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
+    }
+}
+
+/// The stores a process works with.
+pub struct Stores {
+    /// Records and events.
+    pub jobs: Arc<dyn JobStore>,
+    /// The work queue.
+    pub queue: Arc<dyn Queue>,
+    /// Uploads, artifacts and checkpoints.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Whether this is the embedded store (one process owns it all).
+    pub embedded: bool,
+    /// This process's scratch folder.
+    pub scratch: PathBuf,
+}
+
+impl StoreArgs {
+    /// Opens the stores these settings name.
+    pub async fn open(&self) -> anyhow::Result<Stores> {
+        let data = &self.data_dir;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("cannot create the data directory '{}'", data.display()))?;
+        let (jobs, queue, embedded): (Arc<dyn JobStore>, Arc<dyn Queue>, bool) =
+            match &self.redis_url {
+                Some(url) => {
+                    let redis = Arc::new(
+                        RedisStore::connect(url, &self.redis_prefix)
+                            .await
+                            .context("cannot reach the Redis of EFFP_REDIS_URL")?,
+                    );
+                    redis.ping().await.context("Redis does not answer")?;
+                    (redis.clone(), redis, false)
+                }
+                None => {
+                    // Opened first: it refuses a second process before anything
+                    // below touches the directory.
+                    let sqlite = Arc::new(SqliteStore::open(&data.join("effp.sqlite3"))?);
+                    if sqlite.recovered() > 0 {
+                        tracing::info!(
+                            jobs = sqlite.recovered(),
+                            "jobs left running by the previous process go back to the queue"
+                        );
+                    }
+                    (sqlite.clone(), sqlite, true)
+                }
+            };
+        let objects: Arc<dyn ObjectStore> = Arc::new(LocalObjects::open(&data.join("objects"))?);
+        // Scratch holds only what running requests and jobs use: what processes
+        // that have ended left there is garbage.
+        let scratch = effp_store::process_dir::claim(&data.join("scratch"))
+            .with_context(|| format!("cannot create scratch space in '{}'", data.display()))?;
+        Ok(Stores {
+            jobs,
+            queue,
+            objects,
+            embedded,
+            scratch,
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! `effp worker`: a process that only runs jobs, claimed from the shared queue, beside
+//! API replicas (`effp serve --no-worker`) that only serve. Full build only.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use effp_store::{Checkpoints, Content};
+
+use super::WorkerContext;
+use crate::service::config::{JobRunArgs, StoreArgs};
+use crate::service::limits;
+
+/// Arguments (and environment) of `effp worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where jobs, records and objects are kept (EFFP_REDIS_URL is required: the
+    /// embedded store belongs to one `effp serve`).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How jobs run here.
+    #[command(flatten)]
+    pub jobs: JobRunArgs,
+    /// Jobs this worker runs at once, each in its own process.
+    #[arg(long, env = "EFFP_WORKER_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub concurrency: u64,
+}
+
+/// Runs jobs until SIGTERM or Ctrl-C; the jobs running then are checkpointed and go
+/// back to the queue without spending an attempt.
+pub fn run(args: &WorkerArgs) -> anyhow::Result<u8> {
+    if args.store.redis_url.is_none() {
+        eprintln!(
+            "error: effp worker takes its jobs from a shared queue: set EFFP_REDIS_URL (or --redis-url); \
+             with the embedded store, `effp serve` runs the jobs itself"
+        );
+        return Ok(crate::cli::EXIT_UNAVAILABLE);
+    }
+    crate::service::raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(work(args))
+}
+
+async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
+    let stores = args.store.open().await?;
+    let slots = args.concurrency as usize;
+    let context = WorkerContext {
+        content: Content::new(stores.objects.clone(), stores.jobs.clone()),
+        checkpoints: Checkpoints::new(stores.objects.clone()),
+        jobs: stores.jobs,
+        queue: stores.queue,
+        objects: stores.objects,
+        scratch: stores.scratch,
+        data_dir: args.store.data_dir.clone(),
+        checkpoint_every: args.jobs.checkpoint_every as usize,
+        lease: args.jobs.lease(),
+        job_memory_limit: args
+            .jobs
+            .job_memory_limit
+            .map_or_else(|| limits::default_job_memory(slots), |b| b.0),
+        jobs_seconds: crate::service::metrics::Metrics::new().jobs_seconds,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let signal = crate::service::shutdown_signal()?;
+    println!(
+        "effp worker running {slots} job(s) at once, jobs from Redis, data in {}",
+        args.store.data_dir.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let loops: Vec<_> = (0..slots)
+        .map(|index| tokio::spawn(super::run(context.clone(), index)))
+        .collect();
+    signal.await;
+    context.shutdown.cancel();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures_util::future::join_all(loops),
+    )
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("jobs did not stop within 120 s; they resume from their last checkpoint");
+    }
+    Ok(0)
+}

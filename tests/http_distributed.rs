@@ -1,0 +1,176 @@
+//! effp in its distributed shape on one machine: a real redis-server, an API replica
+//! (`effp serve --no-worker` over Redis) and job workers as their own processes
+//! (`effp worker`), sharing the object directory.
+
+mod service;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use effp_testkit::servers::RedisServer;
+use service::*;
+use sha2::{Digest, Sha256};
+
+const KEYS: &str = "t1:tenant-one-key-0123456789,t2:tenant-two-key-0123456789";
+const T1: Option<&str> = Some("tenant-one-key-0123456789");
+const T2: Option<&str> = Some("tenant-two-key-0123456789");
+
+/// A running `effp worker`; killed (SIGKILL) when dropped.
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(data: &Path, redis: &RedisServer, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_effp"))
+            .args(["worker", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("EFFP_REDIS_URL", redis.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("effp worker running"), "{line:?}");
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn api(redis: &RedisServer, keys: &str) -> Server {
+    Server::start(
+        &["--no-worker"],
+        &[("EFFP_REDIS_URL", &redis.url()), ("EFFP_API_KEYS", keys)],
+    )
+}
+
+#[test]
+fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
+    let redis = RedisServer::start();
+    let server = api(&redis, KEYS);
+    let base = server.url.clone();
+    let _worker = Worker::start(server.data.path(), &redis, &[]);
+
+    let bytes = fixture_bytes("yolov8t.onnx");
+    let model = call("POST", &format!("{base}/v1/models"), T1, Some(&bytes));
+    assert_eq!(
+        model.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&model.body)
+    );
+    let model_id = model.json()["id"].as_str().unwrap().to_string();
+    let id = submit_job(
+        &base,
+        T1,
+        &serde_json::json!({"model": model_id, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+    );
+    let job = wait_for_end(&base, &id, T1);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["metrics"]["flops_ratio"].as_f64().unwrap() <= 0.5);
+
+    // The artifact the worker stored is what the API serves, byte for byte.
+    let pruned = call(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
+        T1,
+        None,
+    );
+    assert_eq!(pruned.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pruned.onnx");
+    std::fs::write(&file, &pruned.body).unwrap();
+    let sha = format!("{:x}", Sha256::digest(&pruned.body));
+    assert_eq!(job["artifacts"]["pruned.onnx"]["sha256"], sha.as_str());
+    let (_, after) = effp_graph::analyse_file(&file, None).unwrap();
+    assert_eq!(
+        after.totals.flops as f64,
+        job["metrics"]["flops_after"].as_f64().unwrap()
+    );
+
+    // Its history, from Redis, through the API.
+    let events = sse_as(&format!("{base}/v1/jobs/{id}/events"), T1, None);
+    let states = states_of(&events);
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+
+    // Another tenant: nothing of it exists.
+    for path in [
+        format!("/v1/jobs/{id}"),
+        format!("/v1/models/{model_id}"),
+        format!("/v1/jobs/{id}/artifacts/pruned.onnx"),
+    ] {
+        let reply = call("GET", &format!("{base}{path}"), T2, None);
+        reply.problem(404);
+    }
+    assert_eq!(
+        call("GET", &format!("{base}/v1/jobs"), T2, None).json()["items"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
+    let redis = RedisServer::start();
+    let server = api(&redis, "");
+    let base = server.url.clone();
+    let flags = ["--checkpoint-every", "2", "--lease-secs", "3"];
+    let first = Worker::start(server.data.path(), &redis, &flags);
+    let (model, dataset) = upload_model_and_data(&base, None);
+    let steps = 60;
+    let id = submit_training_job(&base, &model, &dataset, steps);
+    wait_for_step(&base, &id, None, 8);
+    // A second worker is idle when the first dies without a word.
+    let _second = Worker::start(server.data.path(), &redis, &flags);
+    first.kill();
+
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["attempts"], 2,
+        "claimed again once, after the lease ran out"
+    );
+    let from = resumed_from(&base, &id, &job, steps);
+    assert!((8..steps).contains(&from), "resumed from step {from}");
+    let events = sse(&format!("{base}/v1/jobs/{id}/events"), None);
+    let states = states_of(&events);
+    assert_eq!(
+        states,
+        ["queued", "running", "running", "succeeded"],
+        "claimed, claimed again by the second worker, done"
+    );
+    assert!(
+        server.checkpoints().is_empty(),
+        "the checkpoint went with the job"
+    );
+}
+
+#[test]
+fn a_worker_without_redis_says_what_it_needs() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_effp"))
+        .args(["worker", "--data-dir"])
+        .arg(data.path())
+        .env_remove("EFFP_REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("EFFP_REDIS_URL"), "{stderr}");
+}
