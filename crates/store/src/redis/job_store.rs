@@ -7,7 +7,6 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::scripts::{self, job_script};
 use super::{RedisStore, backend, millis_of};
 use crate::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError};
 
@@ -50,7 +49,7 @@ impl RedisStore {
         let json = serde_json::to_string(record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let existing: Option<String> = self
             .script(
-                &redis::Script::new(scripts::INSERT_UPLOAD),
+                &self.scripts.insert_upload,
                 &[
                     R::KIND,
                     id,
@@ -107,13 +106,22 @@ impl RedisStore {
         let ids = self
             .newest(&self.key(&[&list, tenant]), limit, offset)
             .await?;
-        let mut records = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(r) = self.upload(tenant, &id).await? {
-                records.push(r);
-            }
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(records)
+        // One round trip for the page.
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hmget(self.key(&[R::KIND, id]), &["tenant", "json"]);
+        }
+        let rows: Vec<(Option<String>, Option<String>)> =
+            pipe.query_async(&mut self.conn()).await.map_err(backend)?;
+        rows.into_iter()
+            .filter_map(|row| match row {
+                (Some(owner), Some(json)) if owner == tenant => Some(decode_upload(&json, owner)),
+                _ => None,
+            })
+            .collect()
     }
 
     async fn delete_upload<R: Upload>(
@@ -122,10 +130,7 @@ impl RedisStore {
         id: &str,
     ) -> Result<Option<R>, StoreError> {
         let json: Option<String> = self
-            .script(
-                &redis::Script::new(scripts::DELETE_UPLOAD),
-                &[R::KIND, tenant, id],
-            )
+            .script(&self.scripts.delete_upload, &[R::KIND, tenant, id])
             .await?;
         json.map(|j| decode_upload(&j, tenant.to_string()))
             .transpose()
@@ -267,9 +272,7 @@ impl JobStore for RedisStore {
     }
 
     async fn drop_object(&self, sha256: &str) -> Result<bool, StoreError> {
-        let gone: i64 = self
-            .script(&redis::Script::new(scripts::DROP_OBJECT), &[sha256])
-            .await?;
+        let gone: i64 = self.script(&self.scripts.drop_object, &[sha256]).await?;
         Ok(gone == 1)
     }
 
@@ -427,7 +430,7 @@ impl JobStore for RedisStore {
             args.push(name);
             args.push(value);
         }
-        let existing: Option<String> = self.script(&job_script(scripts::INSERT_JOB), &args).await?;
+        let existing: Option<String> = self.script(&self.scripts.insert_job, &args).await?;
         match existing {
             Some(id) => self.load_job(&id, Some(&j.tenant)).await,
             None => Ok(None),
@@ -468,7 +471,7 @@ impl JobStore for RedisStore {
     async fn cancel_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let (ts, _) = crate::now();
         let found: i64 = self
-            .script(&job_script(scripts::CANCEL), &[tenant, id, &ts])
+            .script(&self.scripts.cancel, &[tenant, id, &ts])
             .await?;
         if found == 0 {
             return Ok(None);

@@ -29,6 +29,7 @@ pub struct RedisStore {
     prefix: String,
     /// This process's name in the queue's consumer group.
     consumer: String,
+    scripts: scripts::Scripts,
 }
 
 fn backend(e: redis::RedisError) -> StoreError {
@@ -57,6 +58,7 @@ impl RedisStore {
             conn,
             blocking: tokio::sync::Mutex::new(None),
             prefix: prefix.to_string(),
+            scripts: scripts::Scripts::new(),
             consumer: format!(
                 "{}-{}",
                 std::process::id(),
@@ -114,15 +116,19 @@ impl RedisStore {
         job_of(&fields).map(Some)
     }
 
-    /// Jobs by id, in the order given (ids without a job are skipped).
+    /// Jobs by id, in the order given (ids without a job are skipped), in one round
+    /// trip.
     async fn load_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>, StoreError> {
-        let mut jobs = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(job) = self.load_job(id, None).await? {
-                jobs.push(job);
-            }
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(jobs)
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.key(&["job", id]));
+        }
+        let all: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut self.conn()).await.map_err(backend)?;
+        all.iter().filter(|f| !f.is_empty()).map(job_of).collect()
     }
 
     /// A dedicated connection for a blocking read of up to `block`.

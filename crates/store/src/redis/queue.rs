@@ -7,7 +7,6 @@ use std::time::Duration;
 use effp_protocol::{Artifacts, JobState};
 use redis::AsyncCommands;
 
-use super::scripts::{self, job_script};
 use super::{RedisStore, backend};
 use crate::{JobRecord, Queue, StoreError, now};
 
@@ -28,7 +27,7 @@ impl Queue for RedisStore {
         let (ts, ms) = now();
         let claimed: Option<String> = self
             .script(
-                &job_script(scripts::CLAIM),
+                &self.scripts.claim,
                 &[
                     &ms.to_string(),
                     &lease.as_millis().to_string(),
@@ -89,7 +88,7 @@ impl Queue for RedisStore {
         let until = ms + lease.as_millis() as i64;
         let answer: i64 = self
             .script(
-                &job_script(scripts::HEARTBEAT),
+                &self.scripts.heartbeat,
                 &[
                     id,
                     &attempt.to_string(),
@@ -115,7 +114,7 @@ impl Queue for RedisStore {
     ) -> Result<(), StoreError> {
         let (progress, metrics) = (json_number(progress), metrics.to_string());
         self.fenced(
-            scripts::REPORT,
+            &self.scripts.report,
             (id, attempt),
             &[phase, &progress, &metrics],
         )
@@ -123,7 +122,7 @@ impl Queue for RedisStore {
     }
 
     async fn release(&self, id: &str, attempt: u32) -> Result<(), StoreError> {
-        self.fenced(scripts::RELEASE, (id, attempt), &[]).await
+        self.fenced(&self.scripts.release, (id, attempt), &[]).await
     }
 
     async fn retry(
@@ -134,7 +133,7 @@ impl Queue for RedisStore {
         max_attempts: u32,
     ) -> Result<(), StoreError> {
         let max = max_attempts.to_string();
-        self.fenced(scripts::RETRY, (id, attempt), &[reason, &max])
+        self.fenced(&self.scripts.retry, (id, attempt), &[reason, &max])
             .await
     }
 
@@ -155,7 +154,8 @@ impl Queue for RedisStore {
             has_error,
             &artifacts,
         ];
-        self.fenced(scripts::FINISH, (id, attempt), &rest).await
+        self.fenced(&self.scripts.finish, (id, attempt), &rest)
+            .await
     }
 
     async fn depth(&self) -> Result<u64, StoreError> {
@@ -173,7 +173,7 @@ impl RedisStore {
     /// attempt, `rest` and the time; it answers 1 when the claim still held.
     async fn fenced(
         &self,
-        body: &str,
+        script: &redis::Script,
         (id, attempt): (&str, u32),
         rest: &[&str],
     ) -> Result<(), StoreError> {
@@ -182,7 +182,7 @@ impl RedisStore {
         let mut args = vec![id, attempt_text.as_str()];
         args.extend_from_slice(rest);
         args.push(&ts);
-        let done: i64 = self.script(&job_script(body), &args).await?;
+        let done: i64 = self.script(script, &args).await?;
         if done == 1 {
             Ok(())
         } else {

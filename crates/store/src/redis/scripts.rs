@@ -77,7 +77,7 @@ end
 
 /// ARGV: p, id, tenant, idempotency key (`''`: none), created_ms, then field/value
 /// pairs. Returns the id of the tenant's job with the same key, or nil when inserted.
-pub const INSERT_JOB: &str = r#"
+const INSERT_JOB: &str = r#"
 local id, tenant, key, created = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if key ~= '' then
   local idem = p .. ':idem:' .. tenant .. ':' .. key
@@ -95,7 +95,7 @@ return false
 
 /// ARGV: p, now (ms), lease (ms), max attempts, consumer, timestamp. Returns the
 /// claimed job's id or nil.
-pub const CLAIM: &str = r#"
+const CLAIM: &str = r#"
 local now, lease, max, consumer, ts = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local function take(id)
   local j = job_key(id)
@@ -169,7 +169,7 @@ return false
 
 /// ARGV: p, id, attempt, lease end (ms), timestamp, consumer. Returns -1 when the
 /// claim was lost, else whether cancellation was asked for (0/1).
-pub const HEARTBEAT: &str = r#"
+const HEARTBEAT: &str = r#"
 local id, attempt, untl, ts, consumer = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if not holds(id, attempt) then return -1 end
 local j = job_key(id)
@@ -182,7 +182,7 @@ return tonumber(redis.call('HGET', j, 'cancel_requested'))
 
 /// ARGV: p, id, attempt, phase, progress, metrics (JSON), timestamp. Returns 0 when
 /// the claim was lost.
-pub const REPORT: &str = r#"
+const REPORT: &str = r#"
 local id, attempt = ARGV[2], ARGV[3]
 if not holds(id, attempt) then return 0 end
 redis.call('HSET', job_key(id), 'phase', ARGV[4], 'progress', ARGV[5], 'metrics', ARGV[6], 'updated_at', ARGV[7])
@@ -191,7 +191,7 @@ return 1
 "#;
 
 /// ARGV: p, id, attempt, timestamp. Back in the queue, the attempt given back.
-pub const RELEASE: &str = r#"
+const RELEASE: &str = r#"
 local id, attempt = ARGV[2], ARGV[3]
 if not holds(id, attempt) then return 0 end
 local j = job_key(id)
@@ -206,7 +206,7 @@ return 1
 
 /// ARGV: p, id, attempt, reason, max attempts, timestamp. Back in the queue, or failed
 /// once out of attempts.
-pub const RETRY: &str = r#"
+const RETRY: &str = r#"
 local id, attempt, reason, max, ts = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if not holds(id, attempt) then return 0 end
 local j = job_key(id)
@@ -228,7 +228,7 @@ return 1
 
 /// ARGV: p, id, attempt, state, error (`''` with no error flag), has error (0/1),
 /// artifacts (JSON), timestamp.
-pub const FINISH: &str = r#"
+const FINISH: &str = r#"
 local id, attempt, state = ARGV[2], ARGV[3], ARGV[4]
 if not holds(id, attempt) then return 0 end
 local j = job_key(id)
@@ -242,7 +242,7 @@ return 1
 "#;
 
 /// ARGV: p, tenant, id, timestamp. Returns 0 when the tenant has no such job.
-pub const CANCEL: &str = r#"
+const CANCEL: &str = r#"
 local tenant, id = ARGV[2], ARGV[3]
 local j = job_key(id)
 if redis.call('HGET', j, 'tenant') ~= tenant then return 0 end
@@ -261,7 +261,7 @@ return 1
 
 /// ARGV: p, kind, id, tenant, sha256, size, created_ms, record JSON. Returns the id of
 /// the tenant's record of the same content, or nil when inserted.
-pub const INSERT_UPLOAD: &str = r#"
+const INSERT_UPLOAD: &str = r#"
 local p, kind, id, tenant, sha, size, created, json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local by_sha = p .. ':' .. kind .. '-sha:' .. tenant .. ':' .. sha
 if not redis.call('SET', by_sha, id, 'NX') then return redis.call('GET', by_sha) end
@@ -272,7 +272,7 @@ return false
 "#;
 
 /// ARGV: p, kind, tenant, id. Returns the deleted record's JSON, or nil.
-pub const DELETE_UPLOAD: &str = r#"
+const DELETE_UPLOAD: &str = r#"
 local p, kind, tenant, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = p .. ':' .. kind .. ':' .. id
 local f = redis.call('HMGET', key, 'tenant', 'sha256', 'size', 'json')
@@ -286,7 +286,7 @@ return f[4]
 "#;
 
 /// ARGV: p, sha256. Returns 1 when no reference is left.
-pub const DROP_OBJECT: &str = r#"
+const DROP_OBJECT: &str = r#"
 local p, sha = ARGV[1], ARGV[2]
 if redis.call('HINCRBY', p .. ':objects', sha, -1) <= 0 then
   redis.call('HDEL', p .. ':objects', sha)
@@ -297,6 +297,40 @@ return 0
 "#;
 
 /// A job script with its helpers.
-pub fn job_script(body: &str) -> redis::Script {
+fn job_script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// Every script, built (and hashed for `EVALSHA`) once per store.
+pub struct Scripts {
+    pub insert_job: redis::Script,
+    pub claim: redis::Script,
+    pub heartbeat: redis::Script,
+    pub report: redis::Script,
+    pub release: redis::Script,
+    pub retry: redis::Script,
+    pub finish: redis::Script,
+    pub cancel: redis::Script,
+    pub insert_upload: redis::Script,
+    pub delete_upload: redis::Script,
+    pub drop_object: redis::Script,
+}
+
+impl Scripts {
+    /// The scripts of this module.
+    pub fn new() -> Self {
+        Self {
+            insert_job: job_script(INSERT_JOB),
+            claim: job_script(CLAIM),
+            heartbeat: job_script(HEARTBEAT),
+            report: job_script(REPORT),
+            release: job_script(RELEASE),
+            retry: job_script(RETRY),
+            finish: job_script(FINISH),
+            cancel: job_script(CANCEL),
+            insert_upload: redis::Script::new(INSERT_UPLOAD),
+            delete_upload: redis::Script::new(DELETE_UPLOAD),
+            drop_object: redis::Script::new(DROP_OBJECT),
+        }
+    }
 }
