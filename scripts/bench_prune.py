@@ -55,6 +55,8 @@ METHODS = [
      ["--method", "effp", "--scope", "layer", "--prune-share", "0.3", "--criterion", "magnitude"]),
     ("effp, per layer, prune-share 0.3, taylor",
      ["--method", "effp", "--scope", "layer", "--prune-share", "0.3", "--criterion", "taylor"]),
+    ("effp, per layer, prune-share 0.3, taylor, label-free",
+     ["--method", "effp", "--scope", "layer", "--prune-share", "0.3", "--criterion", "taylor", "--label-weight", "0"]),
     ("effp, per layer, prune-share 0.3", ["--method", "effp", "--scope", "layer", "--prune-share", "0.3"]),
     ("effp, per layer, prune-share 0.3, no regrowing",
      ["--method", "effp", "--scope", "layer", "--prune-share", "0.3", "--regrow", "0"]),

@@ -8,7 +8,8 @@ use crate::method::{Criterion, Distill, FineTune, Method, Scope};
 
 /// Optimiser steps in all, unless told otherwise.
 pub const DEFAULT_STEPS: u32 = 300;
-/// Share of the steps in which masks change, unless told otherwise.
+/// Share of the steps in which masks change, unless told otherwise, for every
+/// method but EFFP (which has its own, `Method::default_prune_share`).
 pub const DEFAULT_PRUNE_SHARE: f64 = 0.7;
 /// Steps between EFFP's mask updates, unless told otherwise.
 pub const DEFAULT_INTERVAL: u32 = 5;
@@ -46,10 +47,11 @@ pub struct TrainingSpec {
     #[cfg_attr(feature = "openapi", schema(maximum = 1000000))]
     pub steps: u32,
     /// Share of the steps in which masks change, in (0, 1]; the rest fine-tune the
-    /// final mask.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_PRUNE_SHARE))]
+    /// final mask. Default: 0.3 for effp, 0.7 for the other trained methods.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
-    pub prune_share: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_share: Option<f64>,
     /// effp: steps between mask updates.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_INTERVAL, value_parser = clap::value_parser!(u32).range(1..)))]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
@@ -103,7 +105,7 @@ impl Default for TrainingSpec {
     fn default() -> Self {
         Self {
             steps: DEFAULT_STEPS,
-            prune_share: DEFAULT_PRUNE_SHARE,
+            prune_share: None,
             interval: DEFAULT_INTERVAL,
             regrow: DEFAULT_REGROW,
             criterion: Criterion::default(),
@@ -120,6 +122,13 @@ impl Default for TrainingSpec {
 }
 
 impl TrainingSpec {
+    /// The share of the steps in which `method`'s masks change: the one asked for,
+    /// or the method's own.
+    pub fn prune_share_for(&self, method: Method) -> f64 {
+        self.prune_share
+            .unwrap_or_else(|| method.default_prune_share())
+    }
+
     /// Every out-of-range setting, by its path in a job request.
     pub fn errors(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -132,12 +141,9 @@ impl TrainingSpec {
             }
         };
         check(self.steps <= MAX_STEPS, "steps", "0..=1000000", &self.steps);
-        check(
-            self.prune_share > 0.0 && self.prune_share <= 1.0,
-            "prune_share",
-            "(0, 1]",
-            &self.prune_share,
-        );
+        if let Some(share) = self.prune_share {
+            check(share > 0.0 && share <= 1.0, "prune_share", "(0, 1]", &share);
+        }
         check(self.interval >= 1, "interval", "1..", &self.interval);
         check(
             (0.0..=1.0).contains(&self.regrow),
@@ -208,7 +214,7 @@ pub struct PruneOptions {
     pub activation_cost: f64,
     /// Where removed groups compete: across the network (global, by importance per
     /// MAC) or within each layer (layer: every layer loses the same share).
-    /// Default: layer for uniform, global for the other methods.
+    /// Default: layer for effp and uniform, global for the other methods.
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,

@@ -29,7 +29,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
             |((steps, prune_share, interval, regrow, stages), (batch, lr, seed, lw, mosaic), e)| {
                 TrainingSpec {
                     steps,
-                    prune_share,
+                    prune_share: Some(prune_share),
                     interval,
                     regrow,
                     criterion: [
@@ -104,7 +104,18 @@ fn the_default_method_follows_the_data_and_effp_keeps_its_floor() {
     assert_eq!(spec.options.min_fraction_for(Method::Uniform), 0.0);
     assert_eq!(Method::Uniform.scope(None), Ok(Scope::Layer));
     assert!(Method::Uniform.scope(Some(Scope::Global)).is_err());
-    assert_eq!(Method::Effp.scope(None), Ok(Scope::Global));
+    assert_eq!(Method::Effp.scope(None), Ok(Scope::Layer));
+    assert_eq!(Method::Effp.scope(Some(Scope::Global)), Ok(Scope::Global));
+    assert_eq!(Method::L1.scope(None), Ok(Scope::Global));
+    assert_eq!(spec.training.prune_share_for(Method::Effp), 0.3);
+    assert_eq!(spec.training.prune_share_for(Method::Uniform), 0.7);
+    assert_eq!(spec.training.criterion, Criterion::Taylor);
+    let asked: JobSpec = serde_json::from_str(
+        r#"{"model":"m","dataset":"d","target":{"flops_ratio":0.5},"training":{"prune_share":0.5}}"#,
+    )
+    .unwrap();
+    assert_eq!(asked.training.prune_share_for(Method::Effp), 0.5);
+    assert_eq!(asked.training.prune_share_for(Method::Sfp), 0.5);
 }
 
 #[test]
@@ -187,7 +198,7 @@ proptest! {
         let mut t = t;
         let path = match which {
             0 => { t.steps = 1_000_000 + by as u32; "/training/steps" }
-            1 => { t.prune_share = 1.0 + by; "/training/prune_share" }
+            1 => { t.prune_share = Some(1.0 + by); "/training/prune_share" }
             2 => { t.regrow = -by; "/training/regrow" }
             3 => { t.batch = 1024 + by as u32; "/training/batch" }
             4 => { t.lr = 1.0 + by; "/training/lr" }

@@ -359,7 +359,7 @@ fn train_job(
     }
     let summary = TrainingSummary {
         steps: spec.steps,
-        prune_share: spec.prune_share,
+        prune_share: spec.prune_share_for(job.method),
         interval: spec.interval,
         regrow: spec.regrow,
         criterion: spec.criterion,

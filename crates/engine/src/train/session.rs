@@ -85,7 +85,7 @@ impl TrainOptions {
         Self {
             method,
             steps: spec.steps as usize,
-            prune_share: spec.prune_share,
+            prune_share: spec.prune_share_for(method),
             interval: spec.interval as usize,
             regrow: spec.regrow,
             criterion: spec.criterion,
