@@ -39,7 +39,7 @@ lint: venv ## rustfmt and clippy, warnings as errors
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --no-default-features --bin effp --quiet --target-dir target/api-only -- -D warnings
 
-servers: ## Install the servers the tests start (Debian redis-server)
+servers: ## Install the servers the tests start (Debian redis-server, s3s-fs from crates.io)
 	@scripts/install-servers.sh
 
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)

@@ -1,14 +1,14 @@
-//! effp in its distributed shape on one machine: a real redis-server, an API replica
-//! (`effp serve --no-worker` over Redis) and job workers as their own processes
-//! (`effp worker`), sharing the object directory.
+//! effp in its distributed shape on one machine: a real redis-server, a real
+//! S3-compatible server (s3s-fs), API replicas (`effp serve --no-worker`) and job
+//! workers as their own processes (`effp worker`). Every process has a data
+//! directory of its own: they share nothing but Redis and the bucket.
 
 mod service;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use effp_testkit::servers::RedisServer;
+use effp_testkit::servers::{RedisServer, S3Server};
 use service::*;
 use sha2::{Digest, Sha256};
 
@@ -16,28 +16,64 @@ const KEYS: &str = "t1:tenant-one-key-0123456789,t2:tenant-two-key-0123456789";
 const T1: Option<&str> = Some("tenant-one-key-0123456789");
 const T2: Option<&str> = Some("tenant-two-key-0123456789");
 
-/// A running `effp worker`; killed (SIGKILL) when dropped.
+/// Redis and the S3 server a distributed deployment runs on.
+struct Backing {
+    redis: RedisServer,
+    s3: S3Server,
+}
+
+impl Backing {
+    fn start() -> Self {
+        Self {
+            redis: RedisServer::start(),
+            s3: S3Server::start(),
+        }
+    }
+
+    /// The settings every effp process of the deployment gets.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.s3.env();
+        env.push(("EFFP_REDIS_URL", self.redis.url()));
+        env
+    }
+
+    /// The checkpoints kept in the bucket.
+    fn checkpoints(&self) -> Vec<std::path::PathBuf> {
+        checkpoint_dir_in_bucket(&self.s3)
+    }
+}
+
+fn checkpoint_dir_in_bucket(s3: &S3Server) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(s3.bucket_dir().join("effp/named/checkpoints"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+/// A running `effp worker` in a data directory of its own; killed (SIGKILL) when
+/// dropped.
 struct Worker {
     child: Child,
+    _data: tempfile::TempDir,
 }
 
 impl Worker {
-    fn start(data: &Path, redis: &RedisServer, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_effp"))
+    fn start(backing: &Backing, extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_effp"));
+        command
             .args(["worker", "--data-dir"])
-            .arg(data)
+            .arg(data.path())
             .args(extra)
-            .env("EFFP_REDIS_URL", redis.url())
+            .envs(backing.env())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         assert!(line.starts_with("effp worker running"), "{line:?}");
-        Self { child }
+        Self { child, _data: data }
     }
 
     fn kill(mut self) {
@@ -53,19 +89,22 @@ impl Drop for Worker {
     }
 }
 
-fn api(redis: &RedisServer, keys: &str) -> Server {
-    Server::start(
-        &["--no-worker"],
-        &[("EFFP_REDIS_URL", &redis.url()), ("EFFP_API_KEYS", keys)],
-    )
+/// An API replica in a data directory of its own.
+fn api(backing: &Backing, keys: &str) -> Server {
+    let mut env = backing.env();
+    env.push(("EFFP_API_KEYS", keys.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(&["--no-worker"], &env)
 }
 
 #[test]
 fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
-    let redis = RedisServer::start();
-    let server = api(&redis, KEYS);
+    let backing = Backing::start();
+    // Two replicas: what one stores, the other serves.
+    let server = api(&backing, KEYS);
+    let other = api(&backing, KEYS);
     let base = server.url.clone();
-    let _worker = Worker::start(server.data.path(), &redis, &[]);
+    let _worker = Worker::start(&backing, &[]);
 
     let bytes = fixture_bytes("yolov8t.onnx");
     let model = call("POST", &format!("{base}/v1/models"), T1, Some(&bytes));
@@ -81,15 +120,32 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
         T1,
         &serde_json::json!({"model": model_id, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
     );
-    let job = wait_for_end(&base, &id, T1);
+    let job = wait_for_end(&other.url, &id, T1);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1);
     assert!(job["metrics"]["flops_ratio"].as_f64().unwrap() <= 0.5);
+    // The model went into the bucket, under its SHA-256, with it recorded.
+    let model_sha = format!("{:x}", Sha256::digest(&bytes));
+    let in_bucket = backing
+        .s3
+        .bucket_dir()
+        .join("effp/objects")
+        .join(&model_sha);
+    assert_eq!(std::fs::read(&in_bucket).unwrap(), bytes);
+    assert!(
+        !server
+            .data
+            .path()
+            .join("objects/objects")
+            .join(&model_sha)
+            .exists(),
+        "the API kept the model locally"
+    );
 
-    // The artifact the worker stored is what the API serves, byte for byte.
+    // The artifact the worker stored is what either replica serves, byte for byte.
     let pruned = call(
         "GET",
-        &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
+        &format!("{}/v1/jobs/{id}/artifacts/pruned.onnx", other.url),
         T1,
         None,
     );
@@ -127,17 +183,22 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
 
 #[test]
 fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
-    let redis = RedisServer::start();
-    let server = api(&redis, "");
+    let backing = Backing::start();
+    let server = api(&backing, "");
     let base = server.url.clone();
     let flags = ["--checkpoint-every", "2", "--lease-secs", "3"];
-    let first = Worker::start(server.data.path(), &redis, &flags);
+    let first = Worker::start(&backing, &flags);
     let (model, dataset) = upload_model_and_data(&base, None);
     let steps = 60;
     let id = submit_training_job(&base, &model, &dataset, steps);
     wait_for_step(&base, &id, None, 8);
+    assert_eq!(
+        backing.checkpoints().len(),
+        1,
+        "the running job's checkpoint is in the bucket"
+    );
     // A second worker is idle when the first dies without a word.
-    let _second = Worker::start(server.data.path(), &redis, &flags);
+    let _second = Worker::start(&backing, &flags);
     first.kill();
 
     let job = wait_for_end(&base, &id, None);
@@ -156,7 +217,7 @@ fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
         "claimed, claimed again by the second worker, done"
     );
     assert!(
-        server.checkpoints().is_empty(),
+        backing.checkpoints().is_empty(),
         "the checkpoint went with the job"
     );
 }

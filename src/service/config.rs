@@ -8,10 +8,15 @@ use anyhow::Context;
 use clap::Args;
 use effp_store::local::LocalObjects;
 use effp_store::redis::RedisStore;
+use effp_store::s3::{S3Config, S3Objects};
 use effp_store::sqlite::SqliteStore;
 use effp_store::{JobStore, ObjectStore, Queue};
 
 use super::limits::ByteSize;
+
+/// What `--help` of the long-running commands says about their logs.
+pub const LOG_HELP: &str = "Logs go to stderr, filtered by EFFP_LOG (tracing's EnvFilter syntax, \
+                            e.g. info or effp=debug; default warn).";
 
 /// Where jobs, records and objects are kept.
 #[derive(Debug, Clone, Args)]
@@ -27,6 +32,61 @@ pub struct StoreArgs {
     /// Prefix of every Redis key (deployments can share one Redis).
     #[arg(long, env = "EFFP_REDIS_PREFIX", default_value = "effp")]
     pub redis_prefix: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Where objects are kept when they live in S3 (AWS or any S3-compatible server).
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// S3 bucket (which must exist) for models, datasets, artifacts and checkpoints,
+    /// shared by API replicas and workers. Unset: the data directory's `objects`
+    /// folder, for the processes of one machine.
+    #[arg(long, env = "EFFP_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Prefix of every key in the bucket (deployments can share one bucket).
+    #[arg(long, env = "EFFP_S3_PREFIX", default_value = "effp")]
+    pub s3_prefix: String,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph, s3s), e.g.
+    /// http://127.0.0.1:8014; AWS's when unset.
+    #[arg(long, env = "EFFP_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Region; the AWS configuration's (AWS_REGION, profile), else us-east-1, when
+    /// unset.
+    #[arg(long, env = "EFFP_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Address the bucket by path (endpoint/bucket/key), as most self-hosted servers
+    /// need, instead of by host name.
+    #[arg(long, env = "EFFP_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// Access key id; with the secret, used instead of the standard AWS chain
+    /// (AWS_ACCESS_KEY_ID, profiles, container and instance roles). Prefer the
+    /// environment to the command line for both.
+    #[arg(long, env = "EFFP_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// Secret access key.
+    #[arg(long, env = "EFFP_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Size of the parts uploads go to S3 in, and so the memory one upload in
+    /// progress holds (at least 5MiB).
+    #[arg(long, env = "EFFP_S3_PART_SIZE", default_value = "8MiB")]
+    pub s3_part_size: ByteSize,
+}
+
+impl S3Args {
+    /// The store's settings, when a bucket is named.
+    pub fn config(&self) -> Option<S3Config> {
+        Some(S3Config {
+            bucket: self.s3_bucket.clone()?,
+            prefix: self.s3_prefix.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            part_size: usize::try_from(self.s3_part_size.0).unwrap_or(usize::MAX),
+        })
+    }
 }
 
 /// How this process runs jobs.
@@ -100,7 +160,10 @@ impl StoreArgs {
                     (sqlite.clone(), sqlite, true)
                 }
             };
-        let objects: Arc<dyn ObjectStore> = Arc::new(LocalObjects::open(&data.join("objects"))?);
+        let objects: Arc<dyn ObjectStore> = match self.s3.config() {
+            Some(config) => Arc::new(S3Objects::open(&config).await?),
+            None => Arc::new(LocalObjects::open(&data.join("objects"))?),
+        };
         // Scratch holds only what running requests and jobs use: what processes
         // that have ended left there is garbage.
         let scratch = effp_store::process_dir::claim(&data.join("scratch"))

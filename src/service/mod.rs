@@ -26,6 +26,7 @@ use effp_store::{Checkpoints, Content, JobStore, ObjectStore, Queue};
 
 /// Arguments (and environment) of `effp serve`.
 #[derive(Debug, Args)]
+#[command(after_help = config::LOG_HELP)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "EFFP_LISTEN", default_value = "127.0.0.1:8080")]

@@ -1,6 +1,7 @@
 //! Where effp keeps things: the job store (models, datasets, jobs and their events),
 //! the work queue and the object store, as traits, with the embedded backends
-//! (SQLite and a local directory) and the distributed job store and queue (Redis).
+//! (SQLite and a local directory) and the distributed ones (Redis for jobs and the
+//! queue, S3 for objects).
 //! The API and the worker program against the traits; which backend runs is
 //! configuration.
 //!
@@ -16,6 +17,7 @@ pub mod process_dir;
 mod queue;
 mod records;
 pub mod redis;
+pub mod s3;
 pub mod sqlite;
 
 pub use checkpoints::Checkpoints;

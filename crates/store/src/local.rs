@@ -58,14 +58,7 @@ impl ObjectStore for LocalObjects {
         let mut size = 0u64;
         let outcome: Result<(), StoreError> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::TimedOut => StoreError::Stalled(e.to_string()),
-                    _ => StoreError::Body(e.to_string()),
-                })?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(StoreError::TooLarge { limit });
-                }
+                let chunk = crate::objects::next_chunk(chunk, &mut size, limit)?;
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(backend)?;
             }

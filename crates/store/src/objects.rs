@@ -67,6 +67,24 @@ pub trait ObjectStore: Send + Sync {
     async fn named(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
+/// The next chunk of an upload's body, counted into `size`: the client's error as
+/// the store's, or [`StoreError::TooLarge`] once the body passes `limit`.
+pub(crate) fn next_chunk(
+    chunk: Result<Bytes, std::io::Error>,
+    size: &mut u64,
+    limit: u64,
+) -> Result<Bytes, StoreError> {
+    let chunk = chunk.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => StoreError::Stalled(e.to_string()),
+        _ => StoreError::Body(e.to_string()),
+    })?;
+    *size += chunk.len() as u64;
+    if *size > limit {
+        return Err(StoreError::TooLarge { limit });
+    }
+    Ok(chunk)
+}
+
 /// Longest name of a named object.
 pub const MAX_NAME_LEN: usize = 200;
 

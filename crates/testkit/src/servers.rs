@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let mut child = spawn_redis(dir.path(), port).unwrap_or_else(|e| panic!("{e}"));
-            if wait_ready(&mut child, port, Duration::from_secs(10)) {
+            if wait_ready(&mut child, || ping(port), Duration::from_secs(10)) {
                 return Self { child, port, dir };
             }
             let _ = child.kill();
@@ -43,7 +43,7 @@ impl RedisServer {
         let _ = self.child.wait();
         self.child = spawn_redis(self.dir.path(), self.port).unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            wait_ready(&mut self.child, self.port, Duration::from_secs(10)),
+            wait_ready(&mut self.child, || ping(self.port), Duration::from_secs(10)),
             "redis-server did not come back on port {}",
             self.port
         );
@@ -57,14 +57,14 @@ impl Drop for RedisServer {
     }
 }
 
-/// Waits until the server answers PING; false when it exits or the time is up.
-fn wait_ready(child: &mut Child, port: u16, limit: Duration) -> bool {
+/// Waits until the server is `ready`; false when it exits or the time is up.
+fn wait_ready(child: &mut Child, ready: impl Fn() -> bool, limit: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < limit {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if ping(port) {
+        if ready() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -116,4 +116,133 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// An S3-compatible server: `s3s-fs` (crates.io, installed by `make servers` into
+/// `$EFFP_CACHE/tools`), serving one bucket from a temporary directory.
+pub struct S3Server {
+    child: Option<Child>,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// The bucket every server has.
+    pub const BUCKET: &'static str = "effp-test";
+    /// The access key id it accepts.
+    pub const ACCESS_KEY: &'static str = "effp-test-key";
+    /// The secret it accepts.
+    pub const SECRET_KEY: &'static str = "effp-test-secret";
+
+    /// Starts one; panics with what to install when `s3s-fs` is missing.
+    pub fn start() -> Self {
+        let mut root = tempfile::tempdir().expect("a temporary directory");
+        std::fs::create_dir(root.path().join(Self::BUCKET)).expect("the bucket's directory");
+        for _ in 0..5 {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                root,
+            };
+            if server.spawn() {
+                return server;
+            }
+            root = server.take_root();
+        }
+        panic!("s3s-fs did not start on any of five free ports");
+    }
+
+    fn take_root(mut self) -> tempfile::TempDir {
+        self.stop();
+        std::mem::replace(
+            &mut self.root,
+            tempfile::tempdir().expect("a temporary directory"),
+        )
+    }
+
+    fn spawn(&mut self) -> bool {
+        let binary = s3s_fs_binary();
+        let mut child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} cannot be started ({e}): `make servers` installs s3s-fs 0.14.1 from crates.io",
+                    binary.display()
+                )
+            });
+        let port = self.port;
+        let ready = wait_ready(
+            &mut child,
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            Duration::from_secs(10),
+        );
+        self.child = Some(child);
+        ready
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory the server keeps the bucket's objects in (`BUCKET/KEY`).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(Self::BUCKET)
+    }
+
+    /// The `EFFP_S3_*` settings that point effp at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("EFFP_S3_BUCKET", Self::BUCKET.into()),
+            ("EFFP_S3_ENDPOINT", self.endpoint()),
+            ("EFFP_S3_REGION", "us-east-1".into()),
+            ("EFFP_S3_PATH_STYLE", "true".into()),
+            ("EFFP_S3_ACCESS_KEY_ID", Self::ACCESS_KEY.into()),
+            ("EFFP_S3_SECRET_ACCESS_KEY", Self::SECRET_KEY.into()),
+        ]
+    }
+
+    /// Stops the server (SIGKILL); its files stay.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped server again on the same port and files.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "s3s-fs did not come back on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where `s3s-fs` is: `EFFP_S3S_FS`, else `make servers`' install in the cache, else
+/// the `PATH`.
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EFFP_S3S_FS") {
+        return path.into();
+    }
+    let cache = std::env::var_os("EFFP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/effp")));
+    cache
+        .map(|c| c.join("tools/bin/s3s-fs"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "s3s-fs".into())
 }

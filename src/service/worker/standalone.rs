@@ -13,6 +13,7 @@ use crate::service::limits;
 
 /// Arguments (and environment) of `effp worker`.
 #[derive(Debug, Args)]
+#[command(after_help = crate::service::config::LOG_HELP)]
 pub struct WorkerArgs {
     /// Where jobs, records and objects are kept (EFFP_REDIS_URL is required: the
     /// embedded store belongs to one `effp serve`).

@@ -1,0 +1,38 @@
+//! The settings file a person copies (`.env.example`) and the settings the binary
+//! knows stay the same set.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{effp, text};
+
+/// The `EFFP_*` names in `text`.
+fn names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("EFFP_") && w.len() > 5)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn env_example_names_every_setting_of_serve_and_worker_and_nothing_else() {
+    let example =
+        std::fs::read_to_string(effp_testkit::fixtures::workspace_root().join(".env.example"))
+            .unwrap();
+    let documented = names(&example);
+    let mut known = BTreeSet::new();
+    for command in ["serve", "worker"] {
+        let help = effp(&[command, "--help"]);
+        assert!(help.status.success());
+        known.extend(names(&text(&help.stdout)));
+    }
+    assert!(known.contains("EFFP_S3_BUCKET") && known.contains("EFFP_REDIS_URL"));
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        ".env.example names settings the binary does not know: {unknown:?}"
+    );
+    let missing: Vec<_> = known.difference(&documented).collect();
+    assert!(missing.is_empty(), ".env.example lacks: {missing:?}");
+}
