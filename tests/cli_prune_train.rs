@@ -100,6 +100,26 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
         last_change <= 5,
         "the mask changed at step {last_change} of 16"
     );
+    // Label-free, EFFP ranks across the network by the curvature estimate over the
+    // longer schedule.
+    let label_free = pruned_report(
+        tmp.path(),
+        "effp",
+        &[
+            "--target-flops",
+            "0.7",
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--label-weight",
+            "0",
+        ],
+    );
+    assert_eq!(label_free["training"]["labels"]["used"], "no");
+    assert_eq!(label_free["scope"], "global");
+    assert_eq!(label_free["training"]["criterion"], "curvature");
+    assert_eq!(label_free["training"]["prune_share"], 0.7);
     // Ultralytics' augmentation by default, except mosaics (they cost accuracy here).
     assert_eq!(r["training"]["mosaic"], 0.0, "{}", r["training"]);
 

@@ -30,11 +30,22 @@ pub enum Method {
 /// of a converged detector at low targets (docs/benchmarks.md).
 pub const EFFP_MIN_FRACTION: f64 = 0.25;
 
-/// The share of the steps in which EFFP's masks change unless told otherwise:
-/// settling the mask early and training the final structure for the rest of the
-/// run kept 0.765 mAP50-95 against 0.720 at 0.7 on the published YOLOv8n width,
-/// three seeds each (docs/benchmarks.md).
+/// The share of the steps in which EFFP's masks change when it learns from labels,
+/// unless told otherwise: settling the mask early and training the final structure
+/// for the rest of the run kept 0.765 mAP50-95 against 0.720 at 0.7 on the
+/// published YOLOv8n width, three seeds each (docs/benchmarks.md).
 pub const EFFP_PRUNE_SHARE: f64 = 0.3;
+
+/// What a method does where a request leaves its scope, criterion and schedule open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MethodDefaults {
+    /// Where removed groups compete.
+    pub scope: Scope,
+    /// How EFFP ranks active groups.
+    pub criterion: Criterion,
+    /// Share of the steps in which masks change.
+    pub prune_share: f64,
+}
 
 impl Method {
     /// Every method, in the order they are documented.
@@ -78,42 +89,57 @@ impl Method {
         }
     }
 
-    /// The method's own share of the steps in which masks change: EFFP settles its
-    /// mask early; the staged and soft methods spread their stages further.
-    pub fn default_prune_share(self) -> f64 {
+    /// The method's own scope, criterion and share of pruning steps. EFFP's depend on
+    /// whether the run learns from labels: with them it prunes within each layer by
+    /// the first-order criterion and settles its mask in the first 30% of the steps
+    /// (ranked across the network it thinned the deep layers a detector needs and
+    /// varied far more from seed to seed); from distillation alone, whose gradients
+    /// vanish while the student still equals the original, it ranks across the
+    /// network by the curvature estimate over 70% of the steps, which kept 0.05–0.16
+    /// more mAP50-95 label-free (docs/benchmarks.md).
+    pub fn defaults(self, labelled: bool) -> MethodDefaults {
+        let staged = MethodDefaults {
+            scope: Scope::Global,
+            criterion: Criterion::Curvature,
+            prune_share: crate::settings::DEFAULT_PRUNE_SHARE,
+        };
         match self {
-            Method::Effp => EFFP_PRUNE_SHARE,
-            _ => crate::settings::DEFAULT_PRUNE_SHARE,
+            Method::Effp if labelled => MethodDefaults {
+                scope: Scope::Layer,
+                criterion: Criterion::Taylor,
+                prune_share: EFFP_PRUNE_SHARE,
+            },
+            Method::Uniform => MethodDefaults {
+                scope: Scope::Layer,
+                ..staged
+            },
+            _ => staged,
         }
     }
 
-    /// Where the method's removed groups compete when the request does not say, or
-    /// why the requested scope does not fit the method. EFFP prunes within each
-    /// layer by default: ranked across the network it thinned the deep layers a
-    /// detector needs and varied far more from seed to seed (docs/benchmarks.md).
-    pub fn scope(self, asked: Option<Scope>) -> Result<Scope, String> {
+    /// Where the method's removed groups compete: the scope asked for, else the
+    /// method's own ([`Method::defaults`]), or why the asked scope does not fit the
+    /// method.
+    pub fn scope(self, asked: Option<Scope>, labelled: bool) -> Result<Scope, String> {
         match (self, asked) {
-            (Method::Effp, None) => Ok(Scope::Layer),
             (Method::Uniform, Some(Scope::Global)) => Err(
                 "global does not fit method uniform, which prunes the same share of every \
                  layer: leave the scope out, or use method progressive with scope global"
                     .into(),
             ),
-            (Method::Uniform, _) => Ok(Scope::Layer),
-            (_, asked) => Ok(asked.unwrap_or_default()),
+            (_, asked) => Ok(asked.unwrap_or(self.defaults(labelled).scope)),
         }
     }
 }
 
 /// Where the groups a pruning step removes compete with each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Across the whole network, by importance per MAC: layers end up thinned by
     /// different amounts.
-    #[default]
     Global,
     /// Within each layer: every layer loses the same share of its channels (the
     /// least important first), the share chosen so that the target holds
@@ -122,7 +148,7 @@ pub enum Scope {
 }
 
 /// How the importance of an active group is judged when EFFP prunes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
@@ -132,9 +158,8 @@ pub enum Criterion {
     /// still equals the teacher.
     Curvature,
     /// First-order Taylor estimate of the loss increase (squared gate gradients),
-    /// averaged over the steps between updates: with per-layer pruning it kept
-    /// the most accuracy of the three (docs/benchmarks.md).
-    #[default]
+    /// averaged over the steps between updates: with the labels and per-layer
+    /// pruning it kept the most accuracy of the three (docs/benchmarks.md).
     Taylor,
     /// Filter norm relative to the largest in the layer.
     Magnitude,

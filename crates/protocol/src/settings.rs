@@ -9,7 +9,7 @@ use crate::method::{Criterion, Distill, FineTune, Method, Scope};
 /// Optimiser steps in all, unless told otherwise.
 pub const DEFAULT_STEPS: u32 = 300;
 /// Share of the steps in which masks change, unless told otherwise, for every
-/// method but EFFP (which has its own, `Method::default_prune_share`).
+/// method but EFFP with labels (see `Method::defaults`).
 pub const DEFAULT_PRUNE_SHARE: f64 = 0.7;
 /// Steps between EFFP's mask updates, unless told otherwise.
 pub const DEFAULT_INTERVAL: u32 = 5;
@@ -47,7 +47,7 @@ pub struct TrainingSpec {
     #[cfg_attr(feature = "openapi", schema(maximum = 1000000))]
     pub steps: u32,
     /// Share of the steps in which masks change, in (0, 1]; the rest fine-tune the
-    /// final mask. Default: 0.3 for effp, 0.7 for the other trained methods.
+    /// final mask. Default: 0.3 for effp learning from labels, else 0.7.
     #[cfg_attr(feature = "cli", arg(long))]
     #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,9 +61,11 @@ pub struct TrainingSpec {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_REGROW))]
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub regrow: f64,
-    /// effp: how active groups are ranked for pruning.
-    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Criterion::default()))]
-    pub criterion: Criterion,
+    /// effp: how active groups are ranked for pruning. Default: taylor when it
+    /// learns from labels, curvature label-free.
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub criterion: Option<Criterion>,
     /// progressive, uniform: number of prune-then-fine-tune stages.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_STAGES, value_parser = clap::value_parser!(u32).range(1..)))]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
@@ -108,7 +110,7 @@ impl Default for TrainingSpec {
             prune_share: None,
             interval: DEFAULT_INTERVAL,
             regrow: DEFAULT_REGROW,
-            criterion: Criterion::default(),
+            criterion: None,
             stages: DEFAULT_STAGES,
             distill: Distill::default(),
             batch: DEFAULT_BATCH,
@@ -123,10 +125,16 @@ impl Default for TrainingSpec {
 
 impl TrainingSpec {
     /// The share of the steps in which `method`'s masks change: the one asked for,
-    /// or the method's own.
-    pub fn prune_share_for(&self, method: Method) -> f64 {
+    /// or the method's own (`labelled`: whether the run learns from labels).
+    pub fn prune_share_for(&self, method: Method, labelled: bool) -> f64 {
         self.prune_share
-            .unwrap_or_else(|| method.default_prune_share())
+            .unwrap_or_else(|| method.defaults(labelled).prune_share)
+    }
+
+    /// How EFFP ranks groups: the criterion asked for, or the method's own.
+    pub fn criterion_for(&self, method: Method, labelled: bool) -> Criterion {
+        self.criterion
+            .unwrap_or_else(|| method.defaults(labelled).criterion)
     }
 
     /// Every out-of-range setting, by its path in a job request.
@@ -214,7 +222,7 @@ pub struct PruneOptions {
     pub activation_cost: f64,
     /// Where removed groups compete: across the network (global, by importance per
     /// MAC) or within each layer (layer: every layer loses the same share).
-    /// Default: layer for effp and uniform, global for the other methods.
+    /// Default: layer for uniform and for effp learning from labels, else global.
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
@@ -279,7 +287,7 @@ impl PruneOptions {
                 ),
             ));
         }
-        if let Err(why) = method.scope(self.scope) {
+        if let Err(why) = method.scope(self.scope, true) {
             errors.push(FieldError::new("/options/scope", why));
         }
         errors

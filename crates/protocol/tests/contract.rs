@@ -23,7 +23,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
             0.0f64..=100.0,
             0.0f64..=1.0,
         ),
-        (0usize..3, 0usize..2, 0usize..2),
+        (0usize..4, 0usize..2, 0usize..2),
     )
         .prop_map(
             |((steps, prune_share, interval, regrow, stages), (batch, lr, seed, lw, mosaic), e)| {
@@ -33,9 +33,10 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
                     interval,
                     regrow,
                     criterion: [
-                        Criterion::Curvature,
-                        Criterion::Taylor,
-                        Criterion::Magnitude,
+                        Some(Criterion::Curvature),
+                        Some(Criterion::Taylor),
+                        Some(Criterion::Magnitude),
+                        None,
                     ][e.0],
                     stages,
                     distill: [Distill::Heads, Distill::Outputs][e.1],
@@ -102,20 +103,50 @@ fn the_default_method_follows_the_data_and_effp_keeps_its_floor() {
     assert!(spec.trains());
     assert_eq!(spec.options.min_fraction_for(Method::Effp), 0.25);
     assert_eq!(spec.options.min_fraction_for(Method::Uniform), 0.0);
-    assert_eq!(Method::Uniform.scope(None), Ok(Scope::Layer));
-    assert!(Method::Uniform.scope(Some(Scope::Global)).is_err());
-    assert_eq!(Method::Effp.scope(None), Ok(Scope::Layer));
-    assert_eq!(Method::Effp.scope(Some(Scope::Global)), Ok(Scope::Global));
-    assert_eq!(Method::L1.scope(None), Ok(Scope::Global));
-    assert_eq!(spec.training.prune_share_for(Method::Effp), 0.3);
-    assert_eq!(spec.training.prune_share_for(Method::Uniform), 0.7);
-    assert_eq!(spec.training.criterion, Criterion::Taylor);
+    for labelled in [true, false] {
+        assert_eq!(Method::Uniform.scope(None, labelled), Ok(Scope::Layer));
+        assert!(
+            Method::Uniform
+                .scope(Some(Scope::Global), labelled)
+                .is_err()
+        );
+        assert_eq!(
+            Method::Effp.scope(Some(Scope::Global), labelled),
+            Ok(Scope::Global)
+        );
+        assert_eq!(Method::L1.scope(None, labelled), Ok(Scope::Global));
+        assert_eq!(
+            spec.training.prune_share_for(Method::Uniform, labelled),
+            0.7
+        );
+    }
+    // EFFP learning from labels: per layer, first-order, mask settled early.
+    assert_eq!(Method::Effp.scope(None, true), Ok(Scope::Layer));
+    assert_eq!(spec.training.prune_share_for(Method::Effp, true), 0.3);
+    assert_eq!(
+        spec.training.criterion_for(Method::Effp, true),
+        Criterion::Taylor
+    );
+    // Label-free: across the network, curvature, the longer schedule.
+    assert_eq!(Method::Effp.scope(None, false), Ok(Scope::Global));
+    assert_eq!(spec.training.prune_share_for(Method::Effp, false), 0.7);
+    assert_eq!(
+        spec.training.criterion_for(Method::Effp, false),
+        Criterion::Curvature
+    );
+    // What a request asks for wins either way.
     let asked: JobSpec = serde_json::from_str(
-        r#"{"model":"m","dataset":"d","target":{"flops_ratio":0.5},"training":{"prune_share":0.5}}"#,
+        r#"{"model":"m","dataset":"d","target":{"flops_ratio":0.5},"training":{"prune_share":0.5,"criterion":"magnitude"}}"#,
     )
     .unwrap();
-    assert_eq!(asked.training.prune_share_for(Method::Effp), 0.5);
-    assert_eq!(asked.training.prune_share_for(Method::Sfp), 0.5);
+    for labelled in [true, false] {
+        assert_eq!(asked.training.prune_share_for(Method::Effp, labelled), 0.5);
+        assert_eq!(asked.training.prune_share_for(Method::Sfp, labelled), 0.5);
+        assert_eq!(
+            asked.training.criterion_for(Method::Effp, labelled),
+            Criterion::Magnitude
+        );
+    }
 }
 
 #[test]
@@ -176,7 +207,7 @@ proptest! {
     fn valid_settings_pass_and_survive_json(t in training(), o in options(), m in 0usize..6) {
         let method = Method::ALL[m];
         prop_assert!(t.errors().is_empty(), "{:?}", t.errors());
-        let scope_fits = method.scope(o.scope).is_ok();
+        let scope_fits = method.scope(o.scope, true).is_ok();
         prop_assert_eq!(o.errors(method).is_empty(), scope_fits);
         let spec = JobSpec {
             model: "m".into(),

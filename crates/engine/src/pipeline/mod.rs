@@ -26,7 +26,7 @@ use crate::prune::{L1Options, PruneError, Target, l1_mask};
 use crate::runtime::{Network, resolve_device};
 use crate::train::checkpoint::{Checkpoint, CheckpointError};
 pub use crate::train::session::TrainEvent;
-use crate::train::session::{Control, Problem, TrainOptions, TrainRun, train};
+use crate::train::session::{Control, Problem, TrainOptions, TrainRun, learns_from_labels, train};
 use crate::verify::{EQUIVALENCE_TOLERANCE, equivalence};
 
 /// What to prune, to what, and how.
@@ -192,7 +192,6 @@ pub fn run(
     let (model, _) = effp_graph::analyse_file(&job.model, job.input_size).map_err(model_error)?;
     effp_graph::require_supported(&model).map_err(model_error)?;
     let analysis = ChannelAnalysis::new(&model.graph).map_err(model_error)?;
-    let limits = L1Options::new(&job.options, method);
     let started = Instant::now();
     let device = resolve_device(job.device)?;
     let dataset = match &job.data {
@@ -207,6 +206,17 @@ pub fn run(
         None => None,
     };
     let trains = method.needs_data() || (dataset.is_some() && job.training.steps > 0);
+    // EFFP's defaults follow whether the run learns from labels.
+    let labelled = match &dataset {
+        Some(ds) if trains => learns_from_labels(
+            &model.graph,
+            &analysis,
+            ds.split("train")?,
+            job.training.label_weight,
+        ),
+        _ => false,
+    };
+    let limits = L1Options::new(&job.options, method, labelled);
     let (trained, mask, curve, training, compacted) = if trains {
         let Some(ds) = &dataset else {
             return Err(PipelineError::NeedsData(method));
@@ -217,7 +227,8 @@ pub fn run(
             samples: ds.split("train")?,
             target: job.target,
         };
-        let (run, summary) = train_job(job, env, &problem, limits, device, cancel, on_event)?;
+        let options = TrainOptions::new(method, &job.training, limits, labelled);
+        let (run, summary) = train_job(job, env, &problem, options, device, cancel, on_event)?;
         (
             run.model,
             run.mask,
@@ -328,13 +339,12 @@ fn train_job(
     job: &PruneJob,
     env: &PruneEnv,
     problem: &Problem<'_>,
-    limits: L1Options,
+    options: TrainOptions,
     device: tch::Device,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<(TrainRun, TrainingSummary), PipelineError> {
     let spec = &job.training;
-    let options = TrainOptions::new(job.method, spec, limits);
     let checkpoint = env.checkpoint.clone().unwrap_or_else(|| {
         let mut p = job.out.as_os_str().to_owned();
         p.push(".ckpt");
@@ -359,10 +369,10 @@ fn train_job(
     }
     let summary = TrainingSummary {
         steps: spec.steps,
-        prune_share: spec.prune_share_for(job.method),
+        prune_share: options.prune_share,
         interval: spec.interval,
         regrow: spec.regrow,
-        criterion: spec.criterion,
+        criterion: options.criterion,
         stages: spec.stages,
         distill: spec.distill,
         batch: spec.batch,

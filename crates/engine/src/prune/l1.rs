@@ -30,16 +30,15 @@ pub struct L1Options {
     /// dearer than their FLOPs, so that latency on memory-bound hardware falls
     /// closer to the FLOPs; the target is still measured in FLOPs.
     pub activation_cost: f64,
-    /// Whether groups compete across the network or within their layer (default
-    /// global).
+    /// Whether groups compete across the network or within their layer.
     pub scope: Scope,
 }
 
 impl L1Options {
-    /// The limits a run's prune options set for `method` (checked beforehand by
-    /// [`PruneOptions::errors`]; a scope the method cannot use falls back to the
-    /// method's own).
-    pub fn new(options: &PruneOptions, method: Method) -> Self {
+    /// The limits a run's prune options set for `method`, `labelled` saying whether
+    /// it learns from labels (checked beforehand by [`PruneOptions::errors`]; a
+    /// scope the method cannot use falls back to the method's own).
+    pub fn new(options: &PruneOptions, method: Method, labelled: bool) -> Self {
         Self {
             min_channels: options.min_channels as usize,
             min_fraction: options.min_fraction_for(method),
@@ -47,9 +46,8 @@ impl L1Options {
             cost_exponent: options.cost_exponent,
             activation_cost: options.activation_cost,
             scope: method
-                .scope(options.scope)
-                .or_else(|_| method.scope(None))
-                .unwrap_or_default(),
+                .scope(options.scope, labelled)
+                .unwrap_or(method.defaults(labelled).scope),
         }
     }
 

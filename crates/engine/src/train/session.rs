@@ -80,15 +80,16 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     /// The engine's settings for `method` from a run's training settings and the
-    /// per-layer limits of its pruning steps.
-    pub fn new(method: Method, spec: &TrainingSpec, limits: L1Options) -> Self {
+    /// per-layer limits of its pruning steps; `labelled`: whether it learns from
+    /// labels, which EFFP's defaults follow.
+    pub fn new(method: Method, spec: &TrainingSpec, limits: L1Options, labelled: bool) -> Self {
         Self {
             method,
             steps: spec.steps as usize,
-            prune_share: spec.prune_share_for(method),
+            prune_share: spec.prune_share_for(method, labelled),
             interval: spec.interval as usize,
             regrow: spec.regrow,
-            criterion: spec.criterion,
+            criterion: spec.criterion_for(method, labelled),
             stages: spec.stages as usize,
             distill: spec.distill,
             lr: spec.lr,
@@ -109,7 +110,12 @@ impl TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self::new(Method::Effp, &TrainingSpec::default(), L1Options::default())
+        Self::new(
+            Method::Effp,
+            &TrainingSpec::default(),
+            L1Options::default(),
+            true,
+        )
     }
 }
 
@@ -188,6 +194,16 @@ fn compact_student(
     let mut next = AdamW::new(params, weight_decay);
     next.set_state(slice(&m)?, slice(&v)?, optimizer.steps());
     Ok((Compacted { net, equivalence }, next))
+}
+
+/// Whether a run with label weight `weight` on `samples` learns from their labels.
+pub fn learns_from_labels(
+    graph: &effp_graph::ir::Graph,
+    analysis: &ChannelAnalysis,
+    samples: &[Sample],
+    weight: f64,
+) -> bool {
+    label_plan(graph, analysis, samples, weight).1 == LabelUse::Yes
 }
 
 /// Whether (and with which head) a run can learn from labels.
