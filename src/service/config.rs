@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use effp_protocol::DeviceChoice;
 use effp_store::local::LocalObjects;
 use effp_store::redis::RedisStore;
 use effp_store::s3::{S3Config, S3Objects};
@@ -107,6 +108,10 @@ pub struct JobRunArgs {
     /// worker takes it over.
     #[arg(long, env = "EFFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// Device this process trains jobs on: auto (each job's own choice), cpu, cuda
+    /// or cuda:N (one worker per GPU). A job that asked for the CPU stays on it.
+    #[arg(long, env = "EFFP_DEVICE", default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 impl JobRunArgs {

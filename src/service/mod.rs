@@ -114,6 +114,8 @@ pub struct AppState {
     lease: std::time::Duration,
     /// Memory a job's worker process may use, in bytes.
     job_memory_limit: u64,
+    /// Device this process trains jobs on.
+    device: effp_protocol::DeviceChoice,
     request_timeout: std::time::Duration,
     upload_stall: std::time::Duration,
     /// Cancelled when the service starts shutting down.
@@ -189,6 +191,7 @@ fn app_state(args: &ServeArgs, keys: ApiKeys, stores: config::Stores) -> AppStat
             || limits::default_job_memory(args.job_workers().max(1)),
             |b| b.0,
         ),
+        device: args.jobs.device,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         upload_stall: std::time::Duration::from_secs(args.upload_stall_secs),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -209,6 +212,7 @@ impl AppState {
             checkpoint_every: self.checkpoint_every,
             lease: self.lease,
             job_memory_limit: self.job_memory_limit,
+            device: self.device,
             jobs_seconds: self.metrics.jobs_seconds.clone(),
             shutdown: self.shutdown.clone(),
         }

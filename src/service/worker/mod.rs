@@ -57,6 +57,8 @@ pub struct WorkerContext {
     pub(crate) lease: Duration,
     /// Memory a job's worker process may use, in bytes.
     pub(crate) job_memory_limit: u64,
+    /// Device this process trains jobs on.
+    pub(crate) device: effp_protocol::DeviceChoice,
     /// Job durations by method and final state.
     pub(crate) jobs_seconds: prometheus::HistogramVec,
     /// Cancelled when the process starts shutting down.
@@ -252,6 +254,11 @@ async fn execute(
     let checkpoint = work.path().join("checkpoint.ckpt");
     let resume = state.checkpoints.fetch(&job.id, &checkpoint).await?;
     let trains = spec.trains();
+    let mut spec = spec;
+    // Validated when queued; where it runs is this worker's to say.
+    if let Ok(asked) = spec.device.parse() {
+        spec.device = state.device.place(asked).to_string();
+    }
     let cpu = spec.device == "cpu";
     let run = JobRun {
         spec,

@@ -62,13 +62,18 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
             .jobs
             .job_memory_limit
             .map_or_else(|| limits::default_job_memory(slots), |b| b.0),
+        device: args.jobs.device,
         jobs_seconds: crate::service::metrics::Metrics::new().jobs_seconds,
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let signal = crate::service::shutdown_signal()?;
     println!(
-        "effp worker running {slots} job(s) at once, jobs from Redis, data in {}",
-        args.store.data_dir.display()
+        "effp worker running {slots} job(s) at once on device {}, jobs from Redis, {}",
+        args.jobs.device,
+        match &args.store.s3.s3_bucket {
+            Some(bucket) => format!("objects in the S3 bucket {bucket}"),
+            None => format!("data in {}", args.store.data_dir.display()),
+        }
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
