@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: openapi help run test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
+.PHONY: openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -26,6 +26,10 @@ run: venv ## Start the service on the embedded default (SQLite + local directory
 	@cargo build --release --quiet --bin effp
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
 	  EFFP_DATA_DIR="$${EFFP_DATA_DIR:-$(EFFP_CACHE)/data}" "$(EFFP_BIN)" serve
+
+run-distributed: venv servers ## Start Redis, an S3 server, an API replica and a worker on this machine; prints the URL
+	@cargo build --release --quiet --bin effp
+	@set -a; [ ! -f .env ] || . ./.env; set +a; EFFP_BIN="$(EFFP_BIN)" scripts/run-distributed.sh
 
 test: venv fixtures servers ## Run every test
 	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \
