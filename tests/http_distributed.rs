@@ -235,3 +235,80 @@ fn a_worker_without_redis_says_what_it_needs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("EFFP_REDIS_URL"), "{stderr}");
 }
+
+/// Calls `url` until it answers `status` or ten seconds pass; the last reply.
+fn until_status(method: &str, url: &str, body: Option<&[u8]>, status: u16) -> Reply {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = call(method, url, None, body);
+        if reply.status == status || started.elapsed() > std::time::Duration::from_secs(10) {
+            return reply;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn storage_outages_are_503s_that_lose_nothing_and_a_replica_takes_over_from_a_dead_one() {
+    let mut backing = Backing::start();
+    let first = api(&backing, "");
+    let second = api(&backing, "");
+    let _worker = Worker::start(&backing, &[]);
+    let bytes = fixture_bytes("yolov8t.onnx");
+
+    // The bucket's server is down: uploads are refused with a problem document that
+    // says to retry, the replica is not ready, and nothing is recorded.
+    backing.s3.stop();
+    let refused = call(
+        "POST",
+        &format!("{}/v1/models", first.url),
+        None,
+        Some(&bytes),
+    );
+    let p = refused.problem(503);
+    assert_eq!(
+        p["type"], "https://effp.dev/problems/storage-unavailable",
+        "{p}"
+    );
+    assert_eq!(refused.headers["retry-after"], "5");
+    call("GET", &format!("{}/readyz", first.url), None, None).problem(503);
+    assert_eq!(
+        call("GET", &format!("{}/v1/models", second.url), None, None).json()["items"],
+        serde_json::json!([])
+    );
+    backing.s3.restart();
+    let model = until_status(
+        "POST",
+        &format!("{}/v1/models", first.url),
+        Some(&bytes),
+        201,
+    );
+    assert_eq!(
+        model.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&model.body)
+    );
+
+    // The replica a job was submitted to dies; the other follows it to its end.
+    let id = submit_job(
+        &first.url,
+        None,
+        &serde_json::json!({"model": model.json()["id"], "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+    );
+    drop(first);
+    let job = wait_for_end(&second.url, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    // Redis goes away: requests are 503s, not errors; once it is back (from its
+    // append-only file) the replica reconnects and the job and its history are whole.
+    backing.redis.stop();
+    let down = call("GET", &format!("{}/v1/jobs/{id}", second.url), None, None);
+    down.problem(503);
+    backing.redis.restart();
+    let back = until_status("GET", &format!("{}/v1/jobs/{id}", second.url), None, 200);
+    assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
+    assert_eq!(back.json()["state"], "succeeded");
+    let events = sse(&format!("{}/v1/jobs/{id}/events", second.url), None);
+    assert_eq!(states_of(&events), ["queued", "running", "succeeded"]);
+}

@@ -80,6 +80,9 @@ impl IntoResponse for Problem {
 }
 
 /// The problem document for a storage error, so that handlers can `?` one.
+/// Seconds a client is asked to wait when the storage cannot be reached.
+const STORAGE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -97,6 +100,16 @@ impl From<StoreError> for Problem {
                 ),
             ),
             StoreError::Backend(m) => Problem::internal("storage failed", m),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "storage is unavailable");
+                let mut p = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    "the service's storage cannot be reached right now; nothing was changed: try again shortly",
+                );
+                p.retry_after = Some(STORAGE_RETRY_AFTER_SECS);
+                p
+            }
             e @ (StoreError::InvalidName(_)
             | StoreError::InUse(_)
             | StoreError::LeaseLost { .. }) => Problem::internal("storage failed", e.to_string()),

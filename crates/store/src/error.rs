@@ -37,6 +37,10 @@ pub enum StoreError {
         /// The attempt number of the lost claim.
         attempt: u32,
     },
+    /// A distributed backend cannot be reached now (connection refused or dropped,
+    /// a timeout): the same call may succeed later.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
     /// The backend failed (disk, database).
     #[error("storage failed: {0}")]
     Backend(String),

@@ -175,6 +175,16 @@ impl ObjectStore for LocalObjects {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        match tokio::fs::metadata(self.root.join("objects")).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Backend(
+                "the objects folder is not a directory".into(),
+            )),
+            Err(e) => Err(StoreError::Backend(format!("{}: {e}", self.root.display()))),
+        }
+    }
+
     async fn named(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root.join("named");
         tokio::task::spawn_blocking(move || walk_named(&root))

@@ -65,6 +65,8 @@ pub trait ObjectStore: Send + Sync {
     async fn delete_named(&self, name: &str) -> Result<(), StoreError>;
     /// The names of the named objects that start with `prefix`.
     async fn named(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether the store can be reached now (for readiness checks).
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// The next chunk of an upload's body, counted into `size`: the client's error as

@@ -250,7 +250,7 @@ async fn s3_a_missing_bucket_wrong_keys_or_a_stopped_server_are_clear_errors() {
     let objects = s3(&server, "stop").await;
     server.stop();
     let e = objects.stage(body(vec![1; 10], 10), 100).await.unwrap_err();
-    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     server.restart();
     let staged = objects.stage(body(vec![1; 10], 10), 100).await.unwrap();
     objects.commit(staged).await.unwrap();

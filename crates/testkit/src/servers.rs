@@ -36,11 +36,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (SIGKILL) and starts it again on the same port and data: what
-    /// it had written to its append-only file comes back.
-    pub fn restart(&mut self) {
+    /// Kills the server (SIGKILL); [`RedisServer::restart`] brings it back.
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the server (SIGKILL) if it runs and starts it again on the same port and
+    /// data: what it had written to its append-only file comes back.
+    pub fn restart(&mut self) {
+        self.stop();
         self.child = spawn_redis(self.dir.path(), self.port).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             wait_ready(&mut self.child, || ping(self.port), Duration::from_secs(10)),

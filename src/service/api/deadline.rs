@@ -105,5 +105,8 @@ where
                 }
             }
         },
-    ))
+    )
+    // Fused: a refused upload is drained after its store may have read it to the
+    // end, and an ended unfold must not be polled again.
+    .fuse())
 }

@@ -33,5 +33,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Proble
             format!("the queue does not answer: {e}"),
         )
     })?;
+    state.objects.ping().await.map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the object store does not answer: {e}"),
+        )
+    })?;
     Ok(Json(json!({ "status": "ready", "queued_jobs": depth })))
 }

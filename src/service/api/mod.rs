@@ -66,6 +66,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             deadline::request_deadline,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_problem,
+        ))
         .layer(axum::middleware::from_fn(extract::problems_everywhere))
         .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(axum::middleware::from_fn_with_state(
@@ -73,4 +76,18 @@ pub fn router(state: AppState) -> Router {
             crate::service::metrics::track,
         ))
         .with_state(state)
+}
+
+/// A request whose handler panicked: a problem document, not a dropped connection
+/// (the panic is a bug, logged with its message).
+fn panic_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    axum::response::IntoResponse::into_response(Problem::internal(
+        "the request failed inside the service",
+        message,
+    ))
 }

@@ -168,6 +168,23 @@ async fn run_job(state: &WorkerContext, job: JobRecord) {
             return;
         }
         Ok(Outcome::Failed(message)) => (JobState::Failed, Some(message), Artifacts::new()),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::Unavailable(_))
+            ) =>
+        {
+            // Storage that cannot be reached now may be back for the next attempt.
+            tracing::warn!(job = %job.id, error = %format!("{e:#}"), "storage unavailable: the job goes back to the queue");
+            if let Err(e) = state
+                .queue
+                .retry(&job.id, job.attempts, &format!("{e:#}"), MAX_ATTEMPTS)
+                .await
+            {
+                tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
+            }
+            return;
+        }
         Err(e) => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             tracing::error!(job = %job.id, error_id = %id, error = %format!("{e:#}"), "job failed inside the service");

@@ -96,7 +96,16 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    StoreError::Backend(format!("S3 {what}: {}", DisplayErrorContext(e)))
+    let unreachable = matches!(
+        e,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    );
+    let message = format!("S3 {what}: {}", DisplayErrorContext(e));
+    if unreachable {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Backend(message)
+    }
 }
 
 impl S3Objects {
@@ -417,6 +426,16 @@ impl ObjectStore for S3Objects {
     async fn delete_named(&self, name: &str) -> Result<(), StoreError> {
         let key = self.named_key(name)?;
         self.delete_key(&key).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| backend("head bucket", e))?;
+        Ok(())
     }
 
     async fn named(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
