@@ -94,12 +94,12 @@ OHA := $(EFFP_CACHE)/tools/bin/oha
 $(OHA):
 	cargo install --locked --quiet --root "$(EFFP_CACHE)/tools" oha@1.16.0
 
-bench-http: fixtures $(OHA) ## Service throughput and p99 (oha), 500 MB uploads' speed and peak memory, full and API-only builds
+bench-http: fixtures servers $(OHA) ## Service throughput and p99 (oha), 500 MB uploads, submit-to-claim latency: embedded (full, API-only) and distributed
 	@cargo build --release --quiet --bin effp
 	@cargo build --release --quiet --no-default-features --bin effp --target-dir target/api-only
 	@fixtures=$(FIXTURES); \
 	  $(PYTHON_ENV) scripts/bench_http.py --effp "$(EFFP_BIN)" --effp-api-only target/api-only/release/effp \
-	    --oha "$(OHA)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/http.json" $(BENCH_ARGS)
+	    --distributed --oha "$(OHA)" --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/http.json" $(BENCH_ARGS)
 
 bench-hostile: fixtures $(OHA) ## API memory over 300 jobs, worker start-up, /healthz under 2,000 idle and 50 slow clients
 	@cargo build --release --quiet --bin effp

@@ -320,6 +320,48 @@ async fn listings_are_newest_first_per_tenant_and_state(store: Arc<dyn Store>) {
 }
 
 /// Runs each scenario on a fresh store of one backend.
+async fn a_tenants_load_counts_its_active_jobs_and_their_steps(store: Arc<dyn Store>) {
+    let spec = |model: &str, dataset: &str, steps: u64| serde_json::json!({"model": model, "dataset": dataset, "training": {"steps": steps}});
+    let jobs = [
+        ("job_a", spec("mdl_1", "ds_1", 100)),
+        ("job_b", spec("mdl_2", "ds_1", 250)),
+        ("job_c", spec("mdl_1", "ds_2", 7)),
+    ];
+    for (id, spec) in &jobs {
+        let record = JobRecord::queued((*id).into(), "tenant".into(), spec.clone(), None);
+        store.insert_job(&record).await.unwrap();
+    }
+    let other = JobRecord::queued(
+        "job_o".into(),
+        "other".into(),
+        spec("mdl_1", "ds_1", 1000),
+        None,
+    );
+    store.insert_job(&other).await.unwrap();
+    assert_eq!(store.active_load("tenant").await.unwrap(), (3, 357));
+    let mut using = store.active_jobs_using("tenant", "mdl_1").await.unwrap();
+    using.sort();
+    assert_eq!(using, ["job_a", "job_c"]);
+    let mut using = store.active_jobs_using("tenant", "ds_1").await.unwrap();
+    using.sort();
+    assert_eq!(using, ["job_a", "job_b"]);
+    // An ended job no longer counts, and is reported as ended.
+    store.cancel_job("tenant", "job_b").await.unwrap();
+    assert_eq!(store.active_load("tenant").await.unwrap(), (2, 107));
+    assert_eq!(
+        store.active_jobs_using("tenant", "ds_1").await.unwrap(),
+        ["job_a"]
+    );
+    assert_eq!(
+        store
+            .ended_jobs(&["job_a".into(), "job_b".into(), "job_c".into()])
+            .await
+            .unwrap(),
+        ["job_b"]
+    );
+    assert_eq!(store.active_load("nobody").await.unwrap(), (0, 0));
+}
+
 macro_rules! on_backend {
     ($backend:ident, $open:path) => {
         mod $backend {
@@ -337,6 +379,7 @@ macro_rules! on_backend {
                 a_cancelled_queued_job_is_never_claimed,
                 a_tenant_with_many_queued_jobs_does_not_hold_back_another,
                 listings_are_newest_first_per_tenant_and_state,
+                a_tenants_load_counts_its_active_jobs_and_their_steps,
             );
         }
     };

@@ -44,6 +44,25 @@ upload!(ModelRecord, "model");
 upload!(DatasetRecord, "dataset");
 
 impl RedisStore {
+    /// The `fields` of each of the jobs `ids`, in one round trip.
+    async fn job_fields<T: redis::FromRedisValue>(
+        &self,
+        ids: &[String],
+        fields: &[&str],
+    ) -> Result<Vec<T>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            match fields {
+                [field] => pipe.hget(self.key(&["job", id]), field),
+                _ => pipe.hmget(self.key(&["job", id]), fields),
+            };
+        }
+        pipe.query_async(&mut self.conn()).await.map_err(backend)
+    }
+
     async fn insert_upload<R: Upload>(&self, record: &R) -> Result<Option<R>, StoreError> {
         let (id, tenant, sha, size, created_at) = record.parts();
         let json = serde_json::to_string(record).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -334,46 +353,32 @@ impl JobStore for RedisStore {
 
     async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError> {
         let ids = self.active_ids(tenant).await?;
-        let mut steps = 0u64;
-        for id in &ids {
-            let s: Option<u64> = self
-                .conn()
-                .hget(self.key(&["job", id]), "steps")
-                .await
-                .map_err(backend)?;
-            steps += s.unwrap_or(0);
-        }
-        Ok((ids.len() as u64, steps))
+        let steps: Vec<Option<u64>> = self.job_fields(&ids, &["steps"]).await?;
+        Ok((ids.len() as u64, steps.into_iter().flatten().sum()))
     }
 
     async fn ended_jobs(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut ended = Vec::new();
-        for id in ids {
-            let state: Option<String> = self
-                .conn()
-                .hget(self.key(&["job", id]), "state")
-                .await
-                .map_err(backend)?;
-            if !matches!(state.as_deref(), Some("queued" | "running")) {
-                ended.push(id.clone());
-            }
-        }
-        Ok(ended)
+        let states: Vec<Option<String>> = self.job_fields(ids, &["state"]).await?;
+        Ok(ids
+            .iter()
+            .zip(states)
+            .filter(|(_, state)| !matches!(state.as_deref(), Some("queued" | "running")))
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError> {
-        let mut using = Vec::new();
-        for job in self.active_ids(tenant).await? {
-            let (model, dataset): (Option<String>, Option<String>) = self
-                .conn()
-                .hmget(self.key(&["job", &job]), &["model", "dataset"])
-                .await
-                .map_err(backend)?;
-            if model.as_deref() == Some(id) || dataset.as_deref() == Some(id) {
-                using.push(job);
-            }
-        }
-        Ok(using)
+        let jobs = self.active_ids(tenant).await?;
+        let uses: Vec<(Option<String>, Option<String>)> =
+            self.job_fields(&jobs, &["model", "dataset"]).await?;
+        Ok(jobs
+            .into_iter()
+            .zip(uses)
+            .filter(|(_, (model, dataset))| {
+                model.as_deref() == Some(id) || dataset.as_deref() == Some(id)
+            })
+            .map(|(job, _)| job)
+            .collect())
     }
 
     async fn insert_job(&self, j: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
