@@ -34,6 +34,11 @@ impl Backing {
     fn env(&self) -> Vec<(&'static str, String)> {
         let mut env = self.s3.env();
         env.push(("EFFP_REDIS_URL", self.redis.url()));
+        env.push((
+            "EFFP_WEBHOOK_SECRET",
+            "the-deployment-webhook-secret".into(),
+        ));
+        env.push(("EFFP_WEBHOOK_ALLOW_PRIVATE", "true".into()));
         env
     }
 
@@ -115,10 +120,11 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
         String::from_utf8_lossy(&model.body)
     );
     let model_id = model.json()["id"].as_str().unwrap().to_string();
+    let receiver = Receiver::start(0);
     let id = submit_job(
         &base,
         T1,
-        &serde_json::json!({"model": model_id, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+        &serde_json::json!({"model": model_id, "target": {"flops_ratio": 0.5}, "device": "cpu", "notify": receiver.url}),
     );
     let job = wait_for_end(&other.url, &id, T1);
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -160,6 +166,27 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
         after.totals.flops as f64,
         job["metrics"]["flops_after"].as_f64().unwrap()
     );
+
+    // Its notification, delivered once by one of the processes, signed with the key
+    // any replica gives the tenant.
+    let delivered = receiver.next(30);
+    assert_eq!(delivered.headers["effp-event"], "job.succeeded");
+    let key = call("GET", &format!("{}/v1/webhook-secret", other.url), T1, None).json();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(effp_protocol::webhook::verify(
+        key["secret"].as_str().unwrap().as_bytes(),
+        &delivered.headers["effp-signature"],
+        &delivered.body,
+        now,
+        300
+    ));
+    let job = wait_for_notification(&base, &id, T1);
+    assert_eq!(job["notification"]["state"], "delivered", "{job}");
+    assert_eq!(job["notification"]["attempts"], 1);
+    assert!(receiver.requests.try_recv().is_err(), "delivered twice");
 
     // Its history, from Redis, through the API.
     let events = sse_as(&format!("{base}/v1/jobs/{id}/events"), T1, None);

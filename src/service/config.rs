@@ -1,7 +1,7 @@
 //! Settings `effp serve` and `effp worker` share, one definition each: where things
 //! are kept and how jobs run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,9 +11,10 @@ use effp_store::local::LocalObjects;
 use effp_store::redis::RedisStore;
 use effp_store::s3::{S3Config, S3Objects};
 use effp_store::sqlite::SqliteStore;
-use effp_store::{JobStore, ObjectStore, Queue};
+use effp_store::{JobStore, Notifications, ObjectStore, Queue};
 
 use super::limits::ByteSize;
+use super::webhook::WebhookConfig;
 
 /// What `--help` of the long-running commands says about their logs.
 pub const LOG_HELP: &str = "Logs go to stderr, filtered by EFFP_LOG (tracing's EnvFilter syntax, \
@@ -90,6 +91,63 @@ impl S3Args {
     }
 }
 
+/// How job notifications (webhooks) are signed and where they may go.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Secret from which each tenant's webhook signing key is derived (tenants read
+    /// theirs at GET /v1/webhook-secret); every process of a deployment needs the
+    /// same one. Unset: the embedded store makes one and keeps it in the data
+    /// directory; with Redis, jobs cannot ask for notifications.
+    #[arg(long, env = "EFFP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Let notifications reach private, loopback and link-local addresses (this
+    /// service's own network), which a tenant could otherwise use to reach its
+    /// internals.
+    #[arg(long, env = "EFFP_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+}
+
+impl WebhookArgs {
+    /// The webhook settings of a process over `stores`.
+    pub fn config(&self, stores: &Stores, data_dir: &Path) -> anyhow::Result<WebhookConfig> {
+        let secret = match (&self.webhook_secret, stores.embedded) {
+            (Some(s), _) if s.len() < 16 => {
+                anyhow::bail!("EFFP_WEBHOOK_SECRET must be at least 16 characters")
+            }
+            (Some(s), _) => Some(s.as_bytes().to_vec()),
+            (None, true) => Some(kept_secret(&data_dir.join("webhook-secret"))?),
+            (None, false) => None,
+        };
+        Ok(WebhookConfig {
+            secret,
+            allow_private: self.webhook_allow_private,
+        })
+    }
+}
+
+/// The secret kept in `path`, made (random, readable by the owner only) when there
+/// is none.
+fn kept_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(secret) = std::fs::read(path) {
+        return Ok(secret);
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the webhook secret '{}'", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    Ok(secret.into_bytes())
+}
+
 /// How this process runs jobs.
 #[derive(Debug, Clone, Args)]
 pub struct JobRunArgs {
@@ -121,12 +179,23 @@ impl JobRunArgs {
     }
 }
 
+/// The job store, queue and notification outbox of one backend, and whether it is
+/// the embedded one.
+type RecordStores = (
+    Arc<dyn JobStore>,
+    Arc<dyn Queue>,
+    Arc<dyn Notifications>,
+    bool,
+);
+
 /// The stores a process works with.
 pub struct Stores {
     /// Records and events.
     pub jobs: Arc<dyn JobStore>,
     /// The work queue.
     pub queue: Arc<dyn Queue>,
+    /// The notification outbox.
+    pub notifications: Arc<dyn Notifications>,
     /// Uploads, artifacts and checkpoints.
     pub objects: Arc<dyn ObjectStore>,
     /// Whether this is the embedded store (one process owns it all).
@@ -141,30 +210,29 @@ impl StoreArgs {
         let data = &self.data_dir;
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create the data directory '{}'", data.display()))?;
-        let (jobs, queue, embedded): (Arc<dyn JobStore>, Arc<dyn Queue>, bool) =
-            match &self.redis_url {
-                Some(url) => {
-                    let redis = Arc::new(
-                        RedisStore::connect(url, &self.redis_prefix)
-                            .await
-                            .context("cannot reach the Redis of EFFP_REDIS_URL")?,
+        let (jobs, queue, notifications, embedded): RecordStores = match &self.redis_url {
+            Some(url) => {
+                let redis = Arc::new(
+                    RedisStore::connect(url, &self.redis_prefix)
+                        .await
+                        .context("cannot reach the Redis of EFFP_REDIS_URL")?,
+                );
+                redis.ping().await.context("Redis does not answer")?;
+                (redis.clone(), redis.clone(), redis, false)
+            }
+            None => {
+                // Opened first: it refuses a second process before anything
+                // below touches the directory.
+                let sqlite = Arc::new(SqliteStore::open(&data.join("effp.sqlite3"))?);
+                if sqlite.recovered() > 0 {
+                    tracing::info!(
+                        jobs = sqlite.recovered(),
+                        "jobs left running by the previous process go back to the queue"
                     );
-                    redis.ping().await.context("Redis does not answer")?;
-                    (redis.clone(), redis, false)
                 }
-                None => {
-                    // Opened first: it refuses a second process before anything
-                    // below touches the directory.
-                    let sqlite = Arc::new(SqliteStore::open(&data.join("effp.sqlite3"))?);
-                    if sqlite.recovered() > 0 {
-                        tracing::info!(
-                            jobs = sqlite.recovered(),
-                            "jobs left running by the previous process go back to the queue"
-                        );
-                    }
-                    (sqlite.clone(), sqlite, true)
-                }
-            };
+                (sqlite.clone(), sqlite.clone(), sqlite, true)
+            }
+        };
         let objects: Arc<dyn ObjectStore> = match self.s3.config() {
             Some(config) => Arc::new(S3Objects::open(&config).await?),
             None => Arc::new(LocalObjects::open(&data.join("objects"))?),
@@ -176,6 +244,7 @@ impl StoreArgs {
         Ok(Stores {
             jobs,
             queue,
+            notifications,
             objects,
             embedded,
             scratch,

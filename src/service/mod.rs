@@ -12,6 +12,7 @@ mod listener;
 pub(crate) mod metrics;
 mod problem;
 mod quota;
+pub mod webhook;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub struct ServeArgs {
     /// How jobs run here.
     #[command(flatten)]
     pub jobs: config::JobRunArgs,
+    /// Job notifications.
+    #[command(flatten)]
+    pub webhooks: config::WebhookArgs,
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "EFFP_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,
@@ -94,6 +98,10 @@ pub fn openapi_document() -> String {
 pub struct AppState {
     jobs: Arc<dyn JobStore>,
     queue: Arc<dyn Queue>,
+    /// The notification outbox.
+    notifications: Arc<dyn effp_store::Notifications>,
+    /// How notifications are signed and where they may go.
+    webhooks: webhook::WebhookConfig,
     objects: Arc<dyn ObjectStore>,
     /// Stored content with its reference counts (uploads, records, artifacts).
     content: Content,
@@ -155,21 +163,30 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     runtime.block_on(async {
         let stores = args.store.open().await?;
         let embedded = stores.embedded;
-        serve(args, app_state(args, keys, stores), embedded).await
+        let webhooks = args.webhooks.config(&stores, &args.store.data_dir)?;
+        serve(args, app_state(args, keys, stores, webhooks), embedded).await
     })
 }
 
 /// The state of the API and its workers over opened stores.
-fn app_state(args: &ServeArgs, keys: ApiKeys, stores: config::Stores) -> AppState {
+fn app_state(
+    args: &ServeArgs,
+    keys: ApiKeys,
+    stores: config::Stores,
+    webhooks: webhook::WebhookConfig,
+) -> AppState {
     let config::Stores {
         jobs,
         queue,
+        notifications,
         objects,
         scratch,
         ..
     } = stores;
     AppState {
         queue,
+        notifications,
+        webhooks,
         content: Content::new(objects.clone(), jobs.clone()),
         checkpoints: Checkpoints::new(objects.clone()),
         quotas: quota::Quotas {
@@ -236,6 +253,11 @@ async fn serve(args: &ServeArgs, state: AppState, embedded: bool) -> anyhow::Res
     let workers: Vec<_> = (0..args.job_workers())
         .map(|index| tokio::spawn(worker::run(state.worker_context(), index)))
         .collect();
+    tokio::spawn(webhook::run(
+        state.notifications.clone(),
+        state.webhooks.clone(),
+        state.shutdown.clone(),
+    ));
     let token = state.shutdown.clone();
     let app = with_request_ids(api::router(state));
     let limits = listener::ConnectionLimits {

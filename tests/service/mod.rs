@@ -502,3 +502,81 @@ pub fn wait_for_step(base: &str, id: &str, token: Option<&str>, step: u64) -> se
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A request a [`Receiver`] got.
+pub struct Received {
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A webhook receiver on a free loopback port: answers the first `failures`
+/// requests 500 and the rest 204, and hands every request over.
+pub struct Receiver {
+    pub url: String,
+    pub requests: std::sync::mpsc::Receiver<Received>,
+}
+
+impl Receiver {
+    pub fn start(failures: usize) -> Self {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, requests) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = HashMap::new();
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    let Some((k, v)) = line.trim_end().split_once(':') else {
+                        break;
+                    };
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+                let length = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = if n < failures {
+                    "500 Internal Server Error"
+                } else {
+                    "204 No Content"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                if tx.send(Received { headers, body }).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// The next request, within `secs` seconds.
+    pub fn next(&self, secs: u64) -> Received {
+        self.requests
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .expect("a notification arrives")
+    }
+}
+
+/// Polls job `id` until its notification has left `pending`; the job.
+pub fn wait_for_notification(base: &str, id: &str, token: Option<&str>) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let job = call("GET", &format!("{base}/v1/jobs/{id}"), token, None).json();
+        if job["notification"]["state"] != "pending" {
+            return job;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the notification is still pending: {job}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

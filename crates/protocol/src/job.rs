@@ -110,6 +110,12 @@ pub struct JobSpec {
         schema(default = "cpu", pattern = "^(auto|cpu|cuda(:[0-9]+)?)$")
     )]
     pub device: String,
+    /// URL the service POSTs the job to when it ends (succeeded, failed or
+    /// cancelled), signed (see `effp_protocol::webhook`); http or https, no
+    /// credentials in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
+    pub notify: Option<String>,
 }
 
 fn default_device() -> String {
@@ -144,6 +150,11 @@ impl JobSpec {
                 "/device",
                 "must be auto, cpu, cuda or cuda:N",
             ));
+        }
+        if let Some(url) = &self.notify
+            && let Err(e) = crate::webhook::check_url(url)
+        {
+            errors.push(FieldError::new("/notify", e));
         }
         if method.needs_data() && self.dataset.is_none() {
             errors.push(FieldError::new(

@@ -16,6 +16,7 @@ pub mod method;
 pub mod report;
 pub mod settings;
 pub mod state;
+pub mod webhook;
 
 pub use artifact::{ArtifactRef, Artifacts};
 pub use benchmark::{BenchmarkRequest, BenchmarkResult, Precision};

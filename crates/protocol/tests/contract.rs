@@ -218,6 +218,7 @@ proptest! {
             training: t,
             input_size: None,
             device: "cpu".into(),
+            notify: Some("https://hooks.example.com/effp".into()),
         };
         let back: JobSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         prop_assert_eq!(back, spec);

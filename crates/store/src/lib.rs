@@ -12,6 +12,7 @@ pub mod content;
 mod error;
 mod jobs;
 pub mod local;
+mod notifications;
 mod objects;
 pub mod process_dir;
 mod queue;
@@ -24,6 +25,9 @@ pub use checkpoints::Checkpoints;
 pub use content::Content;
 pub use error::StoreError;
 pub use jobs::JobStore;
+pub use notifications::{
+    NotificationState, NotificationStatus, Notifications, NotifyOutcome, notify_url,
+};
 pub use objects::{ByteStream, MAX_NAME_LEN, ObjectStore, Staged, StoredObject, check_name};
 pub use queue::Queue;
 pub use records::{DatasetRecord, JobEvent, JobRecord, ModelRecord};

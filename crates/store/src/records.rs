@@ -92,6 +92,10 @@ pub struct JobRecord {
     pub created_at: String,
     /// RFC 3339 times.
     pub updated_at: String,
+    /// Where the job's `notify` notification stands (shown by the API; the stores
+    /// keep it apart, see [`crate::Notifications`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<crate::NotificationStatus>,
 }
 
 impl JobRecord {
@@ -118,6 +122,7 @@ impl JobRecord {
             idempotency_key,
             created_at: ts.clone(),
             updated_at: ts,
+            notification: None,
         }
     }
 }

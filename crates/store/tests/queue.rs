@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backends::Store;
 use effp_protocol::JobState;
 use effp_store::sqlite::SqliteStore;
-use effp_store::{JobRecord, JobStore, Queue, StoreError};
+use effp_store::{JobRecord, JobStore, NotificationState, NotifyOutcome, Queue, StoreError};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -362,6 +362,119 @@ async fn a_tenants_load_counts_its_active_jobs_and_their_steps(store: Arc<dyn St
     assert_eq!(store.active_load("nobody").await.unwrap(), (0, 0));
 }
 
+/// The number of the try a claim of job `id`'s notification gets, if it gets one.
+async fn try_number(store: &dyn Store, id: &str, lease: Duration) -> Option<u32> {
+    store
+        .claim_notification(id, lease)
+        .await
+        .unwrap()
+        .map(|(_, n)| n)
+}
+
+async fn a_notification_is_due_once_its_job_ends_and_is_taken_by_one_process_at_a_time(
+    store: Arc<dyn Store>,
+) {
+    let notified = |id: &str| {
+        JobRecord::queued(
+            id.into(),
+            "tenant".into(),
+            serde_json::json!({"notify": format!("https://hooks.example.com/{id}")}),
+            None,
+        )
+    };
+    store.insert_job(&notified("job_a")).await.unwrap();
+    store.insert_job(&notified("job_b")).await.unwrap();
+    store.insert_job(&job("job_c")).await.unwrap();
+    assert!(store.notification("job_c").await.unwrap().is_none());
+    let pending = store.notification("job_a").await.unwrap().unwrap();
+    assert_eq!(pending.url, "https://hooks.example.com/job_a");
+    assert_eq!(
+        (pending.state, pending.attempts),
+        (NotificationState::Pending, 0)
+    );
+    // Not due while the job is active.
+    assert!(store.due_notifications(10).await.unwrap().is_empty());
+    assert_eq!(try_number(&*store, "job_a", LONG).await, None);
+
+    store.claim(LONG, 3).await.unwrap().unwrap();
+    store
+        .finish("job_a", 1, JobState::Succeeded, None, &Default::default())
+        .await
+        .unwrap();
+    store.cancel_job("tenant", "job_b").await.unwrap();
+    let mut due = store.due_notifications(10).await.unwrap();
+    due.sort();
+    assert_eq!(due, ["job_a", "job_b"]);
+
+    // One process takes it; nobody else can while its lease lasts.
+    let (taken, attempt) = store
+        .claim_notification("job_a", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (taken.id.as_str(), taken.state, attempt),
+        ("job_a", JobState::Succeeded, 1)
+    );
+    assert_eq!(try_number(&*store, "job_a", LONG).await, None);
+    assert_eq!(store.due_notifications(10).await.unwrap(), ["job_b"]);
+    // A failed try comes back when its retry is due.
+    store
+        .notification_outcome(
+            "job_a",
+            NotifyOutcome::Retry {
+                at_ms: effp_store::now().1 - 1,
+                error: "502".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let (_, attempt) = store
+        .claim_notification("job_a", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempt, 2);
+    store
+        .notification_outcome("job_a", NotifyOutcome::Delivered)
+        .await
+        .unwrap();
+    let delivered = store.notification("job_a").await.unwrap().unwrap();
+    assert_eq!(
+        (delivered.state, delivered.attempts, delivered.last_error),
+        (NotificationState::Delivered, 2, None)
+    );
+    assert!(
+        store
+            .claim_notification("job_a", Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A process that took it and died: once its lease runs out another takes it.
+    let short = Duration::from_millis(50);
+    assert_eq!(try_number(&*store, "job_b", short).await, Some(1));
+    assert_eq!(try_number(&*store, "job_b", short).await, None);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(try_number(&*store, "job_b", short).await, Some(2));
+    store
+        .notification_outcome(
+            "job_b",
+            NotifyOutcome::Failed {
+                error: "refused".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let failed = store.notification("job_b").await.unwrap().unwrap();
+    assert_eq!(
+        (failed.state, failed.last_error.as_deref()),
+        (NotificationState::Failed, Some("refused"))
+    );
+    assert!(store.due_notifications(10).await.unwrap().is_empty());
+}
+
 macro_rules! on_backend {
     ($backend:ident, $open:path) => {
         mod $backend {
@@ -380,6 +493,7 @@ macro_rules! on_backend {
                 a_tenant_with_many_queued_jobs_does_not_hold_back_another,
                 listings_are_newest_first_per_tenant_and_state,
                 a_tenants_load_counts_its_active_jobs_and_their_steps,
+                a_notification_is_due_once_its_job_ends_and_is_taken_by_one_process_at_a_time,
             );
         }
     };

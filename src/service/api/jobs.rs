@@ -115,6 +115,11 @@ pub async fn submit(
     {
         missing.push(field("/dataset", format!("no dataset with id '{dataset}'")));
     }
+    if let Some(url) = &spec.notify
+        && let Err(why) = notify_reachable(&state, url).await
+    {
+        missing.push(field("/notify", why));
+    }
     if !missing.is_empty() {
         return Err(invalid(missing));
     }
@@ -259,7 +264,30 @@ pub async fn show(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, Problem> {
-    find(&state, &tenant, &id).await.map(Json)
+    let mut job = find(&state, &tenant, &id).await?;
+    job.notification = state.notifications.notification(&job.id).await?;
+    Ok(Json(job))
+}
+
+/// Why notifications cannot go to `url` from this service, if they cannot: webhooks
+/// are not configured, or the host resolves to addresses they may not reach.
+async fn notify_reachable(state: &AppState, url: &str) -> Result<(), String> {
+    if state.webhooks.secret.is_none() {
+        return Err(
+            "this server does not send notifications: its operator sets EFFP_WEBHOOK_SECRET to enable them"
+                .into(),
+        );
+    }
+    let parsed = effp_protocol::webhook::check_url(url)?;
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let allow_private = state.webhooks.allow_private;
+    tokio::task::spawn_blocking(move || {
+        crate::service::webhook::address::allowed_addresses(&host, port, allow_private)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map(|_| ())
 }
 
 /// `POST /v1/jobs/{id}/cancel`.

@@ -11,6 +11,7 @@ pub mod openapi;
 mod resource;
 mod shared;
 mod upload;
+mod webhooks;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
         .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
+        .route("/v1/webhook-secret", get(webhooks::secret))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::service::auth::authenticate,

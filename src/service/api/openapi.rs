@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{datasets, health, jobs, models};
+use super::{datasets, health, jobs, models, webhooks};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -14,6 +14,7 @@ use super::{datasets, health, jobs, models};
         models::upload, models::list, models::show, models::download, models::delete,
         datasets::upload, datasets::list, datasets::show, datasets::delete,
         jobs::submit, jobs::list, jobs::show, jobs::cancel, jobs::events, jobs::artifacts, jobs::artifact,
+        webhooks::secret,
         health::healthz, health::readyz,
     ),
     modifiers(&BearerKeys),

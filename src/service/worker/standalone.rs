@@ -22,6 +22,10 @@ pub struct WorkerArgs {
     /// How jobs run here.
     #[command(flatten)]
     pub jobs: JobRunArgs,
+    /// Job notifications (this worker delivers those of the jobs it ends, and any
+    /// other that is due).
+    #[command(flatten)]
+    pub webhooks: crate::service::config::WebhookArgs,
     /// Jobs this worker runs at once, each in its own process.
     #[arg(long, env = "EFFP_WORKER_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub concurrency: u64,
@@ -47,6 +51,8 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<u8> {
 
 async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
     let stores = args.store.open().await?;
+    let webhooks = args.webhooks.config(&stores, &args.store.data_dir)?;
+    let notifications = stores.notifications.clone();
     let slots = args.concurrency as usize;
     let context = WorkerContext {
         content: Content::new(stores.objects.clone(), stores.jobs.clone()),
@@ -77,6 +83,11 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    tokio::spawn(crate::service::webhook::run(
+        notifications,
+        webhooks,
+        context.shutdown.clone(),
+    ));
     let loops: Vec<_> = (0..slots)
         .map(|index| tokio::spawn(super::run(context.clone(), index)))
         .collect();

@@ -424,6 +424,7 @@ impl JobStore for RedisStore {
             ("dataset", spec_str("/dataset")),
             ("idempotency_key", j.idempotency_key.clone()),
             ("error", j.error.clone()),
+            ("notify", crate::notify_url(&j.spec).map(str::to_string)),
         ] {
             if let Some(v) = value {
                 fields.push((name, v));

@@ -4,6 +4,7 @@
 //! a stream per tenant read through a consumer group.
 
 mod job_store;
+mod notifications;
 mod queue;
 mod scripts;
 
@@ -179,6 +180,7 @@ fn job_of(f: &HashMap<String, String>) -> Result<JobRecord, StoreError> {
         idempotency_key: f.get("idempotency_key").cloned(),
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,
+        notification: None,
     })
 }
 

@@ -15,7 +15,9 @@
 //! - `p:job-counts`: jobs per state;
 //! - `p:{kind}:{id}`, `p:{kind}s:{tenant}`, `p:{kind}-sha:{tenant}:{sha256}`: models
 //!   and datasets; `p:stored-bytes`: per tenant;
-//! - `p:objects`, `p:object-sizes`: references to stored content.
+//! - `p:objects`, `p:object-sizes`: references to stored content;
+//! - `p:notify:{id}`: a job's notification (url, state, attempts, last_error);
+//!   `p:notify:due`: ended jobs' pending notifications by when they are due.
 
 /// Helpers every job script starts with.
 const PRELUDE: &str = r#"
@@ -31,6 +33,11 @@ local function move_state(id, to)
   redis.call('HINCRBY', p .. ':job-counts', f[2], -1)
   redis.call('HINCRBY', p .. ':job-counts', to, 1)
   redis.call('HSET', j, 'state', to)
+  -- An ended job's notification becomes due.
+  if (to == 'succeeded' or to == 'failed' or to == 'cancelled')
+      and redis.call('EXISTS', p .. ':notify:' .. id) == 1 then
+    redis.call('ZADD', p .. ':notify:due', 'NX', 0, id)
+  end
 end
 local function event(id, kind)
   local j = job_key(id)
@@ -88,9 +95,26 @@ for i = 6, #ARGV, 2 do redis.call('HSET', j, ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', p .. ':jobs:' .. tenant, created, id)
 redis.call('ZADD', state_key(tenant, 'queued'), created, id)
 redis.call('HINCRBY', p .. ':job-counts', 'queued', 1)
+local notify = redis.call('HGET', j, 'notify')
+if notify then
+  redis.call('HSET', p .. ':notify:' .. id, 'url', notify, 'state', 'pending', 'attempts', 0)
+end
 event(id, 'state')
 enqueue(id)
 return false
+"#;
+
+/// ARGV: p, job id, now (ms), lease end (ms). Takes an ended job's due notification:
+/// the number of this try, or nil.
+const CLAIM_NOTIFICATION: &str = r#"
+local id, now, lease_end = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local due = p .. ':notify:due'
+local at = redis.call('ZSCORE', due, id)
+if not at or tonumber(at) > now then return false end
+local state = redis.call('HGET', job_key(id), 'state')
+if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then return false end
+redis.call('ZADD', due, lease_end, id)
+return redis.call('HINCRBY', p .. ':notify:' .. id, 'attempts', 1)
 "#;
 
 /// ARGV: p, now (ms), lease (ms), max attempts, consumer, timestamp. Returns the
@@ -314,6 +338,7 @@ pub struct Scripts {
     pub insert_upload: redis::Script,
     pub delete_upload: redis::Script,
     pub drop_object: redis::Script,
+    pub claim_notification: redis::Script,
 }
 
 impl Scripts {
@@ -331,6 +356,7 @@ impl Scripts {
             insert_upload: redis::Script::new(INSERT_UPLOAD),
             delete_upload: redis::Script::new(DELETE_UPLOAD),
             drop_object: redis::Script::new(DROP_OBJECT),
+            claim_notification: job_script(CLAIM_NOTIFICATION),
         }
     }
 }

@@ -213,6 +213,12 @@ impl JobStore for SqliteStore {
                     .optional();
             }
             append_event(&tx, &j.id, "state")?;
+            if let Some(url) = crate::notify_url(&j.spec) {
+                tx.execute(
+                    "INSERT INTO notifications (job_id, url, state, due_ms, attempts) VALUES (?1, ?2, 'pending', 0, 0)",
+                    params![j.id, url],
+                )?;
+            }
             tx.commit()?;
             Ok(None)
         })

@@ -3,6 +3,7 @@
 
 mod job_store;
 mod lock;
+mod notifications;
 mod queue;
 mod uploads;
 
@@ -82,6 +83,15 @@ CREATE TABLE IF NOT EXISTS objects (
     size INTEGER NOT NULL,
     refs INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notifications (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    due_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
 ";
 
 /// Changes to tables of earlier versions, applied when their column is missing.
@@ -155,6 +165,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         idempotency_key: row.get(11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
+        notification: None,
     })
 }
 
