@@ -94,7 +94,8 @@ class Backing:
             [s3s_fs, "--host", "127.0.0.1", "--port", str(self.s3_port), "--access-key", "bench", "--secret-key",
              "bench-secret", str(root / "s3")],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(root / "s3s-fs.log", "w"),
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         wait_port(self.s3_port, self.s3, "s3s-fs")
 
