@@ -339,3 +339,47 @@ fn storage_outages_are_503s_that_lose_nothing_and_a_replica_takes_over_from_a_de
     let events = sse(&format!("{}/v1/jobs/{id}/events", second.url), None);
     assert_eq!(states_of(&events), ["queued", "running", "succeeded"]);
 }
+
+#[test]
+fn an_event_stream_cut_by_a_dying_replica_resumes_on_another_from_its_last_event() {
+    let backing = Backing::start();
+    let first = api(&backing, "");
+    let second = api(&backing, "");
+    let _worker = Worker::start(&backing, &[]);
+    let (model, dataset) = upload_model_and_data(&first.url, None);
+    let id = submit_training_job(&first.url, &model, &dataset, 40);
+
+    // Follow the job on the first replica for a few events, then that replica dies.
+    let response = ureq::get(&format!("{}/v1/jobs/{id}/events", first.url))
+        .set("Accept", "text/event-stream")
+        .call()
+        .unwrap();
+    let mut stream = BufReader::new(response.into_reader());
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    while seen.len() < 4 {
+        line.clear();
+        if stream.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("id:") {
+            seen.push(v.trim().parse::<i64>().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), 4, "the stream ended early: {seen:?}");
+    drop(first);
+
+    // The client reconnects to the other replica with the last id it saw.
+    let last = *seen.last().unwrap();
+    let rest = sse(&format!("{}/v1/jobs/{id}/events", second.url), Some(last));
+    let ids: Vec<i64> = seen
+        .iter()
+        .copied()
+        .chain(rest.iter().map(|e| e.id))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "events missing or repeated across the replicas: {ids:?}"
+    );
+    assert_eq!(rest.last().unwrap().data["state"], "succeeded");
+}

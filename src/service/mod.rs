@@ -244,9 +244,13 @@ async fn serve(args: &ServeArgs, state: AppState, embedded: bool) -> anyhow::Res
     let signal = shutdown_signal()?;
     sweep(&state, embedded).await?;
     println!(
-        "effp serving on http://{address} (data in {}{})",
+        "effp serving on http://{address} (data in {}{}{})",
         args.store.data_dir.display(),
-        if embedded { "" } else { ", jobs in Redis" }
+        if embedded { "" } else { ", jobs in Redis" },
+        match &args.store.s3.s3_bucket {
+            Some(bucket) => format!(", objects in the S3 bucket {bucket}"),
+            None => String::new(),
+        }
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();

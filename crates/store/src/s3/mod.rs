@@ -13,6 +13,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -91,15 +92,19 @@ impl std::fmt::Debug for S3Objects {
 }
 
 /// A failed S3 call as the store's error, with the service's own message.
-fn backend<E, R>(what: &str, e: SdkError<E, R>) -> StoreError
+fn backend<E>(what: &str, e: SdkError<E, HttpResponse>) -> StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let unreachable = matches!(
-        e,
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
-    );
+    // Unreachable, timed out, or a 5xx (S3's "slow down", a full disk on a
+    // self-hosted server): the same call may succeed later.
+    let unreachable = match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    };
     let message = format!("S3 {what}: {}", DisplayErrorContext(e));
     if unreachable {
         StoreError::Unavailable(message)
