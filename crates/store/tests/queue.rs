@@ -230,6 +230,11 @@ async fn a_finished_job_keeps_its_state_and_artifacts(store: Arc<dyn Store>) {
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     let later = store.events("job_a", events[0].seq).await.unwrap();
     assert_eq!(later, events[1..]);
+    // Any id a client sends is answered: past the end there is nothing.
+    for after in [i64::MAX, i64::MAX - 1, i64::MIN, -1] {
+        let rest = store.events("job_a", after).await.unwrap();
+        assert_eq!(rest.len(), if after < 0 { 3 } else { 0 }, "after {after}");
+    }
 }
 
 async fn a_cancelled_queued_job_is_never_claimed(store: Arc<dyn Store>) {

@@ -486,7 +486,7 @@ impl JobStore for RedisStore {
     }
 
     async fn events(&self, job_id: &str, after: i64) -> Result<Vec<JobEvent>, StoreError> {
-        let from = format!("{}-0", after.max(0) + 1);
+        let from = format!("{}-0", after.max(0).saturating_add(1));
         let entries: redis::streams::StreamRangeReply = self
             .conn()
             .xrange_count(self.key(&["events", job_id]), from, "+", 500)
