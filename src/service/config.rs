@@ -166,6 +166,10 @@ pub struct JobRunArgs {
     /// worker takes it over.
     #[arg(long, env = "EFFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// Times a job is started before it fails: a worker that dies or loses its lease
+    /// spends one (a worker shutting down hands its job back without spending one).
+    #[arg(long, env = "EFFP_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
     /// Device this process trains jobs on: auto (each job's own choice), cpu, cuda
     /// or cuda:N (one worker per GPU). A job that asked for the CPU stays on it.
     #[arg(long, env = "EFFP_DEVICE", default_value_t = DeviceChoice::Auto)]

@@ -66,6 +66,15 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Every metric in the Prometheus text format.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
 /// Times every request by its route template (not its raw path: ids would explode
 /// the label set).
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -99,9 +108,8 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, Problem> 
     }
     m.queue
         .set(counts.get(&JobState::Queued).copied().unwrap_or(0) as i64);
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&m.registry.gather(), &mut out)
+    let out = m
+        .encode()
         .map_err(|e| Problem::internal("cannot encode metrics", e))?;
     Ok((
         StatusCode::OK,

@@ -120,6 +120,8 @@ pub struct AppState {
     checkpoint_every: usize,
     /// How long a worker's claim lasts without a heartbeat.
     lease: std::time::Duration,
+    /// Claims of one job before it is given up.
+    max_attempts: u32,
     /// Memory a job's worker process may use, in bytes.
     job_memory_limit: u64,
     /// Device this process trains jobs on.
@@ -204,6 +206,7 @@ fn app_state(
         data_dir: args.store.data_dir.clone(),
         checkpoint_every: args.jobs.checkpoint_every as usize,
         lease: args.jobs.lease(),
+        max_attempts: args.jobs.max_attempts,
         job_memory_limit: args.jobs.job_memory_limit.map_or_else(
             || limits::default_job_memory(args.job_workers().max(1)),
             |b| b.0,
@@ -228,6 +231,7 @@ impl AppState {
             data_dir: self.data_dir.clone(),
             checkpoint_every: self.checkpoint_every,
             lease: self.lease,
+            max_attempts: self.max_attempts,
             job_memory_limit: self.job_memory_limit,
             device: self.device,
             jobs_seconds: self.metrics.jobs_seconds.clone(),

@@ -30,8 +30,6 @@ pub mod standalone;
 
 use sanitize::tenant_message;
 
-/// Claims of one job before it is given up.
-const MAX_ATTEMPTS: u32 = 3;
 /// Longest wait for work between two claims (the queue wakes idle workers sooner
 /// when a job arrives or a lease runs out).
 const IDLE_WAIT: Duration = Duration::from_secs(5);
@@ -55,6 +53,8 @@ pub struct WorkerContext {
     pub(crate) checkpoint_every: usize,
     /// How long a claim lasts without a heartbeat.
     pub(crate) lease: Duration,
+    /// Claims of one job before it is given up.
+    pub(crate) max_attempts: u32,
     /// Memory a job's worker process may use, in bytes.
     pub(crate) job_memory_limit: u64,
     /// Device this process trains jobs on.
@@ -75,7 +75,7 @@ fn heartbeat_every(lease: Duration) -> Duration {
 /// put back in the queue.
 pub async fn run(state: WorkerContext, index: usize) {
     while !state.shutdown.is_cancelled() {
-        match state.queue.claim(state.lease, MAX_ATTEMPTS).await {
+        match state.queue.claim(state.lease, state.max_attempts).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = index, job = %job.id, attempt = job.attempts, "claimed");
                 run_job(&state, job).await;
@@ -160,7 +160,7 @@ async fn run_job(state: &WorkerContext, job: JobRecord) {
             tracing::warn!(job = %job.id, %reason, attempt = job.attempts, "the job's worker process died");
             if let Err(e) = state
                 .queue
-                .retry(&job.id, job.attempts, &reason, MAX_ATTEMPTS)
+                .retry(&job.id, job.attempts, &reason, state.max_attempts)
                 .await
             {
                 tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");
@@ -178,7 +178,7 @@ async fn run_job(state: &WorkerContext, job: JobRecord) {
             tracing::warn!(job = %job.id, error = %format!("{e:#}"), "storage unavailable: the job goes back to the queue");
             if let Err(e) = state
                 .queue
-                .retry(&job.id, job.attempts, &format!("{e:#}"), MAX_ATTEMPTS)
+                .retry(&job.id, job.attempts, &format!("{e:#}"), state.max_attempts)
                 .await
             {
                 tracing::error!(%e, job = %job.id, "cannot put the job back in the queue");

@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// Jobs this worker runs at once, each in its own process.
     #[arg(long, env = "EFFP_WORKER_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub concurrency: u64,
+    /// Address to serve this worker's Prometheus metrics (`GET /metrics`: job
+    /// durations by method and final state) and its liveness (`GET /healthz`) on;
+    /// none unless set. Port 0 picks a free one (the start-up line says which).
+    #[arg(long, env = "EFFP_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs jobs until SIGTERM or Ctrl-C; the jobs running then are checkpointed and go
@@ -54,6 +59,7 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
     let webhooks = args.webhooks.config(&stores, &args.store.data_dir)?;
     let notifications = stores.notifications.clone();
     let slots = args.concurrency as usize;
+    let metrics = crate::service::metrics::Metrics::new();
     let context = WorkerContext {
         content: Content::new(stores.objects.clone(), stores.jobs.clone()),
         checkpoints: Checkpoints::new(stores.objects.clone()),
@@ -64,17 +70,25 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
         data_dir: args.store.data_dir.clone(),
         checkpoint_every: args.jobs.checkpoint_every as usize,
         lease: args.jobs.lease(),
+        max_attempts: args.jobs.max_attempts,
         job_memory_limit: args
             .jobs
             .job_memory_limit
             .map_or_else(|| limits::default_job_memory(slots), |b| b.0),
         device: args.jobs.device,
-        jobs_seconds: crate::service::metrics::Metrics::new().jobs_seconds,
+        jobs_seconds: metrics.jobs_seconds.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let signal = crate::service::shutdown_signal()?;
+    let serving = match args.metrics_listen {
+        Some(address) => format!(
+            "; metrics on http://{}/metrics",
+            serve_metrics(address, metrics, context.shutdown.clone()).await?
+        ),
+        None => String::new(),
+    };
     println!(
-        "effp worker running {slots} job(s) at once on device {}, jobs from Redis, {}",
+        "effp worker running {slots} job(s) at once on device {}, jobs from Redis, {}{serving}",
         args.jobs.device,
         match &args.store.s3.s3_bucket {
             Some(bucket) => format!("objects in the S3 bucket {bucket}"),
@@ -102,4 +116,49 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
         tracing::warn!("jobs did not stop within 120 s; they resume from their last checkpoint");
     }
     Ok(0)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `address` until shutdown; the address
+/// it listens on.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    metrics: crate::service::metrics::Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for metrics (--metrics-listen)"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let encoded = metrics.encode();
+                async move {
+                    match encoded {
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            text,
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(%e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
 }
