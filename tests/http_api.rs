@@ -15,9 +15,8 @@ fn graph_flops(path: &Path) -> u64 {
     report.totals.flops
 }
 
-#[test]
-fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted() {
-    let server = Server::start(&[], &[]);
+fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = &server.url;
     let bytes = fixture_bytes("yolov8t.onnx");
 
@@ -119,9 +118,8 @@ fn a_model_is_uploaded_inspected_listed_downloaded_and_deleted() {
     }
 }
 
-#[test]
-fn bad_input_gets_a_problem_document_and_stores_nothing() {
-    let server = Server::start(&["--max-upload-bytes", "2000000"], &[]);
+fn bad_input_gets_a_problem_document_and_stores_nothing(shape: Shape) {
+    let server = Deployment::start(shape, &["--max-upload-bytes", "2000000"], &[]);
     let base = &server.url;
     let url = format!("{base}/v1/models");
 
@@ -170,10 +168,9 @@ fn bad_input_gets_a_problem_document_and_stores_nothing() {
     assert!(wrong_method.headers["allow"].contains("POST"));
 }
 
-#[test]
-fn tenants_see_only_their_own_models_and_keys_are_checked() {
+fn tenants_see_only_their_own_models_and_keys_are_checked(shape: Shape) {
     let keys = "acme:acme-key-0123456789abcdef,globex:globex-key-0123456789abcdef";
-    let server = Server::start(&[], &[("EFFP_API_KEYS", keys)]);
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", keys)]);
     let url = format!("{}/v1/models", server.url);
     let (acme, globex) = (
         Some("acme-key-0123456789abcdef"),
@@ -275,9 +272,8 @@ fn without_keys_only_loopback_is_served_and_sigterm_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
 
-#[test]
-fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
-    let server = Server::start(&[], &[]);
+fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = &server.url;
     let bytes = fixture_bytes("yolov8t.onnx");
     let model = call("POST", &format!("{base}/v1/models"), None, Some(&bytes)).json();
@@ -416,8 +412,7 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     .problem(404);
 
     // Prometheus metrics count the job and time the requests by route.
-    let metrics =
-        String::from_utf8(call("GET", &format!("{base}/metrics"), None, None).body).unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("effp_jobs{state=\"succeeded\"} 1"),
         "{metrics}"
@@ -457,9 +452,8 @@ fn an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result() {
     assert_eq!(again.body, std::fs::read(&path).unwrap());
 }
 
-#[test]
-fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
-    let server = Server::start(&[], &[]);
+fn invalid_job_requests_name_every_bad_field_and_create_nothing(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let url = format!("{}/v1/jobs", server.url);
     let p = call("POST", &url, None, Some(b"{not json")).problem(422);
     assert!(!p["errors"].as_array().unwrap().is_empty());
@@ -539,8 +533,7 @@ fn invalid_job_requests_name_every_bad_field_and_create_nothing() {
     .problem(404);
 }
 
-#[test]
-fn the_served_openapi_document_is_the_checked_in_one() {
+fn the_served_openapi_document_is_the_checked_in_one(shape: Shape) {
     let checked_in: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
             .unwrap(),
@@ -555,7 +548,7 @@ fn the_served_openapi_document_is_the_checked_in_one() {
         generated == checked_in,
         "openapi/openapi.json is stale: run `make openapi` and commit it"
     );
-    let server = Server::start(&[], &[]);
+    let server = Deployment::start(shape, &[], &[]);
     let served = call("GET", &format!("{}/openapi.json", server.url), None, None).json();
     assert_eq!(served, checked_in);
     assert_eq!(served["openapi"], "3.1.0");
@@ -606,10 +599,9 @@ fn the_served_openapi_document_is_the_checked_in_one() {
     assert_eq!(docs_doc, checked_in);
 }
 
-#[test]
-fn a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept() {
+fn a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept(shape: Shape) {
     use std::io::{Read, Write};
-    let server = Server::start(&["--upload-stall-secs", "1"], &[]);
+    let server = Deployment::start(shape, &["--upload-stall-secs", "1"], &[]);
     let address = server.url.trim_start_matches("http://").to_string();
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
     write!(
@@ -624,18 +616,19 @@ fn a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept() {
     assert!(answer.contains("application/problem+json") && answer.contains("upload-stalled"));
     assert!(started.elapsed().as_secs() < 10);
     assert!(server.objects().is_empty());
-    let partial = server
-        .data
-        .path()
-        .join("objects/partial")
-        .join(server.child.id().to_string());
-    assert!(
-        partial.is_dir(),
-        "the server's own folder of uploads in progress"
-    );
     assert_eq!(
-        std::fs::read_dir(&partial).unwrap().count(),
-        0,
+        server.unfinished_uploads(),
+        Vec::<std::path::PathBuf>::new(),
         "the half-received file is removed"
     );
 }
+
+crate::on_both_deployments!(
+    a_model_is_uploaded_inspected_listed_downloaded_and_deleted,
+    bad_input_gets_a_problem_document_and_stores_nothing,
+    tenants_see_only_their_own_models_and_keys_are_checked,
+    an_l1_job_prunes_an_uploaded_model_to_its_target_and_serves_the_result,
+    invalid_job_requests_name_every_bad_field_and_create_nothing,
+    the_served_openapi_document_is_the_checked_in_one,
+    a_stalled_upload_is_dropped_with_a_problem_and_nothing_kept,
+);

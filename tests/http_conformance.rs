@@ -17,9 +17,8 @@ fn venv_tool(name: &str) -> std::path::PathBuf {
     fixtures::python().parent().unwrap().join(name)
 }
 
-#[test]
-fn the_live_api_conforms_to_its_openapi_document() {
-    let server = Server::start(&[], &[("EFFP_API_KEYS", &format!("acme:{KEY}"))]);
+fn the_live_api_conforms_to_its_openapi_document(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", &format!("acme:{KEY}"))]);
     let base = server.url.clone();
     let token = Some(KEY);
 
@@ -121,3 +120,5 @@ parameters = {{ "path.id" = "{job}" }}
         200
     );
 }
+
+crate::on_both_deployments!(the_live_api_conforms_to_its_openapi_document,);

@@ -6,9 +6,9 @@
 mod service;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use effp_testkit::servers::{RedisServer, S3Server};
+use effp_testkit::balancer::Balancer;
 use service::*;
 use sha2::{Digest, Sha256};
 
@@ -16,90 +16,23 @@ const KEYS: &str = "t1:tenant-one-key-0123456789,t2:tenant-two-key-0123456789";
 const T1: Option<&str> = Some("tenant-one-key-0123456789");
 const T2: Option<&str> = Some("tenant-two-key-0123456789");
 
-/// Redis and the S3 server a distributed deployment runs on.
-struct Backing {
-    redis: RedisServer,
-    s3: S3Server,
-}
+/// What every process of these deployments is told about notifications: the
+/// receivers tests start listen on loopback.
+const WEBHOOKS: [(&str, &str); 2] = [
+    ("EFFP_WEBHOOK_SECRET", "the-deployment-webhook-secret"),
+    ("EFFP_WEBHOOK_ALLOW_PRIVATE", "true"),
+];
 
-impl Backing {
-    fn start() -> Self {
-        Self {
-            redis: RedisServer::start(),
-            s3: S3Server::start(),
-        }
-    }
-
-    /// The settings every effp process of the deployment gets.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env = self.s3.env();
-        env.push(("EFFP_REDIS_URL", self.redis.url()));
-        env.push((
-            "EFFP_WEBHOOK_SECRET",
-            "the-deployment-webhook-secret".into(),
-        ));
-        env.push(("EFFP_WEBHOOK_ALLOW_PRIVATE", "true".into()));
-        env
-    }
-
-    /// The checkpoints kept in the bucket.
-    fn checkpoints(&self) -> Vec<std::path::PathBuf> {
-        checkpoint_dir_in_bucket(&self.s3)
-    }
-}
-
-fn checkpoint_dir_in_bucket(s3: &S3Server) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(s3.bucket_dir().join("effp/named/checkpoints"))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default()
-}
-
-/// A running `effp worker` in a data directory of its own; killed (SIGKILL) when
-/// dropped.
-struct Worker {
-    child: Child,
-    _data: tempfile::TempDir,
-}
-
-impl Worker {
-    fn start(backing: &Backing, extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_effp"));
-        command
-            .args(["worker", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .envs(backing.env())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("effp worker running"), "{line:?}");
-        Self { child, _data: data }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An API replica in a data directory of its own.
+/// An API replica with these API keys (none: loopback only).
 fn api(backing: &Backing, keys: &str) -> Server {
-    let mut env = backing.env();
-    env.push(("EFFP_API_KEYS", keys.to_string()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Server::start(&["--no-worker"], &env)
+    let mut env = WEBHOOKS.to_vec();
+    env.push(("EFFP_API_KEYS", keys));
+    replica(backing, &[], &env)
+}
+
+/// A worker process with these flags.
+fn worker(backing: &Backing, flags: &[&str]) -> Worker {
+    Worker::start(backing, flags, &WEBHOOKS)
 }
 
 #[test]
@@ -109,7 +42,10 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
     let server = api(&backing, KEYS);
     let other = api(&backing, KEYS);
     let base = server.url.clone();
-    let _worker = Worker::start(&backing, &[]);
+    let worker = worker(&backing, &[]);
+    // The worker answers for itself: alive, and its own metrics.
+    let health = worker.metrics_url.replace("/metrics", "/healthz");
+    assert_eq!(call("GET", &health, None, None).status, 200);
 
     let bytes = fixture_bytes("yolov8t.onnx");
     let model = call("POST", &format!("{base}/v1/models"), T1, Some(&bytes));
@@ -130,6 +66,11 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1);
     assert!(job["metrics"]["flops_ratio"].as_f64().unwrap() <= 0.5);
+    let timed = String::from_utf8(call("GET", &worker.metrics_url, None, None).body).unwrap();
+    assert!(
+        timed.contains("effp_job_duration_seconds_count{method=\"l1\",state=\"succeeded\"} 1"),
+        "{timed}"
+    );
     // The model went into the bucket, under its SHA-256, with it recorded.
     let model_sha = format!("{:x}", Sha256::digest(&bytes));
     let in_bucket = backing
@@ -214,7 +155,7 @@ fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
     let server = api(&backing, "");
     let base = server.url.clone();
     let flags = ["--checkpoint-every", "2", "--lease-secs", "3"];
-    let first = Worker::start(&backing, &flags);
+    let first = worker(&backing, &flags);
     let (model, dataset) = upload_model_and_data(&base, None);
     let steps = 60;
     let id = submit_training_job(&base, &model, &dataset, steps);
@@ -225,7 +166,7 @@ fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
         "the running job's checkpoint is in the bucket"
     );
     // A second worker is idle when the first dies without a word.
-    let _second = Worker::start(&backing, &flags);
+    let _second = worker(&backing, &flags);
     first.kill();
 
     let job = wait_for_end(&base, &id, None);
@@ -280,7 +221,7 @@ fn storage_outages_are_503s_that_lose_nothing_and_a_replica_takes_over_from_a_de
     let mut backing = Backing::start();
     let first = api(&backing, "");
     let second = api(&backing, "");
-    let _worker = Worker::start(&backing, &[]);
+    let _worker = worker(&backing, &[]);
     let bytes = fixture_bytes("yolov8t.onnx");
 
     // The bucket's server is down: uploads are refused with a problem document that
@@ -345,7 +286,7 @@ fn an_event_stream_cut_by_a_dying_replica_resumes_on_another_from_its_last_event
     let backing = Backing::start();
     let first = api(&backing, "");
     let second = api(&backing, "");
-    let _worker = Worker::start(&backing, &[]);
+    let _worker = worker(&backing, &[]);
     let (model, dataset) = upload_model_and_data(&first.url, None);
     let id = submit_training_job(&first.url, &model, &dataset, 40);
 
@@ -382,4 +323,252 @@ fn an_event_stream_cut_by_a_dying_replica_resumes_on_another_from_its_last_event
         "events missing or repeated across the replicas: {ids:?}"
     );
     assert_eq!(rest.last().unwrap().data["state"], "succeeded");
+}
+
+#[test]
+fn an_api_replica_killed_mid_upload_keeps_nothing_and_the_client_retries_on_the_other() {
+    use std::io::Write;
+    let backing = Backing::start();
+    let first = api(&backing, "");
+    let second = api(&backing, "");
+    let balancer = Balancer::start(vec![address_of(&first), address_of(&second)]);
+    let bytes = fixture_bytes("yolov8t.onnx");
+
+    // Half the model reaches the first replica, then it dies.
+    let mut stream = std::net::TcpStream::connect(address_of(&first)).unwrap();
+    write!(
+        stream,
+        "POST /v1/models?name=y8t.onnx HTTP/1.1\r\nHost: effp\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    stream.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    first.kill();
+    let rest = stream
+        .write_all(&bytes[bytes.len() / 2..])
+        .and_then(|_| stream.flush());
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(
+        rest.is_err() || answer.is_empty(),
+        "the dead replica answered: {answer}"
+    );
+    assert!(backing.objects().is_empty(), "half a model was kept");
+    assert_eq!(
+        call("GET", &format!("{}/v1/models", second.url), None, None).json()["items"],
+        serde_json::json!([])
+    );
+
+    // The client sends it again, through the balancer: the live replica keeps it.
+    let kept = call_retrying(
+        "POST",
+        &format!("{}/v1/models?name=y8t.onnx", balancer.url()),
+        None,
+        &[],
+        Some(&bytes),
+    );
+    assert_eq!(kept.status, 201, "{}", String::from_utf8_lossy(&kept.body));
+    let id = kept.json()["id"].as_str().unwrap().to_string();
+    let file = call(
+        "GET",
+        &format!("{}/v1/models/{id}/file", second.url),
+        None,
+        None,
+    );
+    assert_eq!(file.body, bytes);
+    assert_intact(&backing);
+    assert_eq!(backing.objects().len(), 1);
+}
+
+/// The address a server listens on.
+fn address_of(server: &Server) -> std::net::SocketAddr {
+    server.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Every object in the bucket holds the content its name (a SHA-256) says.
+fn assert_intact(backing: &Backing) {
+    for path in backing.objects() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let sha = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
+        assert_eq!(sha, name, "{} is corrupt", path.display());
+    }
+}
+
+/// A small seeded generator, so a failing soak can be replayed.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}
+
+#[test]
+fn twenty_kills_of_random_api_and_worker_processes_over_eight_jobs_lose_nothing() {
+    const STEPS: u64 = 30;
+    let backing = Backing::start();
+    // Every kill of a worker may cost the job it ran an attempt: allow them all.
+    let env = [
+        ("EFFP_CHECKPOINT_EVERY", "2"),
+        ("EFFP_LEASE_SECS", "3"),
+        ("EFFP_MAX_ATTEMPTS", "25"),
+    ];
+    let mut replicas: Vec<Server> = (0..2).map(|_| replica(&backing, &[], &env)).collect();
+    let mut workers: Vec<Worker> = (0..2).map(|_| Worker::start(&backing, &[], &env)).collect();
+    let balancer = Balancer::start(replicas.iter().map(address_of).collect());
+    let base = balancer.url();
+
+    let model = call_retrying(
+        "POST",
+        &format!("{base}/v1/models?name=trained.onnx"),
+        None,
+        &[],
+        Some(&fixture_bytes("trained.onnx")),
+    );
+    assert_eq!(model.status, 201);
+    let data = call_retrying(
+        "POST",
+        &format!("{base}/v1/datasets?name=synth.tar.gz"),
+        None,
+        &[],
+        Some(&tar_gz_folder(
+            &effp_testkit::fixtures::dir().join("synth"),
+            "synth",
+        )),
+    );
+    assert_eq!(data.status, 201);
+    let spec = serde_json::json!({
+        "model": model.json()["id"], "dataset": data.json()["id"], "method": "effp",
+        "target": { "flops_ratio": 0.6 },
+        "training": { "steps": STEPS, "interval": 2, "batch": 2 },
+        "device": "cpu",
+    })
+    .to_string();
+    let submit = |n: usize| {
+        // The key makes a retried submission the same job, not a second one.
+        let key = format!("soak-job-{n}");
+        let created = call_retrying(
+            "POST",
+            &format!("{base}/v1/jobs"),
+            None,
+            &[("Idempotency-Key", &key)],
+            Some(spec.as_bytes()),
+        );
+        assert!(matches!(created.status, 200 | 201), "{}", created.status);
+        created.json()["id"].as_str().unwrap().to_string()
+    };
+    let mut ids: Vec<String> = (0..4).map(submit).collect();
+
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    let mut killed = [0; 2];
+    for kill in 0..20 {
+        if kill == 6 {
+            // More work arrives while processes keep dying.
+            ids.extend((4..8).map(submit));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1500 + 100 * dice.roll(15)));
+        let which = dice.roll(4) as usize;
+        killed[which / 2] += 1;
+        if which < 2 {
+            let dead = std::mem::replace(&mut replicas[which], replica(&backing, &[], &env));
+            balancer.replace(which, address_of(&replicas[which]));
+            dead.kill();
+        } else {
+            let i = which - 2;
+            let jobs = children(workers[i].child.id());
+            let dead = std::mem::replace(&mut workers[i], Worker::start(&backing, &[], &env));
+            dead.kill();
+            // The job processes of a dead worker die with it: no job runs twice.
+            let started = std::time::Instant::now();
+            while jobs.iter().any(|&pid| alive(pid)) {
+                assert!(
+                    started.elapsed().as_secs() < 5,
+                    "a dead worker's job process still runs"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        // Clients keep being answered through the balancer.
+        let listed = call_retrying("GET", &format!("{base}/v1/jobs"), None, &[], None);
+        assert_eq!(listed.status, 200);
+    }
+
+    assert!(
+        killed.iter().all(|&n| n >= 5),
+        "API replicas and workers both died often: {killed:?}"
+    );
+
+    // Eight jobs, each succeeded exactly once, with their artifacts intact.
+    let listed = call_retrying("GET", &format!("{base}/v1/jobs?limit=100"), None, &[], None);
+    assert_eq!(listed.json()["items"].as_array().unwrap().len(), 8);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut taken_over = 0;
+    for id in &ids {
+        let job = wait_for_end(&base, id, None);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        taken_over += job["attempts"].as_u64().unwrap() - 1;
+        let events = sse(&format!("{base}/v1/jobs/{id}/events"), None);
+        let states = states_of(&events);
+        assert_eq!(
+            states.iter().filter(|s| **s == "succeeded").count(),
+            1,
+            "{states:?}"
+        );
+        // Only the worker holding the newest claim wrote: attempts never go back,
+        // and within one attempt the reported steps only grow (a claim's own event
+        // still shows where the attempt before it had got to).
+        let attempts: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.data["attempts"].as_u64())
+            .collect();
+        assert!(attempts.windows(2).all(|w| w[0] <= w[1]), "{attempts:?}");
+        let mut last = (0, 0);
+        for e in events.iter().filter(|e| e.kind == "progress") {
+            if let (Some(a), Some(step)) = (
+                e.data["attempts"].as_u64(),
+                e.data["metrics"]["step"].as_u64(),
+            ) {
+                assert!(
+                    a > last.0 || step >= last.1,
+                    "{id}: step {step} after {last:?}"
+                );
+                last = (a, step);
+            }
+        }
+        // The report's curve has every step, however often the job resumed.
+        let report = call_retrying(
+            "GET",
+            &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
+            None,
+            &[],
+            None,
+        );
+        assert_eq!(
+            report.json()["curve"].as_array().unwrap().len(),
+            STEPS as usize
+        );
+        let pruned = call_retrying(
+            "GET",
+            &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),
+            None,
+            &[],
+            None,
+        );
+        assert_eq!(pruned.status, 200);
+        let sha = format!("{:x}", Sha256::digest(&pruned.body));
+        assert_eq!(job["artifacts"]["pruned.onnx"]["sha256"], sha.as_str());
+        let file = scratch.path().join(format!("{id}.onnx"));
+        std::fs::write(&file, &pruned.body).unwrap();
+        effp_graph::analyse_file(&file, None).unwrap();
+    }
+    assert!(taken_over > 0, "no job was taken over from a dead worker");
+    assert_intact(&backing);
+    assert!(
+        backing.checkpoints().is_empty(),
+        "checkpoints went with their jobs"
+    );
 }

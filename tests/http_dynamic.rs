@@ -8,9 +8,8 @@ use effp_graph::ir::Dim;
 use effp_testkit::fixtures;
 use service::*;
 
-#[test]
-fn a_job_on_a_dynamic_export_prunes_at_its_input_size_and_serves_a_dynamic_file() {
-    let server = Server::start(&[], &[]);
+fn a_job_on_a_dynamic_export_prunes_at_its_input_size_and_serves_a_dynamic_file(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = &server.url;
     let (dynamic, _) = fixtures::dynamic_yolov8t();
     let model_id = upload(base, "models", None, &std::fs::read(&dynamic).unwrap());
@@ -89,3 +88,7 @@ fn a_job_on_a_dynamic_export_prunes_at_its_input_size_and_serves_a_dynamic_file(
         assert_eq!(answer[0]["max_abs"], 0.0, "{answer}");
     }
 }
+
+crate::on_both_deployments!(
+    a_job_on_a_dynamic_export_prunes_at_its_input_size_and_serves_a_dynamic_file,
+);

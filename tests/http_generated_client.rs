@@ -12,8 +12,7 @@ use service::*;
 
 const KEY: &str = "generated-client-key-0123456789";
 
-#[test]
-fn a_client_generated_from_the_openapi_document_runs_a_job_end_to_end() {
+fn a_client_generated_from_the_openapi_document_runs_a_job_end_to_end(shape: Shape) {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("config.yaml");
     // No formatter hooks: the generated code is used as written.
@@ -49,7 +48,7 @@ fn a_client_generated_from_the_openapi_document_runs_a_job_end_to_end() {
     let set = small_dataset(work.path());
     let archive = work.path().join("set.zip");
     std::fs::write(&archive, zip_dir(&set)).unwrap();
-    let server = Server::start(&[], &[("EFFP_API_KEYS", &format!("acme:{KEY}"))]);
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", &format!("acme:{KEY}"))]);
     let run = Command::new(fixtures::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -108,3 +107,5 @@ fn a_client_generated_from_the_openapi_document_runs_a_job_end_to_end() {
         "{job}"
     );
 }
+
+crate::on_both_deployments!(a_client_generated_from_the_openapi_document_runs_a_job_end_to_end,);

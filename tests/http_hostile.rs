@@ -59,20 +59,20 @@ fn synth_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files_of(&out)
 }
 
-/// The server's resident memory after it has settled.
-fn settled_rss(server: &Server) -> u64 {
+/// The API processes' resident memory after it has settled.
+fn settled_rss(server: &Deployment) -> u64 {
     std::thread::sleep(std::time::Duration::from_millis(300));
-    rss_bytes(server.child.id())
+    server.api_pids().into_iter().map(rss_bytes).sum()
 }
 
-#[test]
-fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
-    let server = Server::start(
+fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up(shape: Shape) {
+    let server = Deployment::start(
+        shape,
         &[],
         &[("EFFP_API_KEYS", KEYS), ("EFFP_JOB_MEMORY_LIMIT", "2GiB")],
     );
     let base = &server.url;
-    let pid = server.child.id();
+    let pids = server.api_pids();
     let models = format!("{base}/v1/models");
     let datasets = format!("{base}/v1/datasets");
     // Warm up the paths the attacks take, then measure.
@@ -269,7 +269,8 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
     // its memory is where it was.
     assert_eq!(server.objects().len(), 1, "only the accepted model's file");
     assert!(server.scratch().is_empty(), "nothing left unpacked");
-    assert_eq!(server.child.id(), pid);
+    assert_eq!(server.api_pids(), pids);
+    assert!(pids.iter().all(|&pid| alive(pid)));
     assert_eq!(
         call("GET", &format!("{base}/healthz"), None, None).status,
         200
@@ -283,9 +284,8 @@ fn hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up() {
     );
 }
 
-#[test]
-fn responses_carry_security_headers_and_safe_file_names() {
-    let server = Server::start(&[], &[("EFFP_API_KEYS", KEYS)]);
+fn responses_carry_security_headers_and_safe_file_names(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", KEYS)]);
     let base = &server.url;
     let name = "mo\"del\\ é.onnx";
     let encoded: String = name
@@ -335,9 +335,8 @@ fn responses_carry_security_headers_and_safe_file_names() {
     assert_eq!(docs.headers["x-content-type-options"], "nosniff");
 }
 
-#[test]
-fn concurrent_uploads_deletes_and_idempotent_submissions_stay_consistent() {
-    let server = Server::start(&[], &[("EFFP_API_KEYS", KEYS)]);
+fn concurrent_uploads_deletes_and_idempotent_submissions_stay_consistent(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", KEYS)]);
     let base = server.url.clone();
     let models = format!("{base}/v1/models");
     let bytes = fixture_bytes("yolov8t.onnx");
@@ -437,9 +436,9 @@ fn concurrent_uploads_deletes_and_idempotent_submissions_stay_consistent() {
     assert_eq!(listed["items"].as_array().unwrap().len(), 20);
 }
 
-#[test]
-fn quotas_refuse_with_problem_documents() {
-    let server = Server::start(
+fn quotas_refuse_with_problem_documents(shape: Shape) {
+    let server = Deployment::start(
+        shape,
         &[
             "--max-queued-jobs",
             "2",
@@ -694,3 +693,10 @@ fn a_second_service_on_the_same_data_directory_is_refused_and_the_first_keeps_se
         200
     );
 }
+
+crate::on_both_deployments!(
+    hostile_models_archives_and_jobs_are_refused_and_the_server_stays_up,
+    responses_carry_security_headers_and_safe_file_names,
+    concurrent_uploads_deletes_and_idempotent_submissions_stay_consistent,
+    quotas_refuse_with_problem_documents,
+);

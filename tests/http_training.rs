@@ -31,9 +31,8 @@ fn raw_tar(name: &[u8], kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
     data
 }
 
-#[test]
-fn a_dataset_is_uploaded_checked_listed_and_deleted() {
-    let server = Server::start(&[], &[]);
+fn a_dataset_is_uploaded_checked_listed_and_deleted(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = &server.url;
     let tmp = tempfile::tempdir().unwrap();
     let set = small_dataset(tmp.path());
@@ -121,10 +120,9 @@ fn a_dataset_is_uploaded_checked_listed_and_deleted() {
     );
 }
 
-#[test]
-fn another_tenant_cannot_see_or_use_a_dataset() {
+fn another_tenant_cannot_see_or_use_a_dataset(shape: Shape) {
     let keys = "acme:acme-key-0123456789abcdef,globex:globex-key-0123456789abcdef";
-    let server = Server::start(&[], &[("EFFP_API_KEYS", keys)]);
+    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", keys)]);
     let (acme, globex) = (
         Some("acme-key-0123456789abcdef"),
         Some("globex-key-0123456789abcdef"),
@@ -163,9 +161,8 @@ fn another_tenant_cannot_see_or_use_a_dataset() {
     assert_eq!(call("GET", &format!("{url}/{id}"), acme, None).status, 200);
 }
 
-#[test]
-fn hostile_and_invalid_archives_are_refused_and_nothing_is_kept() {
-    let server = Server::start(&["--max-upload-bytes", "4000000"], &[]);
+fn hostile_and_invalid_archives_are_refused_and_nothing_is_kept(shape: Shape) {
+    let server = Deployment::start(shape, &["--max-upload-bytes", "4000000"], &[]);
     let base = &server.url;
     let url = format!("{base}/v1/datasets");
 
@@ -260,9 +257,8 @@ fn hostile_and_invalid_archives_are_refused_and_nothing_is_kept() {
 }
 
 /// Uploads the trained fixture detector and its synthetic dataset; returns their ids.
-#[test]
-fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy() {
-    let server = Server::start(&[], &[]);
+fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = &server.url;
     let (model, dataset) = upload_model_and_data(base, None);
     let id = submit_job(
@@ -448,9 +444,8 @@ fn a_training_job_survives_sigterm_and_sigkill_and_resumes_from_its_checkpoint()
     );
 }
 
-#[test]
-fn cancelling_a_training_job_stops_it_between_steps() {
-    let server = Server::start(&[], &[]);
+fn cancelling_a_training_job_stops_it_between_steps(shape: Shape) {
+    let server = Deployment::start(shape, &[], &[]);
     let base = server.url.clone();
     let (model, dataset) = upload_model_and_data(&base, None);
     let id = submit_job(
@@ -496,3 +491,11 @@ fn cancelling_a_training_job_stops_it_between_steps() {
     )
     .problem(409);
 }
+
+crate::on_both_deployments!(
+    a_dataset_is_uploaded_checked_listed_and_deleted,
+    another_tenant_cannot_see_or_use_a_dataset,
+    hostile_and_invalid_archives_are_refused_and_nothing_is_kept,
+    an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy,
+    cancelling_a_training_job_stops_it_between_steps,
+);

@@ -26,10 +26,10 @@ fn job_with_notify(base: &str, token: Option<&str>, url: &str) -> Reply {
     )
 }
 
-#[test]
-fn an_ended_job_is_posted_signed_to_its_notify_url_and_retried_after_a_failure() {
+fn an_ended_job_is_posted_signed_to_its_notify_url_and_retried_after_a_failure(shape: Shape) {
     let receiver = Receiver::start(1);
-    let server = Server::start(
+    let server = Deployment::start(
+        shape,
         &[],
         &[
             ("EFFP_API_KEYS", KEYS),
@@ -95,9 +95,9 @@ fn an_ended_job_is_posted_signed_to_its_notify_url_and_retried_after_a_failure()
     ));
 }
 
-#[test]
-fn notify_urls_the_service_must_not_call_are_refused_at_the_field() {
-    let server = Server::start(
+fn notify_urls_the_service_must_not_call_are_refused_at_the_field(shape: Shape) {
+    let server = Deployment::start(
+        shape,
         &[],
         &[("EFFP_WEBHOOK_SECRET", "a-secret-of-this-deployment")],
     );
@@ -125,3 +125,8 @@ fn notify_urls_the_service_must_not_call_are_refused_at_the_field() {
         serde_json::json!([])
     );
 }
+
+crate::on_both_deployments!(
+    an_ended_job_is_posted_signed_to_its_notify_url_and_retried_after_a_failure,
+    notify_urls_the_service_must_not_call_are_refused_at_the_field,
+);

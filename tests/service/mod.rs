@@ -9,6 +9,10 @@ use std::process::{Child, Command, Stdio};
 
 use effp_testkit::fixtures;
 
+mod deployment;
+#[allow(unused_imports)] // Not every test binary starts deployments.
+pub use deployment::*;
+
 /// A running `effp serve` with its own data directory; killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -157,6 +161,17 @@ pub fn call_with(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Reply {
+    try_call(method, url, token, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Sends a request; an error when no HTTP answer came back (the connection failed).
+pub fn try_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Reply, ureq::Error> {
     let mut req = ureq::request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -171,7 +186,7 @@ pub fn call_with(
     let response = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => return Err(e),
     };
     let status = response.status();
     let headers = response
@@ -183,11 +198,36 @@ pub fn call_with(
         })
         .collect();
     let mut body = Vec::new();
-    response.into_reader().read_to_end(&mut body).unwrap();
-    Reply {
+    response.into_reader().read_to_end(&mut body)?;
+    Ok(Reply {
         status,
         headers,
         body,
+    })
+}
+
+/// Sends a request as a client of a replicated service does: a lost connection or a
+/// 502/503 is retried (for up to a minute), anything else is the answer.
+pub fn call_retrying(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Reply {
+    let started = std::time::Instant::now();
+    loop {
+        let outcome = try_call(method, url, token, headers, body);
+        match &outcome {
+            Ok(reply) if !matches!(reply.status, 502 | 503) => return outcome.unwrap(),
+            _ if started.elapsed().as_secs() > 60 => {
+                panic!(
+                    "{method} {url} failed for a minute: {:?}",
+                    outcome.map(|r| r.status)
+                )
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
     }
 }
 
