@@ -171,7 +171,7 @@ pub fn try_call(
     token: Option<&str>,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
-) -> Result<Reply, ureq::Error> {
+) -> Result<Reply, String> {
     let mut req = ureq::request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -186,7 +186,7 @@ pub fn try_call(
     let response = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.to_string()),
     };
     let status = response.status();
     let headers = response
@@ -198,7 +198,10 @@ pub fn try_call(
         })
         .collect();
     let mut body = Vec::new();
-    response.into_reader().read_to_end(&mut body)?;
+    response
+        .into_reader()
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
     Ok(Reply {
         status,
         headers,
