@@ -149,24 +149,34 @@ fn a_job_runs_on_a_worker_process_and_other_tenants_see_none_of_it() {
     );
 }
 
-#[test]
-fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
+/// Worker flags for tests that kill workers: checkpoints every other step, and a
+/// lease that runs out soon.
+const QUICK_TAKEOVER: [&str; 4] = ["--checkpoint-every", "2", "--lease-secs", "3"];
+
+/// A deployment with one replica and one worker, running a training job of `steps`
+/// that has reached step `at`.
+fn training_on_one_worker(steps: u64, at: u64) -> (Backing, Server, Worker, String) {
     let backing = Backing::start();
     let server = api(&backing, "");
-    let base = server.url.clone();
-    let flags = ["--checkpoint-every", "2", "--lease-secs", "3"];
-    let first = worker(&backing, &flags);
-    let (model, dataset) = upload_model_and_data(&base, None);
+    let worker = worker(&backing, &QUICK_TAKEOVER);
+    let (model, dataset) = upload_model_and_data(&server.url, None);
+    let id = submit_training_job(&server.url, &model, &dataset, steps);
+    wait_for_step(&server.url, &id, None, at);
+    (backing, server, worker, id)
+}
+
+#[test]
+fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
     let steps = 60;
-    let id = submit_training_job(&base, &model, &dataset, steps);
-    wait_for_step(&base, &id, None, 8);
+    let (backing, server, first, id) = training_on_one_worker(steps, 8);
+    let base = server.url.clone();
     assert_eq!(
         backing.checkpoints().len(),
         1,
         "the running job's checkpoint is in the bucket"
     );
     // A second worker is idle when the first dies without a word.
-    let _second = worker(&backing, &flags);
+    let _second = worker(&backing, &QUICK_TAKEOVER);
     first.kill();
 
     let job = wait_for_end(&base, &id, None);
@@ -188,6 +198,29 @@ fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
         backing.checkpoints().is_empty(),
         "the checkpoint went with the job"
     );
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_read_costs_its_steps_not_the_job() {
+    let steps = 20;
+    let (backing, server, first, id) = training_on_one_worker(steps, 6);
+    let base = server.url.clone();
+    first.kill();
+    // The bucket's copy no longer holds what its recorded SHA-256 says.
+    let kept = backing.checkpoints();
+    assert_eq!(kept.len(), 1);
+    std::fs::write(&kept[0], b"not the checkpoint that was written").unwrap();
+
+    let _second = worker(&backing, &QUICK_TAKEOVER);
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2);
+    assert!(
+        job["metrics"]["resumed_from_step"].as_u64().unwrap_or(0) == 0,
+        "started over: {job}"
+    );
+    let report = report_of(&base, &id);
+    assert_eq!(report["curve"].as_array().unwrap().len(), steps as usize);
 }
 
 #[test]
@@ -540,17 +573,8 @@ fn twenty_kills_of_random_api_and_worker_processes_over_eight_jobs_lose_nothing(
             }
         }
         // The report's curve has every step, however often the job resumed.
-        let report = call_retrying(
-            "GET",
-            &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
-            None,
-            &[],
-            None,
-        );
-        assert_eq!(
-            report.json()["curve"].as_array().unwrap().len(),
-            STEPS as usize
-        );
+        let report = report_of(&base, id);
+        assert_eq!(report["curve"].as_array().unwrap().len(), STEPS as usize);
         let pruned = call_retrying(
             "GET",
             &format!("{base}/v1/jobs/{id}/artifacts/pruned.onnx"),

@@ -480,16 +480,22 @@ pub fn submit_training_job(base: &str, model: &str, dataset: &str, steps: u64) -
 /// still has every step.
 pub fn resumed_from(base: &str, id: &str, job: &serde_json::Value, steps: u64) -> u64 {
     let from = job["metrics"]["resumed_from_step"].as_u64().unwrap();
-    let report = call(
-        "GET",
-        &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
-        None,
-        None,
-    )
-    .json();
+    let report = report_of(base, id);
     assert_eq!(report["training"]["resumed_from_step"], from);
     assert_eq!(report["curve"].as_array().unwrap().len(), steps as usize);
     from
+}
+
+/// A finished job's report (`report.json`), asked for until a replica answers.
+pub fn report_of(base: &str, id: &str) -> serde_json::Value {
+    call_retrying(
+        "GET",
+        &format!("{base}/v1/jobs/{id}/artifacts/report.json"),
+        None,
+        &[],
+        None,
+    )
+    .json()
 }
 
 /// The states of a job's `state` events, in order.

@@ -269,7 +269,17 @@ async fn execute(
         None => None,
     };
     let checkpoint = work.path().join("checkpoint.ckpt");
-    let resume = state.checkpoints.fetch(&job.id, &checkpoint).await?;
+    let resume = match state.checkpoints.fetch(&job.id, &checkpoint).await {
+        Ok(found) => found,
+        Err(e @ StoreError::Unavailable(_)) => return Err(e.into()),
+        Err(e) => {
+            // A checkpoint only saves time: one that cannot be read whole costs the
+            // job its steps so far, not the job.
+            tracing::warn!(%e, job = %job.id, "the job's checkpoint cannot be read: it starts over");
+            let _ = tokio::fs::remove_file(&checkpoint).await;
+            false
+        }
+    };
     let trains = spec.trains();
     let mut spec = spec;
     // Validated when queued; where it runs is this worker's to say.
