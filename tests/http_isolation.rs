@@ -283,3 +283,24 @@ fn failed_jobs_tell_the_tenant_why_without_server_paths(shape: Shape) {
 }
 
 crate::on_both_deployments!(failed_jobs_tell_the_tenant_why_without_server_paths,);
+
+#[test]
+fn uploads_and_jobs_still_run_after_the_binary_on_disk_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("effp");
+    std::fs::copy(env!("CARGO_BIN_EXE_effp"), &binary).unwrap();
+    let server = Server::start_binary(&binary, tempfile::tempdir().unwrap(), &[], &[]);
+    // An upgrade in place: the file the service started from is now another one.
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::write(&binary, b"#!/bin/sh\nexit 3\n").unwrap();
+
+    let base = server.url.clone();
+    let model = upload(&base, "models", None, &fixture_bytes("yolov8t.onnx"));
+    let id = submit_job(
+        &base,
+        None,
+        &serde_json::json!({"model": model, "target": {"flops_ratio": 0.5}, "device": "cpu"}),
+    );
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+}

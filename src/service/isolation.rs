@@ -56,7 +56,7 @@ pub async fn run_isolated(
     how: Supervision<'_>,
     mut on_line: impl FnMut(String) + Send + 'static,
 ) -> std::io::Result<ChildExit> {
-    let exe = std::env::current_exe()?;
+    let exe = own_binary()?;
     let mut command = tokio::process::Command::new(exe);
     command
         .args(args)
@@ -179,4 +179,15 @@ fn resident_bytes(pid: i32) -> Option<u64> {
 /// memory watcher.
 fn address_space_cap(memory_limit: u64) -> u64 {
     memory_limit.saturating_mul(2).saturating_add(4 << 30)
+}
+
+/// The binary this process runs, to start worker processes from. On Linux the running
+/// file itself (`/proc/self/exe`), so that a binary replaced on disk while the service
+/// runs (an upgrade in place) does not break the jobs of the one still running.
+fn own_binary() -> std::io::Result<std::path::PathBuf> {
+    let running = std::path::Path::new("/proc/self/exe");
+    if running.exists() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe()
 }
