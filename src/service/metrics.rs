@@ -64,14 +64,17 @@ impl Metrics {
             queue,
         }
     }
-}
 
-impl Metrics {
-    /// Every metric in the Prometheus text format.
-    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+    /// Every metric as a `GET /metrics` response (the Prometheus text format).
+    pub fn response(&self) -> Result<Response, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(out)
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            out,
+        )
+            .into_response())
     }
 }
 
@@ -108,13 +111,6 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, Problem> 
     }
     m.queue
         .set(counts.get(&JobState::Queued).copied().unwrap_or(0) as i64);
-    let out = m
-        .encode()
-        .map_err(|e| Problem::internal("cannot encode metrics", e))?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response())
+    m.response()
+        .map_err(|e| Problem::internal("cannot encode metrics", e))
 }

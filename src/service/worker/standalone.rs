@@ -125,7 +125,7 @@ async fn serve_metrics(
     metrics: crate::service::metrics::Metrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    use axum::http::{StatusCode, header};
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -135,19 +135,11 @@ async fn serve_metrics(
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let encoded = metrics.encode();
+                let response = metrics.response();
                 async move {
-                    match encoded {
-                        Ok(text) => (
-                            StatusCode::OK,
-                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            text,
-                        )
-                            .into_response(),
-                        Err(e) => {
-                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                        }
-                    }
+                    response.unwrap_or_else(|e| {
+                        (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                    })
                 }
             }),
         )
