@@ -455,27 +455,10 @@ fn twenty_kills_of_random_api_and_worker_processes_over_eight_jobs_lose_nothing(
     let balancer = Balancer::start(replicas.iter().map(address_of).collect());
     let base = balancer.url();
 
-    let model = call_retrying(
-        "POST",
-        &format!("{base}/v1/models?name=trained.onnx"),
-        None,
-        &[],
-        Some(&fixture_bytes("trained.onnx")),
-    );
-    assert_eq!(model.status, 201);
-    let data = call_retrying(
-        "POST",
-        &format!("{base}/v1/datasets?name=synth.tar.gz"),
-        None,
-        &[],
-        Some(&tar_gz_folder(
-            &effp_testkit::fixtures::dir().join("synth"),
-            "synth",
-        )),
-    );
-    assert_eq!(data.status, 201);
+    // Nothing has died yet: the uploads need no retries.
+    let (model, dataset) = upload_model_and_data(&base, None);
     let spec = serde_json::json!({
-        "model": model.json()["id"], "dataset": data.json()["id"], "method": "effp",
+        "model": model, "dataset": dataset, "method": "effp",
         "target": { "flops_ratio": 0.6 },
         "training": { "steps": STEPS, "interval": 2, "batch": 2 },
         "device": "cpu",
