@@ -120,6 +120,33 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
     assert_eq!(label_free["scope"], "global");
     assert_eq!(label_free["training"]["criterion"], "curvature");
     assert_eq!(label_free["training"]["prune_share"], 0.7);
+    assert_eq!(label_free["training"]["start"], "full");
+    // By default the budget falls from the original; asked to start at the target,
+    // every step of the curve is at the target's cost.
+    assert_eq!(r["training"]["start"], "full", "{}", r["training"]);
+    assert!(curve[0]["budget"].as_f64().unwrap() > 0.7, "{}", curve[0]);
+    let at_target = pruned_report(
+        tmp.path(),
+        "effp",
+        &[
+            "--target-flops",
+            "0.7",
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--start",
+            "target",
+        ],
+    );
+    assert_eq!(at_target["training"]["start"], "target");
+    let curve = at_target["curve"].as_array().unwrap();
+    assert!(
+        curve
+            .iter()
+            .all(|s| s["flops_ratio"].as_f64().unwrap() <= 0.7),
+        "{curve:?}"
+    );
     // Ultralytics' augmentation by default, except mosaics (they cost accuracy here).
     assert_eq!(r["training"]["mosaic"], 0.0, "{}", r["training"]);
 
@@ -397,4 +424,47 @@ fn a_short_effp_run_beats_a_random_mask_of_the_same_flops_by_a_clear_margin() {
         effp - random >= 0.1,
         "EFFP {effp:.4} is not clearly above a random mask {random:.4}"
     );
+}
+
+/// A dataset whose classes the model's output does not carry is refused before any
+/// training (the run would otherwise fail only when scoring, after the work), and no
+/// model is written.
+#[test]
+fn a_dataset_with_other_classes_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("five-classes");
+    std::fs::create_dir(&data).unwrap();
+    let synth = fixtures::dir().join("synth");
+    for dir in ["images", "labels"] {
+        std::os::unix::fs::symlink(synth.join(dir), data.join(dir)).unwrap();
+    }
+    std::fs::write(
+        data.join("data.yaml"),
+        "train: images/train\nval: images/val\nnames: [a, b, c, d, e]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("pruned.onnx");
+    let model = fixtures::path("trained.onnx");
+    let run = effp(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--target-flops",
+        "0.7",
+        "--steps",
+        "1000",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.contains("does not fit the model (5 classes)")
+            && stderr.contains("nothing was trained"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no model is written");
 }

@@ -321,6 +321,7 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy(shape: Shape) 
         report["training"]
     );
     assert_eq!(report["training"]["fine_tune"], "compacted");
+    assert_eq!(report["training"]["start"], "full");
     // `effp prune` runs the same pipeline: the same settings on the same files give
     // the same masks (fixed seed, CPU).
     let tmp = tempfile::tempdir().unwrap();

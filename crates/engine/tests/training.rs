@@ -12,7 +12,7 @@ use effp_engine::runtime::Network;
 use effp_engine::tch::{self, Device, Kind, Tensor};
 use effp_engine::train::checkpoint::Checkpoint;
 use effp_engine::train::session::{
-    Control, FineTune, Method, Problem, TrainEvent, TrainOptions, TrainRun, train,
+    Control, FineTune, Method, Problem, Start, TrainEvent, TrainOptions, TrainRun, train,
 };
 use effp_graph::channels::{ChannelAnalysis, Mask, compact};
 use effp_graph::ir::Model;
@@ -95,6 +95,7 @@ fn masked_vs_compacted(result: &TrainRun, analysis: &ChannelAnalysis) -> f64 {
 fn effp_reaches_the_target_with_regrowing_and_compacts_exactly() {
     let fx = setup();
     let options = TrainOptions {
+        start: Start::Full,
         steps: 40,
         interval: 4,
         batch: 8,
@@ -179,6 +180,50 @@ fn without_regrowing_nothing_is_revived() {
     };
     let result = run(&fx, 0.7, &options, Control::default()).unwrap();
     assert_eq!(result.history.last().unwrap().regrown, 0);
+}
+
+/// Started at the target, EFFP's first mask is l1's, and it trades channels there
+/// rather than moving toward it: every step at the target's cost, groups revived and
+/// switched off in equal measure.
+#[test]
+fn effp_started_at_the_target_begins_with_l1s_mask_and_trades_channels_there() {
+    let fx = setup();
+    let options = |method, regrow| TrainOptions {
+        method,
+        start: Start::Target,
+        steps: 12,
+        prune_share: 0.5,
+        interval: 2,
+        batch: 4,
+        regrow,
+        fine_tune: FineTune::Masked,
+        ..TrainOptions::default()
+    };
+    let l1 = run(&fx, 0.6, &options(Method::L1, 0.0), Control::default()).unwrap();
+    let kept = run(&fx, 0.6, &options(Method::Effp, 0.0), Control::default()).unwrap();
+    assert_eq!(
+        flags(&kept.mask),
+        flags(&l1.mask),
+        "without regrowing nothing moves it off l1's mask"
+    );
+
+    let traded = run(&fx, 0.6, &options(Method::Effp, 0.5), Control::default()).unwrap();
+    let h = &traded.history;
+    assert!(
+        h.iter().all(|r| r.budget == 0.6 && r.flops_ratio <= 0.6),
+        "at the target from the first step: {:?}",
+        h.iter().map(|r| r.flops_ratio).collect::<Vec<_>>()
+    );
+    let last = h.last().unwrap();
+    assert!(last.regrown > 0, "groups were revived");
+    assert_eq!(
+        last.pruned,
+        traded.mask.pruned() + last.regrown,
+        "every revived group was paid for by switching others off"
+    );
+    assert_ne!(flags(&traded.mask), flags(&l1.mask), "the mask moved");
+    let diff = masked_vs_compacted(&traded, &fx.1);
+    assert!(diff <= 1e-4, "{diff}");
 }
 
 #[test]

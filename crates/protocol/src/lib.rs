@@ -23,6 +23,6 @@ pub use benchmark::{BenchmarkRequest, BenchmarkResult, Precision};
 pub use device::DeviceChoice;
 pub use field::FieldError;
 pub use job::{JobSpec, TargetSpec};
-pub use method::{Criterion, Distill, FineTune, Method, Scope};
+pub use method::{Criterion, Distill, FineTune, Method, Scope, Start};
 pub use settings::{PruneOptions, TrainingSpec};
 pub use state::JobState;

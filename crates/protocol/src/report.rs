@@ -5,7 +5,7 @@
 use effp_graph::channels::CompactionReport;
 use serde::{Deserialize, Serialize};
 
-use crate::method::{Criterion, Distill, FineTune, Method, Scope};
+use crate::method::{Criterion, Distill, FineTune, Method, Scope, Start};
 
 /// Identifier of the report layout.
 pub const PRUNE_REPORT_SCHEMA: &str = "effp.prune-report/v1";
@@ -99,6 +99,8 @@ pub struct TrainingSummary {
     pub regrow: f64,
     /// Ranking of active groups.
     pub criterion: Criterion,
+    /// Where EFFP's mask started.
+    pub start: Start,
     /// Stages of the staged methods.
     pub stages: u32,
     /// What the student reproduced.

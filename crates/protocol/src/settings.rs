@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::field::FieldError;
-use crate::method::{Criterion, Distill, FineTune, Method, Scope};
+use crate::method::{Criterion, Distill, FineTune, Method, Scope, Start};
 
 /// Optimiser steps in all, unless told otherwise.
 pub const DEFAULT_STEPS: u32 = 300;
@@ -66,6 +66,11 @@ pub struct TrainingSpec {
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub criterion: Option<Criterion>,
+    /// effp: where the mask starts: every channel on with the budget falling to the
+    /// target, or at the target from the first step (filter-norm ranking), trading
+    /// channels there.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Start::default()))]
+    pub start: Start,
     /// progressive, uniform: number of prune-then-fine-tune stages.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_STAGES, value_parser = clap::value_parser!(u32).range(1..)))]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
@@ -111,6 +116,7 @@ impl Default for TrainingSpec {
             interval: DEFAULT_INTERVAL,
             regrow: DEFAULT_REGROW,
             criterion: None,
+            start: Start::default(),
             stages: DEFAULT_STAGES,
             distill: Distill::default(),
             batch: DEFAULT_BATCH,

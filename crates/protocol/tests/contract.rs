@@ -3,7 +3,7 @@
 
 use effp_protocol::{
     Criterion, DeviceChoice, Distill, FieldError, FineTune, JobSpec, Method, PruneOptions, Scope,
-    TargetSpec, TrainingSpec,
+    Start, TargetSpec, TrainingSpec,
 };
 use proptest::prelude::*;
 
@@ -23,7 +23,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
             0.0f64..=100.0,
             0.0f64..=1.0,
         ),
-        (0usize..4, 0usize..2, 0usize..2),
+        (0usize..4, 0usize..2, 0usize..2, 0usize..2),
     )
         .prop_map(
             |((steps, prune_share, interval, regrow, stages), (batch, lr, seed, lw, mosaic), e)| {
@@ -38,6 +38,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
                         Some(Criterion::Magnitude),
                         None,
                     ][e.0],
+                    start: [Start::Full, Start::Target][e.3],
                     stages,
                     distill: [Distill::Heads, Distill::Outputs][e.1],
                     batch,

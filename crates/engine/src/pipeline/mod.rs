@@ -21,6 +21,7 @@ pub use effp_protocol::report::{
 use crate::EngineError;
 use crate::data::archive::ArchiveLimits;
 use crate::data::dataset::Dataset;
+use crate::eval::decode::detect_layout;
 use crate::eval::run::{EvalOptions, evaluate_network};
 use crate::prune::{L1Options, PruneError, Target, l1_mask};
 use crate::runtime::{Network, resolve_device};
@@ -205,6 +206,9 @@ pub fn run(
         ),
         None => None,
     };
+    if let (Some(ds), Some(path)) = (&dataset, &job.data) {
+        check_scorable(&model, ds, path)?;
+    }
     let trains = method.needs_data() || (dataset.is_some() && job.training.steps > 0);
     // EFFP's defaults follow whether the run learns from labels.
     let labelled = match &dataset {
@@ -269,18 +273,11 @@ pub fn run(
     };
     effp_graph::onnx::save_file(&pruned, &job.out)?;
     let accuracy = match &dataset {
-        Some(ds)
-            if ds
-                .splits
-                .get("val")
-                .is_some_and(|v| v.iter().any(|s| !s.labels.is_empty())) =>
-        {
-            Some(Accuracy {
-                split: "val".into(),
-                before: score(&model_before, ds, device)?,
-                after: score(&pruned, ds, device)?,
-            })
-        }
+        Some(ds) if scores_on(ds) => Some(Accuracy {
+            split: "val".into(),
+            before: score(&model_before, ds, device)?,
+            after: score(&pruned, ds, device)?,
+        }),
         _ => None,
     };
 
@@ -373,6 +370,7 @@ fn train_job(
         interval: spec.interval,
         regrow: spec.regrow,
         criterion: options.criterion,
+        start: options.start,
         stages: spec.stages,
         distill: spec.distill,
         batch: spec.batch,
@@ -389,6 +387,38 @@ fn train_job(
         seconds: run.seconds,
     };
     Ok((run, summary))
+}
+
+/// Whether the run scores mAP on the dataset: its validation split has labels.
+fn scores_on(ds: &Dataset) -> bool {
+    ds.splits
+        .get("val")
+        .is_some_and(|v| v.iter().any(|s| !s.labels.is_empty()))
+}
+
+/// Refuses, before any training, a dataset whose classes the model's output cannot
+/// be decoded for: the run would only fail when scoring, after the work was done.
+fn check_scorable(model: &Model, ds: &Dataset, path: &Path) -> Result<(), PipelineError> {
+    let Some(shape) = model
+        .graph
+        .outputs
+        .first()
+        .and_then(|o| model.graph.shape(o.value))
+    else {
+        return Ok(());
+    };
+    if !scores_on(ds) {
+        return Ok(());
+    }
+    detect_layout(shape, ds.names.len())
+        .map(|_| ())
+        .map_err(|why| {
+            PipelineError::Engine(EngineError::Input(format!(
+                "the dataset '{}' does not fit the model ({} classes): {why}; nothing was trained",
+                path.display(),
+                ds.names.len()
+            )))
+        })
 }
 
 /// mAP of a model on the dataset's validation split.

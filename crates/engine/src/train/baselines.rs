@@ -9,7 +9,7 @@ use tch::{Device, Kind};
 
 use super::effp::live_importance;
 use super::schedule::budget;
-use super::session::{MaskChange, MaskContext, Method};
+use super::session::{MaskChange, MaskContext, Method, Start};
 use crate::data::rng::SplitMix;
 use crate::error::EngineError;
 use crate::prune::{Scope, select};
@@ -21,6 +21,7 @@ pub(crate) fn budget_at(ctx: &MaskContext<'_>, step: usize) -> f64 {
     match ctx.options.method {
         // The last step of the pruning phase meets the target whatever the ramp.
         Method::Effp if step + 1 >= ctx.prune_steps => goal,
+        Method::Effp if ctx.options.start == Start::Target => goal,
         Method::Effp => budget(step, ctx.prune_steps, goal),
         Method::Progressive | Method::Uniform => {
             let stages = ctx.options.stages.max(1);
@@ -37,10 +38,14 @@ fn stage_of(step: usize, prune_steps: usize, stages: usize) -> usize {
 }
 
 /// The mask training starts from: the target's mask for one-shot methods (l1,
-/// random) and SFP's first choice; everything on for the gradual ones.
+/// random), SFP's first choice and EFFP started at the target; everything on for
+/// the gradual ones.
 pub(crate) fn initial_mask(ctx: &MaskContext<'_>) -> Result<Option<Mask>, EngineError> {
     let importance = match ctx.options.method {
         Method::L1 | Method::Sfp => live_importance(ctx.student, ctx.analysis),
+        Method::Effp if ctx.options.start == Start::Target => {
+            live_importance(ctx.student, ctx.analysis)
+        }
         Method::Random => {
             let mut rng = SplitMix(ctx.options.seed ^ 0x005e_ed0f_7a4d_0e11);
             (0..ctx.analysis.groups.len()).map(|_| rng.unit()).collect()

@@ -34,7 +34,7 @@ use effp_protocol::TrainingSpec;
 pub use effp_protocol::method::EFFP_MIN_FRACTION;
 pub use effp_protocol::report::{LabelUse, PhaseSeconds, StepRecord};
 pub use effp_protocol::settings::DEFAULT_LABEL_WEIGHT;
-pub use effp_protocol::{Criterion, FineTune, Method};
+pub use effp_protocol::{Criterion, FineTune, Method, Start};
 
 /// The settings of a training run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +52,8 @@ pub struct TrainOptions {
     pub regrow: f64,
     /// Importance of active groups when pruning (EFFP).
     pub criterion: Criterion,
+    /// Where the mask starts (EFFP).
+    pub start: Start,
     /// Pruning stages (progressive).
     pub stages: usize,
     /// What the student is taught to reproduce.
@@ -90,6 +92,7 @@ impl TrainOptions {
             interval: spec.interval as usize,
             regrow: spec.regrow,
             criterion: spec.criterion_for(method, labelled),
+            start: spec.start,
             stages: spec.stages as usize,
             distill: spec.distill,
             lr: spec.lr,
