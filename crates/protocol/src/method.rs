@@ -194,16 +194,6 @@ pub enum Start {
     Target,
 }
 
-impl Start {
-    /// The choice's name, as requests and reports spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Start::Full => "full",
-            Start::Target => "target",
-        }
-    }
-}
-
 /// What the steps after the pruning phase train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
