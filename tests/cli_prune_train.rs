@@ -416,14 +416,33 @@ fn a_short_effp_run_beats_a_random_mask_of_the_same_flops_by_a_clear_margin() {
             ],
         );
         assert!((0.48..=0.5).contains(&r["flops_ratio"].as_f64().unwrap()));
-        r["accuracy"]["after"]["map50_95"].as_f64().unwrap()
+        (
+            r["accuracy"]["after"]["map50_95"].as_f64().unwrap(),
+            r["note"].as_str().unwrap_or_default().to_string(),
+        )
     };
-    let (effp, random) = (map("effp"), map("random"));
+    let ((effp, _), (random, note)) = (map("effp"), map("random"));
     assert!(effp >= 0.15, "EFFP collapsed: mAP50-95 {effp:.4}");
     assert!(
         effp - random >= 0.1,
         "EFFP {effp:.4} is not clearly above a random mask {random:.4}"
     );
+    // The collapsed model's report says so, and what to do.
+    assert!(
+        note.contains("keeps only") && note.contains("60 training steps did not recover"),
+        "{note}"
+    );
+    // A run that keeps the accuracy says nothing of the kind.
+    let r = pruned_report(
+        tmp.path(),
+        "effp",
+        &["--target-flops", "0.97", "--steps", "2", "--batch", "2"],
+    );
+    let a = &r["accuracy"];
+    assert!(
+        a["after"]["map50_95"].as_f64().unwrap() >= 0.5 * a["before"]["map50_95"].as_f64().unwrap()
+    );
+    assert!(r["note"].is_null(), "{}", r["note"]);
 }
 
 /// A dataset whose classes the model's output does not carry is refused before any
@@ -467,4 +486,35 @@ fn a_dataset_with_other_classes_is_refused_before_training() {
         "{stderr}"
     );
     assert!(!out.exists(), "no model is written");
+}
+
+#[test]
+fn the_neck_and_foreground_distillation_train_and_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    for distill in ["neck", "foreground"] {
+        let r = pruned_report(
+            tmp.path(),
+            "effp",
+            &[
+                "--target-flops",
+                "0.7",
+                "--steps",
+                "6",
+                "--batch",
+                "2",
+                "--prune-share",
+                "0.5",
+                "--distill",
+                distill,
+            ],
+        );
+        assert_eq!(r["training"]["distill"], distill, "{}", r["training"]);
+        let curve = r["curve"].as_array().unwrap();
+        // Before the first step the student is the original: nothing to distil.
+        let first = curve[0]["loss"].as_f64().unwrap();
+        assert!(first.abs() < 1e-6, "{distill}: {first}");
+        let later = curve[5]["loss"].as_f64().unwrap();
+        assert!(later > 1e-6 && later.is_finite(), "{distill}: {later}");
+        assert!(curve[5]["flops_ratio"].as_f64().unwrap() <= 0.7);
+    }
 }

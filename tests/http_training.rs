@@ -267,7 +267,7 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy(shape: Shape) 
         &serde_json::json!({
             "model": model, "dataset": dataset, "method": "effp",
             "target": { "flops_ratio": 0.7 },
-            "training": { "steps": 12, "interval": 2, "batch": 4 },
+            "training": { "steps": 12, "interval": 2, "batch": 4, "distill": "foreground" },
             "device": "cpu",
         }),
     );
@@ -322,6 +322,7 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy(shape: Shape) 
     );
     assert_eq!(report["training"]["fine_tune"], "compacted");
     assert_eq!(report["training"]["start"], "full");
+    assert_eq!(report["training"]["distill"], "foreground");
     // `effp prune` runs the same pipeline: the same settings on the same files give
     // the same masks (fixed seed, CPU).
     let tmp = tempfile::tempdir().unwrap();
@@ -337,6 +338,7 @@ fn an_effp_job_trains_on_an_uploaded_dataset_and_reports_accuracy(shape: Shape) 
             "cpu",
         ])
         .args(["--steps", "12", "--interval", "2", "--batch", "4"])
+        .args(["--distill", "foreground"])
         .arg("--data")
         .arg(fixtures::dir().join("synth"))
         .arg("--out")

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use effp_engine::prune::{L1Options, Target, l1_mask};
 use effp_engine::runtime::{DeviceChoice, Network};
 use effp_engine::tch::{self, Kind, Tensor};
-use effp_engine::train::distill::prediction_taps;
+use effp_engine::train::distill::{Distill, DistillTargets};
 use effp_engine::train::optim::AdamW;
 use effp_engine::train::session::{Gating, distill_step};
 use effp_graph::channels::ChannelAnalysis;
@@ -241,7 +241,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
     let teacher = Network::new(&model, device)?;
     let plain = Network::new(&model, device)?;
     let masked = Network::new(&model, device)?.with_gates(&analysis);
-    let taps = prediction_taps(&model.graph, &analysis);
+    let targets = DistillTargets::resolve(Distill::Heads, &model.graph, &analysis)?;
     let optimizer = |net: &Network| {
         AdamW::new(
             net.trainable()
@@ -282,7 +282,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
         distill_step(
             &teacher,
             &plain,
-            &taps,
+            &targets,
             &x,
             &mut opt_plain,
             1e-4,
@@ -300,7 +300,7 @@ fn step(a: &StepArgs) -> anyhow::Result<Vec<Timing>> {
         distill_step(
             &teacher,
             &masked,
-            &taps,
+            &targets,
             &x,
             &mut opt_masked,
             1e-4,

@@ -11,6 +11,7 @@ use effp_engine::prune::Target;
 use effp_engine::runtime::Network;
 use effp_engine::tch::{self, Device, Kind, Tensor};
 use effp_engine::train::checkpoint::Checkpoint;
+use effp_engine::train::distill::Distill;
 use effp_engine::train::session::{
     Control, FineTune, Method, Problem, Start, TrainEvent, TrainOptions, TrainRun, train,
 };
@@ -517,23 +518,36 @@ fn conv_weight(model: &Model) -> effp_graph::ir::ValueId {
         .unwrap()
 }
 
-#[test]
-fn fine_tuning_the_compacted_network_ends_like_fine_tuning_the_masked_one() {
-    let fx = setup();
+/// The same run to 0.5 FLOPs, half of its `steps` fine-tuning, with the masked and
+/// with the compacted network.
+fn masked_and_compacted(
+    fx: &(Model, ChannelAnalysis, Dataset),
+    steps: usize,
+    distill: Distill,
+) -> (TrainRun, TrainRun) {
     let masked = TrainOptions {
-        steps: 16,
+        steps,
         interval: 2,
         batch: 4,
         prune_share: 0.5,
         fine_tune: FineTune::Masked,
+        distill,
         ..TrainOptions::default()
     };
     let compacted = TrainOptions {
         fine_tune: FineTune::Compacted,
         ..masked
     };
-    let a = run(&fx, 0.5, &masked, Control::default()).unwrap();
-    let b = run(&fx, 0.5, &compacted, Control::default()).unwrap();
+    (
+        run(fx, 0.5, &masked, Control::default()).unwrap(),
+        run(fx, 0.5, &compacted, Control::default()).unwrap(),
+    )
+}
+
+#[test]
+fn fine_tuning_the_compacted_network_ends_like_fine_tuning_the_masked_one() {
+    let fx = setup();
+    let (a, b) = masked_and_compacted(&fx, 16, Distill::Heads);
     assert!(a.compacted.is_none());
     let check = b.compacted.as_ref().expect("the fine-tuning ran compacted");
     assert!(check.max_relative_error <= 1e-4, "{check:?}");
@@ -584,4 +598,23 @@ fn fine_tuning_the_compacted_network_ends_like_fine_tuning_the_masked_one() {
     })
     .unwrap();
     assert!(effp_engine::verify::channel_relative_error(&r[0], &p[0]) > 10.0 * diff.max(1e-6));
+}
+
+#[test]
+fn distilling_the_neck_teaches_the_compacted_student_as_the_masked_one() {
+    let fx = setup();
+    let (a, b) = masked_and_compacted(&fx, 12, Distill::Neck);
+    assert!(b.compacted.is_some(), "the fine-tuning ran compacted");
+    assert_eq!(flags(&a.mask), flags(&b.mask));
+    // The neck's maps lost channels, and the compacted student is still taught the
+    // masked student's loss (on the channels both have).
+    for (x, y) in a.history.iter().zip(&b.history).skip(6) {
+        assert!(
+            x.loss > 0.0 && (x.loss - y.loss).abs() <= 1e-4 * x.loss,
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+    }
 }

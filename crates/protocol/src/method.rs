@@ -230,6 +230,14 @@ pub enum Distill {
     Heads,
     /// The graph's outputs only.
     Outputs,
+    /// As `heads`, and the feature maps the detection head reads (the neck's
+    /// outputs, one per level), channel by channel. Needs a YOLOv8-style head.
+    Neck,
+    /// The outputs, and the head's predictions as a detector's distributions: per
+    /// anchor, the divergence of each box side's bins (softened by a temperature)
+    /// weighted by the original's confidence there, and of the class
+    /// probabilities. Needs a YOLOv8-style head.
+    Foreground,
 }
 
 impl Distill {
@@ -238,6 +246,8 @@ impl Distill {
         match self {
             Distill::Heads => "heads",
             Distill::Outputs => "outputs",
+            Distill::Neck => "neck",
+            Distill::Foreground => "foreground",
         }
     }
 }

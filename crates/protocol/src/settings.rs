@@ -75,8 +75,9 @@ pub struct TrainingSpec {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_STAGES, value_parser = clap::value_parser!(u32).range(1..)))]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub stages: u32,
-    /// What the student learns to reproduce: the outputs, or also the prediction
-    /// layers.
+    /// What the student learns to reproduce: the outputs, also the prediction
+    /// layers, also the neck's feature maps, or the head as box and class
+    /// distributions weighted by the original's confidence.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Distill::default()))]
     pub distill: Distill,
     /// Images per step, in 1..=1024.

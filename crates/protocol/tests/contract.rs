@@ -23,7 +23,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
             0.0f64..=100.0,
             0.0f64..=1.0,
         ),
-        (0usize..4, 0usize..2, 0usize..2, 0usize..2),
+        (0usize..4, 0usize..4, 0usize..2, 0usize..2),
     )
         .prop_map(
             |((steps, prune_share, interval, regrow, stages), (batch, lr, seed, lw, mosaic), e)| {
@@ -40,7 +40,12 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
                     ][e.0],
                     start: [Start::Full, Start::Target][e.3],
                     stages,
-                    distill: [Distill::Heads, Distill::Outputs][e.1],
+                    distill: [
+                        Distill::Heads,
+                        Distill::Outputs,
+                        Distill::Neck,
+                        Distill::Foreground,
+                    ][e.1],
                     batch,
                     lr,
                     seed,

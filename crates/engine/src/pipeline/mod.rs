@@ -170,6 +170,25 @@ const ONE_SHOT_NOTE: &str = "one-shot pruning without training: accuracy was not
      the filters were removed; give images from the model's domain (--data, or a dataset for a \
      job) to train with effp";
 
+/// Below this share of the original's mAP50-95 a trained run's report says that the
+/// accuracy was not recovered.
+pub const RECOVERED_SHARE: f64 = 0.5;
+
+/// The note of a trained run whose pruned model kept less than [`RECOVERED_SHARE`]
+/// of the original's mAP50-95: said, so that a collapsed model is not taken for a
+/// result.
+fn unrecovered_note(accuracy: &Accuracy, steps: u32) -> Option<String> {
+    let (before, after) = (accuracy.before.map50_95, accuracy.after.map50_95);
+    (before > 0.0 && after < RECOVERED_SHARE * before).then(|| {
+        format!(
+            "the pruned model keeps only {:.0}% of the original's mAP50-95 ({before:.4} → \
+             {after:.4}): {steps} training steps did not recover the accuracy at this target; \
+             train longer (steps, e.g. three times as many) or ask for a milder target",
+            100.0 * after / before
+        )
+    })
+}
+
 /// Runs a pruning job: writes the pruned model (and the report when asked) and
 /// returns the report. `cancel` stops a training run after the current step (its
 /// checkpoint saved); `on_event` sees every training step and every checkpoint
@@ -281,6 +300,13 @@ pub fn run(
         _ => None,
     };
 
+    let note = if trains {
+        accuracy
+            .as_ref()
+            .and_then(|a| unrecovered_note(a, job.training.steps))
+    } else {
+        Some(ONE_SHOT_NOTE.to_string())
+    };
     let before = graph_cost(&model_before.graph);
     let after = graph_cost(&pruned.graph);
     let report = PruneReport {
@@ -311,7 +337,7 @@ pub fn run(
             t
         }),
         curve,
-        note: (!trains).then(|| ONE_SHOT_NOTE.to_string()),
+        note,
         wall_seconds: started.elapsed().as_secs_f64(),
         compaction,
     };

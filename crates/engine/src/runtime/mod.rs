@@ -358,7 +358,11 @@ impl Network {
                         op: "Mul(x, Sigmoid(x))".into(),
                         message: torch_message(&e),
                     })?;
-                    values[node.outputs[0].0] = Some(y);
+                    let id = node.outputs[0];
+                    for (k, _) in taps.iter().enumerate().filter(|&(_, &v)| v == id) {
+                        tapped[k] = Some(y.shallow_clone());
+                    }
+                    values[id.0] = Some(y);
                     self.release(&mut values, index);
                     continue;
                 }

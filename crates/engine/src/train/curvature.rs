@@ -15,7 +15,7 @@ use effp_graph::channels::ChannelAnalysis;
 use effp_graph::ir::{Model, ValueId};
 use tch::{Kind, Tensor};
 
-use super::distill::{Distill, prediction_taps};
+use super::distill::{Distill, DistillTargets};
 use super::effp::{curvature_importance, to_vec};
 use crate::data::rng::SplitMix;
 use crate::error::EngineError;
@@ -23,7 +23,8 @@ use crate::runtime::Network;
 
 /// What EFFP's curvature criterion predicts, at the start of training, for switching
 /// off each group of `analysis` alone: the rise of the distillation loss (toward the
-/// original's outputs, and its prediction layers' with [`Distill::Heads`]) on the
+/// original's outputs, and the tapped values `distill` names, each compared as a
+/// squared error per channel) on the
 /// images `x`, as the criterion ranks groups before its first mask update. The
 /// student still equals the original there, so the first-order term is zero and the
 /// estimate is half the curvature along the group's gate, averaged over `probes`
@@ -39,10 +40,7 @@ pub fn predicted_loss_increase(
 ) -> Result<Vec<f64>, EngineError> {
     let device = x.device();
     let student = Network::new(model, device)?.with_gates(analysis);
-    let taps = match distill {
-        Distill::Outputs => Vec::new(),
-        Distill::Heads => prediction_taps(&model.graph, analysis),
-    };
+    let taps = DistillTargets::resolve(distill, &model.graph, analysis)?.taps();
     let groups = analysis.groups.len() as i64;
     let gates = Tensor::ones([groups], (Kind::Float, device)).set_requires_grad(true);
     let probes = probes.max(1);

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::checkpoint::{CHECKPOINT_SCHEMA, Checkpoint, CheckpointError, Progress};
 use super::curvature::gate_curvature;
 use super::detection_loss::detection_loss;
-use super::distill::{Distill, distillation_loss, prediction_taps};
+use super::distill::{Distill, DistillTargets};
 use super::fixed::fixed_projections;
 use super::head::{DetectionHead, find_detection_head};
 use super::optim::AdamW;
@@ -392,10 +392,8 @@ pub fn train(
     let student = Network::new(model, device)?
         .with_gates(analysis)
         .frozen(&fixed_projections(g));
-    let taps: Vec<ValueId> = match options.distill {
-        Distill::Outputs => Vec::new(),
-        Distill::Heads => prediction_taps(g, analysis),
-    };
+    let mut distilled = DistillTargets::resolve(options.distill, g, analysis)?;
+    let taps = distilled.taps();
     let (head, labels_used) = label_plan(g, analysis, samples, options.label_weight);
     let params: Vec<Tensor> = student
         .trainable()
@@ -486,6 +484,7 @@ pub fn train(
         soft(state.step),
         !resumed,
     )?;
+    distilled = distilled.for_mask(analysis, &mask, compacted.is_some());
 
     let mut batches = skip(epoch(samples, loader, state.epoch), state.batches_in_epoch)?;
     let mut seconds = PhaseSeconds::default();
@@ -510,6 +509,7 @@ pub fn train(
                 compact_student(&student, &optimizer, analysis, &mask, options.weight_decay)?;
             compacted = Some(c);
             optimizer = next;
+            distilled = distilled.for_mask(analysis, &mask, true);
         }
         let net = compacted.as_ref().map_or(&student, |c| &c.net);
         let mut new_epoch = false;
@@ -543,7 +543,7 @@ pub fn train(
         let loss = distill_step(
             &teacher,
             net,
-            &taps,
+            &distilled,
             &x,
             &mut optimizer,
             lr,
@@ -588,6 +588,7 @@ pub fn train(
             state.pruned += change.pruned;
             if let Some(next) = change.mask {
                 mask = next;
+                distilled = distilled.for_mask(analysis, &mask, false);
                 // Soft-pruned groups are zeroed when chosen and then train on until
                 // the next choice.
                 set_gates(
@@ -693,15 +694,16 @@ pub struct StepLoss {
 pub fn distill_step(
     teacher: &Network,
     student: &Network,
-    taps: &[ValueId],
+    targets: &DistillTargets,
     x: &Tensor,
     optimizer: &mut AdamW,
     lr: f64,
     gating: Option<Gating<'_>>,
     labels: Option<Labelled<'_>>,
 ) -> Result<StepLoss, EngineError> {
+    let taps = targets.taps();
     let (t_out, t_taps) =
-        tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, taps))?;
+        tch::no_grad(|| teacher.forward_tapped(&[x.shallow_clone()], None, &taps))?;
     let student_taps: Vec<ValueId> = match &labels {
         Some(l) => taps.iter().copied().chain(l.head.taps()).collect(),
         None => taps.to_vec(),
@@ -712,9 +714,10 @@ pub fn distill_step(
         &student_taps,
     )?;
     let head_maps = s_taps.split_off(taps.len());
+    let outputs = s_out.len();
     let student_all: Vec<Tensor> = s_out.into_iter().chain(s_taps).collect();
     let teacher_all: Vec<Tensor> = t_out.into_iter().chain(t_taps).collect();
-    let distill = distillation_loss(&student_all, &teacher_all);
+    let distill = targets.loss(outputs, &student_all, &teacher_all);
     let mut step = StepLoss {
         distill: distill.double_value(&[]),
         detection: None,
