@@ -58,6 +58,8 @@ METHODS = [
     ("effp, start at target", ["--method", "effp", "--start", "target"]),
     ("effp, distill neck", ["--method", "effp", "--distill", "neck"]),
     ("effp, distill foreground", ["--method", "effp", "--distill", "foreground"]),
+    ("effp, label-free, distill foreground",
+     ["--method", "effp", "--label-weight", "0", "--distill", "foreground"]),
     ("effp, start at target, distill neck", ["--method", "effp", "--start", "target", "--distill", "neck"]),
     ("effp, start at target, distill foreground",
      ["--method", "effp", "--start", "target", "--distill", "foreground"]),
