@@ -92,6 +92,8 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
     assert_eq!(r["scope"], "layer");
     assert_eq!(r["training"]["criterion"], "taylor", "{}", r["training"]);
     assert_eq!(r["training"]["prune_share"], 0.3, "{}", r["training"]);
+    // The fixture has a YOLOv8 head, so it is distilled as distributions.
+    assert_eq!(r["training"]["distill"], "foreground", "{}", r["training"]);
     let last_change = curve
         .windows(2)
         .rposition(|w| w[0]["active_groups"] != w[1]["active_groups"])
@@ -121,6 +123,7 @@ fn prune_with_effp_trains_reports_its_curve_and_accuracy() {
     assert_eq!(label_free["training"]["criterion"], "curvature");
     assert_eq!(label_free["training"]["prune_share"], 0.7);
     assert_eq!(label_free["training"]["start"], "full");
+    assert_eq!(label_free["training"]["distill"], "foreground");
     // By default the budget falls from the original; asked to start at the target,
     // every step of the curve is at the target's cost.
     assert_eq!(r["training"]["start"], "full", "{}", r["training"]);

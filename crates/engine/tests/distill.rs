@@ -214,6 +214,11 @@ fn the_detector_targets_need_a_detection_head() {
         );
     }
     assert!(DistillTargets::resolve(Distill::Heads, &model.graph, &analysis).is_ok());
+    // Unless a run names one, such a model distils its prediction layers.
+    assert_eq!(
+        DistillTargets::default_for(&model.graph, &analysis),
+        Distill::Heads
+    );
 }
 
 #[test]

@@ -531,7 +531,7 @@ fn masked_and_compacted(
         batch: 4,
         prune_share: 0.5,
         fine_tune: FineTune::Masked,
-        distill,
+        distill: Some(distill),
         ..TrainOptions::default()
     };
     let compacted = TrainOptions {

@@ -218,15 +218,15 @@ impl FineTune {
     }
 }
 
-/// Which tensors the pruned student is taught to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Which tensors the pruned student is taught to reproduce. Unless a run names
+/// one: `foreground` for a model with a YOLOv8-style head, `heads` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Distill {
     /// The outputs and the raw outputs of the prediction layers (the last
     /// convolutions of the head, before decoding squashes or rescales them).
-    #[default]
     Heads,
     /// The graph's outputs only.
     Outputs,

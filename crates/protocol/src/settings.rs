@@ -77,9 +77,11 @@ pub struct TrainingSpec {
     pub stages: u32,
     /// What the student learns to reproduce: the outputs, also the prediction
     /// layers, also the neck's feature maps, or the head as box and class
-    /// distributions weighted by the original's confidence.
-    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Distill::default()))]
-    pub distill: Distill,
+    /// distributions weighted by the original's confidence. Default: foreground
+    /// for a model with a YOLOv8-style head, heads otherwise.
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
     /// Images per step, in 1..=1024.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(1..)))]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
@@ -119,7 +121,7 @@ impl Default for TrainingSpec {
             criterion: None,
             start: Start::default(),
             stages: DEFAULT_STAGES,
-            distill: Distill::default(),
+            distill: None,
             batch: DEFAULT_BATCH,
             lr: DEFAULT_LR,
             seed: 0,

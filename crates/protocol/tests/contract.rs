@@ -23,7 +23,7 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
             0.0f64..=100.0,
             0.0f64..=1.0,
         ),
-        (0usize..4, 0usize..4, 0usize..2, 0usize..2),
+        (0usize..4, 0usize..5, 0usize..2, 0usize..2),
     )
         .prop_map(
             |((steps, prune_share, interval, regrow, stages), (batch, lr, seed, lw, mosaic), e)| {
@@ -41,10 +41,11 @@ fn training() -> impl Strategy<Value = TrainingSpec> {
                     start: [Start::Full, Start::Target][e.3],
                     stages,
                     distill: [
-                        Distill::Heads,
-                        Distill::Outputs,
-                        Distill::Neck,
-                        Distill::Foreground,
+                        Some(Distill::Heads),
+                        Some(Distill::Outputs),
+                        Some(Distill::Neck),
+                        Some(Distill::Foreground),
+                        None,
                     ][e.1],
                     batch,
                     lr,

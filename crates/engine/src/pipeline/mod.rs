@@ -398,7 +398,7 @@ fn train_job(
         criterion: options.criterion,
         start: options.start,
         stages: spec.stages,
-        distill: spec.distill,
+        distill: run.distill,
         batch: spec.batch,
         lr: spec.lr,
         seed: spec.seed,

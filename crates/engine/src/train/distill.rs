@@ -37,6 +37,18 @@ pub struct DistillTargets {
 }
 
 impl DistillTargets {
+    /// What a run on `graph` distils unless told otherwise: the head as
+    /// distributions where it is a YOLOv8-style head (it keeps more of the
+    /// original's mAP50-95 at every target measured, and label-free runs do not
+    /// collapse: docs/benchmarks.md), the prediction layers' raw outputs otherwise.
+    pub fn default_for(graph: &Graph, analysis: &ChannelAnalysis) -> Distill {
+        if find_detection_head(graph, analysis).is_ok() {
+            Distill::Foreground
+        } else {
+            Distill::Heads
+        }
+    }
+
     /// The targets `distill` names in `graph`. Fails when the choice needs a
     /// YOLOv8-style head and the graph has none.
     pub fn resolve(

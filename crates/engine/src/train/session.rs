@@ -56,8 +56,9 @@ pub struct TrainOptions {
     pub start: Start,
     /// Pruning stages (progressive).
     pub stages: usize,
-    /// What the student is taught to reproduce.
-    pub distill: Distill,
+    /// What the student is taught to reproduce; `None`: the model's default
+    /// ([`DistillTargets::default_for`]).
+    pub distill: Option<Distill>,
     /// Peak learning rate.
     pub lr: f64,
     /// Decoupled weight decay.
@@ -148,6 +149,8 @@ pub struct TrainRun {
     pub history: Vec<StepRecord>,
     /// Whether it learnt from the labels too, and if not, why not.
     pub labels: LabelUse,
+    /// What the student was taught to reproduce.
+    pub distill: Distill,
     /// When `model` is already compacted (the fine-tuning trained the compacted
     /// network): how closely the compaction reproduced the masked student.
     pub compacted: Option<Equivalence>,
@@ -392,7 +395,10 @@ pub fn train(
     let student = Network::new(model, device)?
         .with_gates(analysis)
         .frozen(&fixed_projections(g));
-    let mut distilled = DistillTargets::resolve(options.distill, g, analysis)?;
+    let distill = options
+        .distill
+        .unwrap_or_else(|| DistillTargets::default_for(g, analysis));
+    let mut distilled = DistillTargets::resolve(distill, g, analysis)?;
     let taps = distilled.taps();
     let (head, labels_used) = label_plan(g, analysis, samples, options.label_weight);
     let params: Vec<Tensor> = student
@@ -650,6 +656,7 @@ pub fn train(
         },
         history: state.history,
         labels: labels_used,
+        distill,
         compacted: compacted.map(|c| c.equivalence),
         seconds,
     })
