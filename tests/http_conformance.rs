@@ -11,6 +11,7 @@ use effp_testkit::fixtures;
 use service::*;
 
 const KEY: &str = "conformance-key-0123456789";
+const AGENT_KEY: &str = "conformance-agent-key-0123456789";
 
 /// A tool installed beside the project's Python interpreter.
 fn venv_tool(name: &str) -> std::path::PathBuf {
@@ -18,7 +19,16 @@ fn venv_tool(name: &str) -> std::path::PathBuf {
 }
 
 fn the_live_api_conforms_to_its_openapi_document(shape: Shape) {
-    let server = Deployment::start(shape, &[], &[("EFFP_API_KEYS", &format!("acme:{KEY}"))]);
+    let server = Deployment::start(
+        shape,
+        &[],
+        &[
+            ("EFFP_API_KEYS", &format!("acme:{KEY}")),
+            ("EFFP_AGENT_KEYS", &format!("agent:{AGENT_KEY}")),
+            // Agents' claims wait for work up to the request timeout (less 2 s).
+            ("EFFP_REQUEST_TIMEOUT_SECS", "3"),
+        ],
+    );
     let base = server.url.clone();
     let token = Some(KEY);
 
@@ -76,6 +86,10 @@ parameters = {{ "path.id" = "{model}" }}
 [[operations]]
 include-path-regex = "^/v1/jobs/"
 parameters = {{ "path.id" = "{job}" }}
+
+[[operations]]
+include-path-regex = "^/v1/agent/"
+headers = {{ Authorization = "Bearer {AGENT_KEY}" }}
 "#
         ),
     )

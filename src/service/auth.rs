@@ -53,6 +53,118 @@ impl ApiKeys {
     }
 }
 
+/// The keys of benchmark agents: hash of the key → the key's name.
+#[derive(Debug, Clone, Default)]
+pub struct AgentKeys {
+    by_hash: HashMap<[u8; 32], String>,
+}
+
+impl AgentKeys {
+    /// Parses `name:key[,name:key…]` (as in `EFFP_AGENT_KEYS`); a key may not also
+    /// be one of `tenants`' keys.
+    pub fn parse(spec: &str, tenants: &ApiKeys) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((name, key)) = entry.split_once(':') else {
+                return Err(format!(
+                    "agent key entry '{}…' is not name:key",
+                    entry.chars().take(8).collect::<String>()
+                ));
+            };
+            let (name, key) = (name.trim(), key.trim());
+            if name.is_empty() || key.len() < 16 {
+                return Err(format!(
+                    "agent key '{name}': the key must be named and at least 16 characters"
+                ));
+            }
+            if tenants.tenant(key).is_some() {
+                return Err(format!(
+                    "agent key '{name}' is also a tenant's API key: give agents keys of their own"
+                ));
+            }
+            by_hash.insert(hash(key), name.to_string());
+        }
+        Ok(Self { by_hash })
+    }
+
+    fn name(&self, key: &str) -> Option<&str> {
+        self.by_hash.get(&hash(key)).map(String::as_str)
+    }
+}
+
+/// The benchmark agent a request comes from, as [`authenticate_agent`] established
+/// it: the name of its key.
+#[derive(Debug, Clone)]
+pub struct AgentKey(pub String);
+
+/// A credential that is valid but may not do this: 403 with a problem document.
+fn forbidden(detail: &'static str) -> Response {
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", detail).into_response()
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(headers: &header::HeaderMap) -> Option<&str> {
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, token) = v.trim_start().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+}
+
+/// Checks the agent key of a request to the agent endpoints and records its
+/// [`AgentKey`]. Without any keys configured (a loopback-only server) agents need
+/// none; a tenant's key is refused with 403.
+pub async fn authenticate_agent(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = bearer(request.headers());
+    let agent = if state.agent_keys.by_hash.is_empty() && state.keys.is_empty() {
+        Ok(LOCAL_TENANT.to_string())
+    } else {
+        match token {
+            Some(t) if state.agent_keys.name(t).is_some() => {
+                Ok(state.agent_keys.name(t).unwrap_or_default().to_string())
+            }
+            Some(t) if state.keys.tenant(t).is_some() => Err(forbidden(
+                "a tenant's API key cannot act as a benchmark agent: agents use keys of                  EFFP_AGENT_KEYS",
+            )),
+            Some(_) => Err(Unauthorized("the agent key is not valid").into_response()),
+            None => Err(Unauthorized(
+                "the agent endpoints need an agent key: send 'Authorization: Bearer <key>'",
+            )
+            .into_response()),
+        }
+    };
+    match agent {
+        Ok(name) => {
+            request.extensions_mut().insert(AgentKey(name));
+            next.run(request).await
+        }
+        Err(refused) => {
+            let (parts, body) = request.into_parts();
+            super::api::drain_then(&parts.headers, body, refused).await
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<AgentKey>().cloned().ok_or_else(|| {
+            Problem::internal("a route is missing its authentication", "no AgentKey")
+        })
+    }
+}
+
 fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -108,16 +220,20 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match tenant_of(&state.keys, request.headers()) {
+    let refused = match tenant_of(&state.keys, request.headers()) {
         Ok(tenant) => {
             request.extensions_mut().insert(Tenant(tenant));
-            next.run(request).await
+            return next.run(request).await;
         }
-        Err(refused) => {
-            let (parts, body) = request.into_parts();
-            super::api::drain_then(&parts.headers, body, refused.into_response()).await
+        Err(_) if bearer(request.headers()).is_some_and(|t| state.agent_keys.name(t).is_some()) => {
+            forbidden(
+                "an agent key can only claim, renew and report benchmarks under /v1/agent;                  use a tenant's API key here",
+            )
         }
-    }
+        Err(refused) => refused.into_response(),
+    };
+    let (parts, body) = request.into_parts();
+    super::api::drain_then(&parts.headers, body, refused).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {

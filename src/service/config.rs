@@ -11,7 +11,7 @@ use effp_store::local::LocalObjects;
 use effp_store::redis::RedisStore;
 use effp_store::s3::{S3Config, S3Objects};
 use effp_store::sqlite::SqliteStore;
-use effp_store::{JobStore, Notifications, ObjectStore, Queue};
+use effp_store::{Benchmarks, JobStore, Notifications, ObjectStore, Queue};
 
 use super::limits::ByteSize;
 use super::webhook::WebhookConfig;
@@ -170,6 +170,15 @@ pub struct JobRunArgs {
     /// spends one (a worker shutting down hands its job back without spending one).
     #[arg(long, env = "EFFP_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// Seconds a job's device benchmark waits for an agent of its device kind to
+    /// claim it; after that the job succeeds without it and says it expired.
+    #[arg(long, env = "EFFP_BENCHMARK_CLAIM_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub benchmark_claim_secs: u64,
+    /// Seconds a benchmark agent's claim lasts without a renewal (agents renew
+    /// three times as often): how long a task whose agent died waits before another
+    /// agent takes it over.
+    #[arg(long, env = "EFFP_BENCHMARK_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub benchmark_lease_secs: u64,
     /// Device this process trains jobs on: auto (each job's own choice), cpu, cuda
     /// or cuda:N (one worker per GPU). A job that asked for the CPU stays on it.
     #[arg(long, env = "EFFP_DEVICE", default_value_t = DeviceChoice::Auto)]
@@ -181,14 +190,35 @@ impl JobRunArgs {
     pub fn lease(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.lease_secs)
     }
+
+    /// How device benchmarks are claimed and held.
+    pub fn benchmarks(&self) -> BenchmarkSettings {
+        BenchmarkSettings {
+            claim_within: std::time::Duration::from_secs(self.benchmark_claim_secs),
+            lease: std::time::Duration::from_secs(self.benchmark_lease_secs),
+            max_attempts: self.max_attempts,
+        }
+    }
 }
 
-/// The job store, queue and notification outbox of one backend, and whether it is
-/// the embedded one.
+/// How device benchmarks are claimed and held.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchmarkSettings {
+    /// How long a task waits for an agent before it expires.
+    pub claim_within: std::time::Duration,
+    /// How long an agent's claim lasts without a renewal.
+    pub lease: std::time::Duration,
+    /// Claims of one task before it fails.
+    pub max_attempts: u32,
+}
+
+/// The job store, queue, notification outbox and benchmark tasks of one backend,
+/// and whether it is the embedded one.
 type RecordStores = (
     Arc<dyn JobStore>,
     Arc<dyn Queue>,
     Arc<dyn Notifications>,
+    Arc<dyn Benchmarks>,
     bool,
 );
 
@@ -200,6 +230,8 @@ pub struct Stores {
     pub queue: Arc<dyn Queue>,
     /// The notification outbox.
     pub notifications: Arc<dyn Notifications>,
+    /// Device benchmark tasks.
+    pub benchmarks: Arc<dyn Benchmarks>,
     /// Uploads, artifacts and checkpoints.
     pub objects: Arc<dyn ObjectStore>,
     /// Whether this is the embedded store (one process owns it all).
@@ -214,7 +246,8 @@ impl StoreArgs {
         let data = &self.data_dir;
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create the data directory '{}'", data.display()))?;
-        let (jobs, queue, notifications, embedded): RecordStores = match &self.redis_url {
+        let (jobs, queue, notifications, benchmarks, embedded): RecordStores = match &self.redis_url
+        {
             Some(url) => {
                 let redis = Arc::new(
                     RedisStore::connect(url, &self.redis_prefix)
@@ -222,7 +255,7 @@ impl StoreArgs {
                         .context("cannot reach the Redis of EFFP_REDIS_URL")?,
                 );
                 redis.ping().await.context("Redis does not answer")?;
-                (redis.clone(), redis.clone(), redis, false)
+                (redis.clone(), redis.clone(), redis.clone(), redis, false)
             }
             None => {
                 // Opened first: it refuses a second process before anything
@@ -234,7 +267,7 @@ impl StoreArgs {
                         "jobs left running by the previous process go back to the queue"
                     );
                 }
-                (sqlite.clone(), sqlite.clone(), sqlite, true)
+                (sqlite.clone(), sqlite.clone(), sqlite.clone(), sqlite, true)
             }
         };
         let objects: Arc<dyn ObjectStore> = match self.s3.config() {
@@ -249,6 +282,7 @@ impl StoreArgs {
             jobs,
             queue,
             notifications,
+            benchmarks,
             objects,
             embedded,
             scratch,

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+pub mod benchmark;
 mod budget;
 pub mod checks;
 pub mod config;
@@ -51,6 +52,16 @@ pub struct ServeArgs {
     /// elsewhere). The API-only build (no engine) runs only this way.
     #[arg(long)]
     pub no_worker: bool,
+    /// Keys of device benchmark agents as name:key[,name:key…]: they may only
+    /// claim, renew and report benchmarks and download the models of a benchmark
+    /// they hold. Without keys (and without API keys), agents on loopback need none.
+    #[arg(
+        long,
+        env = "EFFP_AGENT_KEYS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub agent_keys: String,
     /// API keys as tenant:key[,tenant:key…]; without keys only loopback is served.
     #[arg(
         long,
@@ -100,6 +111,12 @@ pub struct AppState {
     queue: Arc<dyn Queue>,
     /// The notification outbox.
     notifications: Arc<dyn effp_store::Notifications>,
+    /// Device benchmark tasks.
+    benchmarks: Arc<dyn effp_store::Benchmarks>,
+    /// How device benchmarks are claimed and held.
+    benchmark: config::BenchmarkSettings,
+    /// Keys of benchmark agents.
+    agent_keys: Arc<auth::AgentKeys>,
     /// How notifications are signed and where they may go.
     webhooks: webhook::WebhookConfig,
     objects: Arc<dyn ObjectStore>,
@@ -150,6 +167,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         return Ok(crate::cli::EXIT_UNAVAILABLE);
     }
     let keys = ApiKeys::parse(&args.api_keys).map_err(anyhow::Error::msg)?;
+    let agent_keys = auth::AgentKeys::parse(&args.agent_keys, &keys).map_err(anyhow::Error::msg)?;
     if keys.is_empty() && !args.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {} without API keys: set EFFP_API_KEYS=tenant:key (keys of at least 16 characters) \
@@ -166,14 +184,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         let stores = args.store.open().await?;
         let embedded = stores.embedded;
         let webhooks = args.webhooks.config(&stores, &args.store.data_dir)?;
-        serve(args, app_state(args, keys, stores, webhooks), embedded).await
+        serve(
+            args,
+            app_state(args, (keys, agent_keys), stores, webhooks),
+            embedded,
+        )
+        .await
     })
 }
 
 /// The state of the API and its workers over opened stores.
 fn app_state(
     args: &ServeArgs,
-    keys: ApiKeys,
+    (keys, agent_keys): (ApiKeys, auth::AgentKeys),
     stores: config::Stores,
     webhooks: webhook::WebhookConfig,
 ) -> AppState {
@@ -181,6 +204,7 @@ fn app_state(
         jobs,
         queue,
         notifications,
+        benchmarks,
         objects,
         scratch,
         ..
@@ -188,6 +212,9 @@ fn app_state(
     AppState {
         queue,
         notifications,
+        benchmarks,
+        benchmark: args.jobs.benchmarks(),
+        agent_keys: Arc::new(agent_keys),
         webhooks,
         content: Content::new(objects.clone(), jobs.clone()),
         checkpoints: Checkpoints::new(objects.clone()),
@@ -224,6 +251,8 @@ impl AppState {
         worker::WorkerContext {
             jobs: self.jobs.clone(),
             queue: self.queue.clone(),
+            benchmarks: self.benchmarks.clone(),
+            benchmark: self.benchmark,
             objects: self.objects.clone(),
             content: self.content.clone(),
             checkpoints: self.checkpoints.clone(),

@@ -35,7 +35,7 @@ pub struct BenchmarkRequest {
     /// The kind of device, as agents register it (`jetson-xavier-nx`, `cpu`, …).
     #[cfg_attr(
         feature = "openapi",
-        schema(example = "jetson-xavier-nx", max_length = 64)
+        schema(example = "jetson-xavier-nx", pattern = "^[a-z0-9][a-z0-9-]{0,63}$")
     )]
     pub device: String,
     /// Precision of the engine.
@@ -150,21 +150,27 @@ pub struct ModelTiming {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceFacts {
     /// The device kind the agent registered with.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$"))]
     pub kind: String,
     /// Board or CPU model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub model: Option<String>,
     /// L4T release (Jetson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub l4t: Option<String>,
     /// JetPack release (Jetson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub jetpack: Option<String>,
     /// TensorRT version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub tensorrt: Option<String>,
     /// `nvpmodel` power mode (Jetson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub power_mode: Option<String>,
     /// Whether `jetson_clocks` pinned the clocks (Jetson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +185,8 @@ pub struct BenchmarkResult {
     pub request: BenchmarkRequest,
     /// How it was measured.
     pub runner: Runner,
+    /// The precision the engines ran at.
+    pub precision: Precision,
     /// Where it was measured.
     pub device: DeviceFacts,
     /// The original model.
@@ -192,6 +200,284 @@ impl BenchmarkResult {
     pub fn speedup(&self) -> f64 {
         self.original.end_to_end.p50_ms / self.pruned.end_to_end.p50_ms
     }
+}
+
+/// Longest an agent's claim may wait for a task, in seconds (a long poll).
+pub const MAX_CLAIM_WAIT_S: u32 = 60;
+/// Longest error message a report may carry, in bytes.
+pub const MAX_REPORT_ERROR_LEN: usize = 8192;
+/// Longest agent name or device fact, in bytes.
+pub const MAX_AGENT_TEXT_LEN: usize = 256;
+
+/// An agent asking for a benchmark task (`POST /v1/agent/claim`): who it is, what
+/// device it measures on, and how long it will wait for work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The agent's name, unique among the agents sharing a key (e.g. the host name).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
+    pub agent: String,
+    /// The device it measures on; `facts.kind` is the device kind it claims for.
+    pub facts: DeviceFacts,
+    /// Seconds to wait for a task before answering 204 (0: answer at once).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 60))]
+    pub wait_s: u32,
+}
+
+impl ClaimRequest {
+    /// Every bad field, by JSON pointer.
+    pub fn errors(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.agent.is_empty() || self.agent.len() > MAX_AGENT_TEXT_LEN {
+            errors.push(FieldError::new(
+                "/agent",
+                format!("must be 1 to {MAX_AGENT_TEXT_LEN} bytes"),
+            ));
+        }
+        if !is_device_kind(&self.facts.kind) {
+            errors.push(FieldError::new(
+                "/facts/kind",
+                format!(
+                    "must be a device kind of 1 to {MAX_DEVICE_KIND_LEN} lower-case letters, digits and '-'"
+                ),
+            ));
+        }
+        if self.facts.texts().any(|t| t.len() > MAX_AGENT_TEXT_LEN) {
+            errors.push(FieldError::new(
+                "/facts",
+                format!("each fact must be at most {MAX_AGENT_TEXT_LEN} bytes"),
+            ));
+        }
+        if self.wait_s > MAX_CLAIM_WAIT_S {
+            errors.push(FieldError::new(
+                "/wait_s",
+                format!("must be at most {MAX_CLAIM_WAIT_S}, got {}", self.wait_s),
+            ));
+        }
+        errors
+    }
+}
+
+/// A benchmark task an agent holds: what to measure, and the lease it must renew.
+/// The models are downloaded from `/v1/agent/benchmarks/{id}/original` and
+/// `/pruned`, passing the same `attempt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BenchmarkTask {
+    /// The benchmark's id (`bm_…`).
+    pub id: String,
+    /// The job whose models it measures.
+    pub job: String,
+    /// This claim's number: every later call for the task passes it, and a call
+    /// with an older one (the lease ran out and another agent claimed) is refused.
+    pub attempt: u32,
+    /// What to measure.
+    pub request: BenchmarkRequest,
+    /// Seconds the lease lasts; renew well before (`POST …/lease`).
+    pub lease_s: u32,
+    /// Bytes of the original model.
+    pub original_bytes: u64,
+    /// Bytes of the pruned model.
+    pub pruned_bytes: u64,
+}
+
+/// Which claim of a task a call is for (`POST /v1/agent/benchmarks/{id}/lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRenewal {
+    /// The claim's `attempt`.
+    pub attempt: u32,
+}
+
+/// What an agent reports for a task it holds (`POST
+/// /v1/agent/benchmarks/{id}/report`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkReport {
+    /// The claim's `attempt`.
+    pub attempt: u32,
+    /// How it measured.
+    pub runner: Runner,
+    /// The device, as it is now.
+    pub device: DeviceFacts,
+    /// Both models measured, or why not.
+    pub outcome: ReportOutcome,
+}
+
+/// Both models measured, or why they could not be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ReportOutcome {
+    /// Both models measured under the same settings.
+    Measured {
+        /// The precision the engines ran at (the CPU runner runs fp32 whatever was
+        /// asked).
+        precision: Precision,
+        /// The original model.
+        original: ModelTiming,
+        /// The pruned model.
+        pruned: ModelTiming,
+    },
+    /// The benchmark could not be made (e.g. TensorRT rejected an op).
+    Failed {
+        /// What went wrong, in the runner's words.
+        error: String,
+    },
+}
+
+impl BenchmarkReport {
+    /// Every bad field, by JSON pointer: timings must be finite, non-negative and
+    /// ordered, the error short and the facts within bounds.
+    pub fn errors(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !is_device_kind(&self.device.kind) {
+            errors.push(FieldError::new("/device/kind", "must be a device kind"));
+        }
+        if self.device.texts().any(|t| t.len() > MAX_AGENT_TEXT_LEN) {
+            errors.push(FieldError::new(
+                "/device",
+                format!("each fact must be at most {MAX_AGENT_TEXT_LEN} bytes"),
+            ));
+        }
+        match &self.outcome {
+            ReportOutcome::Measured {
+                original, pruned, ..
+            } => {
+                for (name, timing) in [("original", original), ("pruned", pruned)] {
+                    if let Some(why) = timing.problem() {
+                        errors.push(FieldError::new(&format!("/outcome/measured/{name}"), why));
+                    }
+                }
+            }
+            ReportOutcome::Failed { error } => {
+                if error.is_empty() || error.len() > MAX_REPORT_ERROR_LEN {
+                    errors.push(FieldError::new(
+                        "/outcome/failed/error",
+                        format!("must be 1 to {MAX_REPORT_ERROR_LEN} bytes"),
+                    ));
+                }
+            }
+        }
+        errors
+    }
+}
+
+impl Percentiles {
+    /// What is wrong with these percentiles, if anything.
+    fn problem(&self) -> Option<String> {
+        let all = [self.p50_ms, self.p90_ms, self.p99_ms, self.mean_ms];
+        if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Some("times must be finite and non-negative".into());
+        }
+        (self.p50_ms > self.p90_ms || self.p90_ms > self.p99_ms)
+            .then(|| "percentiles must satisfy p50 <= p90 <= p99".into())
+    }
+}
+
+impl ModelTiming {
+    /// What is wrong with these timings, if anything.
+    fn problem(&self) -> Option<String> {
+        self.compute
+            .problem()
+            .or_else(|| self.end_to_end.problem())
+            .or_else(|| {
+                (!self.throughput_per_s.is_finite() || self.throughput_per_s <= 0.0)
+                    .then(|| "throughput must be finite and positive".into())
+            })
+    }
+}
+
+impl DeviceFacts {
+    /// Every free-text fact, to bound their sizes.
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.model,
+            &self.l4t,
+            &self.jetpack,
+            &self.tensorrt,
+            &self.power_mode,
+        ]
+        .into_iter()
+        .filter_map(|t| t.as_deref())
+    }
+}
+
+/// Where a benchmark stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BenchmarkState {
+    /// Waiting for an agent of its device kind.
+    Queued,
+    /// An agent holds it.
+    Running,
+    /// Both models measured.
+    Succeeded,
+    /// The agent could not measure (its error says why).
+    Failed,
+    /// No agent of its kind claimed it in time.
+    Expired,
+}
+
+impl BenchmarkState {
+    /// The state's name, as records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// The state a record spells `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+
+    /// Whether it has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Expired)
+    }
+}
+
+/// A benchmark as a job shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BenchmarkView {
+    /// The benchmark's id (`bm_…`).
+    pub id: String,
+    /// What was asked.
+    pub request: BenchmarkRequest,
+    /// Where it stands.
+    pub state: BenchmarkState,
+    /// When it was asked for (RFC 3339).
+    pub created_at: String,
+    /// Claims so far (a claim whose agent died is followed by another).
+    pub attempts: u32,
+    /// What was measured, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BenchmarkResult>,
+    /// How many times faster the pruned model's median end-to-end latency is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<f64>,
+    /// Why it failed or expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
@@ -231,6 +517,106 @@ mod tests {
         assert_eq!(Percentiles::of(&[7.0]).unwrap().p99_ms, 7.0);
         assert!(Percentiles::of(&[]).is_none());
         assert!(Percentiles::of(&[1.0, f64::NAN]).is_none());
+    }
+
+    fn timing(ms: f64) -> ModelTiming {
+        let p = Percentiles::of(&[ms, ms * 1.1, ms * 1.5]).unwrap();
+        ModelTiming {
+            compute: p,
+            end_to_end: p,
+            throughput_per_s: 1000.0 / p.mean_ms,
+        }
+    }
+
+    fn report() -> BenchmarkReport {
+        BenchmarkReport {
+            attempt: 1,
+            runner: Runner::Trtexec,
+            device: DeviceFacts {
+                kind: "jetson-xavier-nx".into(),
+                tensorrt: Some("8.5.2".into()),
+                ..DeviceFacts::default()
+            },
+            outcome: ReportOutcome::Measured {
+                precision: Precision::Fp16,
+                original: timing(10.0),
+                pruned: timing(6.0),
+            },
+        }
+    }
+
+    #[test]
+    fn a_report_names_every_bad_field() {
+        assert!(report().errors().is_empty());
+        let paths = |r: &BenchmarkReport| -> Vec<String> {
+            r.errors().into_iter().map(|e| e.path).collect()
+        };
+        let measured = |edit: fn(&mut ModelTiming, &mut ModelTiming)| {
+            let mut r = report();
+            if let ReportOutcome::Measured {
+                original, pruned, ..
+            } = &mut r.outcome
+            {
+                edit(original, pruned);
+            }
+            r
+        };
+        let negative = measured(|o, _| o.end_to_end.p50_ms = -1.0);
+        assert_eq!(paths(&negative), ["/outcome/measured/original"]);
+        let unordered = measured(|_, p| p.compute.p90_ms = p.compute.p99_ms + 1.0);
+        assert_eq!(paths(&unordered), ["/outcome/measured/pruned"]);
+        let nan = measured(|o, p| {
+            o.compute.mean_ms = f64::NAN;
+            p.throughput_per_s = 0.0;
+        });
+        assert_eq!(
+            paths(&nan),
+            ["/outcome/measured/original", "/outcome/measured/pruned"]
+        );
+        let mut failed = report();
+        failed.outcome = ReportOutcome::Failed {
+            error: String::new(),
+        };
+        failed.device.kind = "Jetson".into();
+        failed.device.model = Some("x".repeat(MAX_AGENT_TEXT_LEN + 1));
+        assert_eq!(
+            paths(&failed),
+            ["/device/kind", "/device", "/outcome/failed/error"]
+        );
+        // The wire form is what agents send.
+        let text = serde_json::to_string(&report()).unwrap();
+        assert!(
+            text.contains(r#""outcome":{"measured":{"precision":"fp16""#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<BenchmarkReport>(&text).unwrap(),
+            report()
+        );
+    }
+
+    #[test]
+    fn a_claim_names_every_bad_field() {
+        let claim = ClaimRequest {
+            agent: "nx-01".into(),
+            facts: DeviceFacts {
+                kind: "cpu".into(),
+                ..DeviceFacts::default()
+            },
+            wait_s: MAX_CLAIM_WAIT_S,
+        };
+        assert!(claim.errors().is_empty());
+        let bad = ClaimRequest {
+            agent: String::new(),
+            facts: DeviceFacts {
+                kind: "-cpu".into(),
+                power_mode: Some("m".repeat(MAX_AGENT_TEXT_LEN + 1)),
+                ..DeviceFacts::default()
+            },
+            wait_s: MAX_CLAIM_WAIT_S + 1,
+        };
+        let paths: Vec<_> = bad.errors().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["/agent", "/facts/kind", "/facts", "/wait_s"]);
     }
 
     proptest! {

@@ -116,6 +116,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
     pub notify: Option<String>,
+    /// Measure the original and the pruned model on a device after pruning: a
+    /// benchmark agent of that kind claims the task, and the job waits for it in
+    /// phase `benchmark` (it succeeds without it if no agent claims it in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmark: Option<crate::BenchmarkRequest>,
 }
 
 fn default_device() -> String {
@@ -167,6 +172,9 @@ impl JobSpec {
             ));
         }
         errors.extend(self.training.errors());
+        if let Some(benchmark) = &self.benchmark {
+            errors.extend(benchmark.errors("/benchmark"));
+        }
         errors
     }
 }

@@ -19,7 +19,11 @@ pub mod state;
 pub mod webhook;
 
 pub use artifact::{ArtifactRef, Artifacts};
-pub use benchmark::{BenchmarkRequest, BenchmarkResult, Precision};
+pub use benchmark::{
+    BenchmarkReport, BenchmarkRequest, BenchmarkResult, BenchmarkState, BenchmarkTask,
+    BenchmarkView, ClaimRequest, DeviceFacts, LeaseRenewal, ModelTiming, Percentiles, Precision,
+    ReportOutcome, Runner,
+};
 pub use device::DeviceChoice;
 pub use field::FieldError;
 pub use job::{JobSpec, TargetSpec};

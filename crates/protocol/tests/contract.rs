@@ -226,6 +226,11 @@ proptest! {
             input_size: None,
             device: "cpu".into(),
             notify: Some("https://hooks.example.com/effp".into()),
+            benchmark: (m % 2 == 0).then(|| effp_protocol::BenchmarkRequest {
+                device: "jetson-xavier-nx".into(),
+                precision: effp_protocol::Precision::Int8,
+                iterations: 50,
+            }),
         };
         let back: JobSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         prop_assert_eq!(back, spec);

@@ -7,6 +7,7 @@
 //!
 //! Knows nothing of tch or HTTP.
 
+mod benchmarks;
 pub mod checkpoints;
 pub mod content;
 mod error;
@@ -21,6 +22,7 @@ pub mod redis;
 pub mod s3;
 pub mod sqlite;
 
+pub use benchmarks::{BenchmarkRecord, Benchmarks, expired_message};
 pub use checkpoints::Checkpoints;
 pub use content::Content;
 pub use error::StoreError;

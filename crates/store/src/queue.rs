@@ -30,7 +30,8 @@ pub trait Queue: Send + Sync {
     async fn wait_for_work(&self, timeout: Duration);
     /// Renews a running job's lease; returns whether cancellation was asked for.
     async fn heartbeat(&self, id: &str, attempt: u32, lease: Duration) -> Result<bool, StoreError>;
-    /// Records a running job's phase, progress and metrics.
+    /// Records a running job's phase, progress and metrics: a `progress` event, or a
+    /// `benchmark` event in phase `benchmark` (its metrics carry the benchmark).
     async fn report(
         &self,
         id: &str,

@@ -96,6 +96,10 @@ pub struct JobRecord {
     /// keep it apart, see [`crate::Notifications`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<crate::NotificationStatus>,
+    /// The job's device benchmarks, oldest first (shown by the API; the stores keep
+    /// them apart, see [`crate::Benchmarks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub benchmarks: Vec<effp_protocol::BenchmarkView>,
 }
 
 impl JobRecord {
@@ -123,6 +127,7 @@ impl JobRecord {
             created_at: ts.clone(),
             updated_at: ts,
             notification: None,
+            benchmarks: Vec::new(),
         }
     }
 }
@@ -134,7 +139,8 @@ impl JobRecord {
 pub struct JobEvent {
     /// Position in the job's history (the SSE event id).
     pub seq: i64,
-    /// `state` for a change of state, `progress` for phase and metrics.
+    /// `state` for a change of state, `progress` for phase and metrics, `benchmark`
+    /// for a change of the device benchmark the job waits for.
     pub kind: String,
     /// The job's state, phase, progress, metrics, artifacts and error at that moment.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]

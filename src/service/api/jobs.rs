@@ -38,17 +38,7 @@ pub(crate) fn field(path: &str, message: impl Into<String>) -> FieldError {
 
 /// Parses and checks a request body; every problem found is reported at once.
 fn parse_spec(body: &[u8]) -> Result<JobSpec, Problem> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(vec![field("", format!("not a JSON job request: {e}"))]))?;
-    let mut spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let pointer = if path == "." {
-            String::new()
-        } else {
-            format!("/{}", path.replace('.', "/"))
-        };
-        invalid(vec![field(&pointer, e.inner().to_string())])
-    })?;
+    let mut spec: JobSpec = super::shared::parse_json(body, "job request", invalid)?;
     // The stored job names the method it runs, defaulted or not.
     spec.method = Some(spec.method());
     let errors = spec.validate();
@@ -266,6 +256,7 @@ pub async fn show(
 ) -> Result<Json<JobRecord>, Problem> {
     let mut job = find(&state, &tenant, &id).await?;
     job.notification = state.notifications.notification(&job.id).await?;
+    job.benchmarks = super::benchmarks::views(&state, &job.id).await?;
     Ok(Json(job))
 }
 

@@ -1,5 +1,7 @@
 //! The HTTP API: routes under `/v1`, health endpoints, and the fallback.
 
+mod agent;
+mod benchmarks;
 mod datasets;
 mod deadline;
 mod extract;
@@ -41,10 +43,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
         .route("/v1/jobs/{id}/artifacts/{name}", get(jobs::artifact))
+        .route(
+            "/v1/jobs/{id}/benchmarks",
+            get(benchmarks::list).post(benchmarks::create),
+        )
         .route("/v1/webhook-secret", get(webhooks::secret))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::service::auth::authenticate,
+        ));
+    // Benchmark agents, with their own keys.
+    let agents = Router::new()
+        .route("/v1/agent/claim", post(agent::claim))
+        .route("/v1/agent/benchmarks/{id}/lease", post(agent::renew))
+        .route("/v1/agent/benchmarks/{id}/report", post(agent::report))
+        .route("/v1/agent/benchmarks/{id}/{model}", get(agent::download))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::service::auth::authenticate_agent,
         ));
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -52,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::service::metrics::render))
         .route("/openapi.json", get(openapi::serve))
         .merge(v1)
+        .merge(agents)
         // Interactive documentation; the assets are compiled into the binary.
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{datasets, health, jobs, models, webhooks};
+use super::{agent, benchmarks, datasets, health, jobs, models, webhooks};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -14,6 +14,8 @@ use super::{datasets, health, jobs, models, webhooks};
         models::upload, models::list, models::show, models::download, models::delete,
         datasets::upload, datasets::list, datasets::show, datasets::delete,
         jobs::submit, jobs::list, jobs::show, jobs::cancel, jobs::events, jobs::artifacts, jobs::artifact,
+        benchmarks::create, benchmarks::list,
+        agent::claim, agent::renew, agent::download, agent::report,
         webhooks::secret,
         health::healthz, health::readyz,
     ),
@@ -22,6 +24,7 @@ use super::{datasets, health, jobs, models, webhooks};
         (name = "models", description = "Detector uploads"),
         (name = "datasets", description = "Training and evaluation data uploads"),
         (name = "jobs", description = "Pruning jobs"),
+        (name = "agents", description = "Device benchmark agents (agent keys only)"),
         (name = "operations", description = "Health"),
     )
 )]

@@ -169,3 +169,24 @@ pub(super) async fn refuse_if_in_use(
 pub(super) async fn release_object(state: &AppState, sha256: &str) -> Result<(), Problem> {
     state.content.release(sha256).await.map_err(Problem::from)
 }
+
+/// A JSON request body as a `T`; what is wrong with it goes to `invalid` as one
+/// field error at its JSON pointer (`what` names the document in the message).
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+    invalid: fn(Vec<crate::service::problem::FieldError>) -> Problem,
+) -> Result<T, Problem> {
+    use crate::service::problem::FieldError;
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(vec![FieldError::new("", format!("not a JSON {what}: {e}"))]))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let pointer = if path == "." {
+            String::new()
+        } else {
+            format!("/{}", path.replace('.', "/"))
+        };
+        invalid(vec![FieldError::new(&pointer, e.inner().to_string())])
+    })
+}

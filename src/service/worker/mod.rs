@@ -41,6 +41,10 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 pub struct WorkerContext {
     pub(crate) jobs: Arc<dyn JobStore>,
     pub(crate) queue: Arc<dyn Queue>,
+    /// Device benchmark tasks (a job that asks for one waits for it).
+    pub(crate) benchmarks: Arc<dyn effp_store::Benchmarks>,
+    /// How device benchmarks are claimed and held.
+    pub(crate) benchmark: crate::service::config::BenchmarkSettings,
     pub(crate) objects: Arc<dyn ObjectStore>,
     /// Stored content with its reference counts (artifacts).
     pub(crate) content: Content,
@@ -137,6 +141,19 @@ async fn run_job(state: &WorkerContext, job: JobRecord) {
     };
     let started = std::time::Instant::now();
     let outcome = execute(state, &job, &stop).await;
+    if let Ok(Outcome::Done(artifacts)) = &outcome
+        && !stop.is_cancelled()
+    {
+        // The pruned model is stored: only a client's cancellation or the shutdown
+        // cuts the wait short, and the job then succeeds without the benchmark.
+        await_benchmark(state, &job, artifacts, &stop).await;
+        if lost.load(Ordering::SeqCst) {
+            return;
+        }
+        if stop.is_cancelled() && !cancelled.load(Ordering::SeqCst) {
+            tracing::info!(job = %job.id, "shutting down: the job succeeds without waiting for its benchmark");
+        }
+    }
     heartbeat.abort();
     if lost.load(Ordering::SeqCst) {
         // Its checkpoint and its end belong to the worker that holds it now.
@@ -217,6 +234,84 @@ async fn run_job(state: &WorkerContext, job: JobRecord) {
         .await
     {
         tracing::error!(%e, job = %job.id, "cannot record the end of the job");
+    }
+}
+
+/// How often a job waiting for its benchmark looks at it.
+const BENCHMARK_POLL: Duration = Duration::from_millis(500);
+
+/// Phase `benchmark`: queues the device benchmark the job asked for, if it asked for
+/// one, and waits until an agent has reported it or it expired unclaimed (or `stop`
+/// fires). Each change of the benchmark is a `benchmark` event on the job, and its
+/// metrics carry the benchmark as it stands.
+async fn await_benchmark(
+    state: &WorkerContext,
+    job: &JobRecord,
+    artifacts: &Artifacts,
+    stop: &CancellationToken,
+) {
+    let Some(request) = job
+        .spec
+        .get("benchmark")
+        .and_then(|b| serde_json::from_value::<effp_protocol::BenchmarkRequest>(b.clone()).ok())
+    else {
+        return;
+    };
+    let mut pruned = job.clone();
+    pruned.artifacts = artifacts.clone();
+    let queued = crate::service::benchmark::queue_benchmark(
+        state.benchmarks.as_ref(),
+        state.jobs.as_ref(),
+        &pruned,
+        request,
+        state.benchmark.claim_within,
+    )
+    .await;
+    let mut record = match queued {
+        Ok(Some(record)) => record,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(%e, job = %job.id, "cannot queue the job's benchmark: it succeeds without");
+            return;
+        }
+    };
+    // Keep what the job reported so far (FLOPs, mAP) beside the benchmark.
+    let mut metrics = match state.jobs.job(&job.tenant, &job.id).await {
+        Ok(Some(now)) => now.metrics,
+        _ => json!({}),
+    };
+    let mut seen = None;
+    loop {
+        if seen != Some(record.state) {
+            seen = Some(record.state);
+            metrics["benchmark"] = json!(record.view());
+            let progress = if record.state.is_final() { 0.99 } else { 0.97 };
+            if let Err(e) = state
+                .queue
+                .report(&job.id, job.attempts, "benchmark", progress, &metrics)
+                .await
+            {
+                tracing::warn!(%e, job = %job.id, "cannot report the benchmark");
+            }
+        }
+        if record.state.is_final() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BENCHMARK_POLL) => {}
+            _ = stop.cancelled() => return,
+        }
+        if record.state == effp_protocol::BenchmarkState::Queued
+            && effp_store::now().1 > record.claim_by_ms
+            && let Err(e) = state.benchmarks.expire_benchmark(&record.id).await
+        {
+            tracing::warn!(%e, benchmark = %record.id, "cannot expire the benchmark");
+        }
+        match state.benchmarks.benchmark(&record.id).await {
+            Ok(Some(now)) => record = now,
+            Ok(None) => return,
+            Err(e) => tracing::warn!(%e, benchmark = %record.id, "cannot read the benchmark"),
+        }
     }
 }
 

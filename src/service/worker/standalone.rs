@@ -65,6 +65,8 @@ async fn work(args: &WorkerArgs) -> anyhow::Result<u8> {
         checkpoints: Checkpoints::new(stores.objects.clone()),
         jobs: stores.jobs,
         queue: stores.queue,
+        benchmarks: stores.benchmarks,
+        benchmark: args.jobs.benchmarks(),
         objects: stores.objects,
         scratch: stores.scratch,
         data_dir: args.store.data_dir.clone(),

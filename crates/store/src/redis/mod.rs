@@ -3,6 +3,7 @@
 //! and a worker's change is checked against its claim in the same step; the queue is
 //! a stream per tenant read through a consumer group.
 
+mod benchmarks;
 mod job_store;
 mod notifications;
 mod queue;
@@ -31,6 +32,7 @@ pub struct RedisStore {
     /// This process's name in the queue's consumer group.
     consumer: String,
     scripts: scripts::Scripts,
+    benchmark_scripts: benchmarks::BenchmarkScripts,
 }
 
 fn backend(e: redis::RedisError) -> StoreError {
@@ -64,6 +66,7 @@ impl RedisStore {
             blocking: tokio::sync::Mutex::new(None),
             prefix: prefix.to_string(),
             scripts: scripts::Scripts::new(),
+            benchmark_scripts: benchmarks::BenchmarkScripts::new(),
             consumer: format!(
                 "{}-{}",
                 std::process::id(),
@@ -181,6 +184,7 @@ fn job_of(f: &HashMap<String, String>) -> Result<JobRecord, StoreError> {
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,
         notification: None,
+        benchmarks: Vec::new(),
     })
 }
 

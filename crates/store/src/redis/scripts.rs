@@ -210,7 +210,7 @@ const REPORT: &str = r#"
 local id, attempt = ARGV[2], ARGV[3]
 if not holds(id, attempt) then return 0 end
 redis.call('HSET', job_key(id), 'phase', ARGV[4], 'progress', ARGV[5], 'metrics', ARGV[6], 'updated_at', ARGV[7])
-event(id, 'progress')
+if ARGV[4] == 'benchmark' then event(id, 'benchmark') else event(id, 'progress') end
 return 1
 "#;
 

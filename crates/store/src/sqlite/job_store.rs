@@ -129,6 +129,8 @@ impl JobStore for SqliteStore {
                      UNION ALL SELECT json_extract(a.value, '$.sha256'), json_extract(a.value, '$.size')
                          FROM jobs, json_each(jobs.artifacts) AS a
                          WHERE json_valid(jobs.artifacts) AND json_type(a.value) = 'object'
+                     UNION ALL SELECT pruned_sha, pruned_size FROM benchmarks
+                         WHERE state IN ('queued', 'running')
                  ) WHERE sha256 IS NOT NULL GROUP BY sha256;",
             )?;
             let keys = {

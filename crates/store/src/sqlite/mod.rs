@@ -1,6 +1,7 @@
 //! The embedded job store and queue: one SQLite file in the data directory, used by
 //! one process (which runs the API and the jobs' worker processes).
 
+mod benchmarks;
 mod job_store;
 mod lock;
 mod notifications;
@@ -92,6 +93,28 @@ CREATE TABLE IF NOT EXISTS notifications (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
+CREATE TABLE IF NOT EXISTS benchmarks (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    device TEXT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    agent TEXT,
+    created_at TEXT NOT NULL,
+    created_seq INTEGER NOT NULL,
+    claim_by_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL,
+    original_sha TEXT NOT NULL,
+    original_size INTEGER NOT NULL,
+    pruned_sha TEXT NOT NULL,
+    pruned_size INTEGER NOT NULL,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS benchmarks_by_job ON benchmarks (job_id, created_seq);
+CREATE INDEX IF NOT EXISTS benchmarks_claimable ON benchmarks (device, state, created_seq);
 ";
 
 /// Changes to tables of earlier versions, applied when their column is missing.
@@ -166,6 +189,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         notification: None,
+        benchmarks: Vec::new(),
     })
 }
 

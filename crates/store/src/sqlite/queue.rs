@@ -99,9 +99,10 @@ impl Queue for SqliteStore {
         progress: f64,
         metrics: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let kind = event_kind(phase);
         let (phase, metrics) = (phase.to_string(), metrics.to_string());
         let (ts, _) = now();
-        self.fenced((id, attempt), "progress", move |c, job| {
+        self.fenced((id, attempt), kind, move |c, job| {
             c.execute(
                 "UPDATE jobs SET phase = ?2, progress = ?3, metrics = ?4, updated_at = ?5 \
                  WHERE id = ?1 AND state = 'running' AND attempts = ?6",
@@ -210,6 +211,16 @@ impl SqliteStore {
             })
             .await?;
         held(changed.then_some(()), (id, attempt))
+    }
+}
+
+/// The event a report in `phase` makes: `benchmark` in the benchmark phase (its
+/// metrics carry the device benchmark), `progress` otherwise.
+fn event_kind(phase: &str) -> &'static str {
+    if phase == "benchmark" {
+        "benchmark"
+    } else {
+        "progress"
     }
 }
 

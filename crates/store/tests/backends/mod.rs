@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use effp_store::sqlite::SqliteStore;
-use effp_store::{JobStore, Notifications, Queue};
+use effp_store::{Benchmarks, JobStore, Notifications, Queue};
 
 /// Both faces of a backend, as the service uses them.
-pub trait Store: JobStore + Queue + Notifications {}
-impl<T: JobStore + Queue + Notifications> Store for T {}
+pub trait Store: JobStore + Queue + Notifications + Benchmarks {}
+impl<T: JobStore + Queue + Notifications + Benchmarks> Store for T {}
 
 /// A backend and whatever keeps it alive (its directory, its server process).
 pub struct Backend {
