@@ -57,6 +57,8 @@ METHODS = [
      ["--method", "effp", "--scope", "layer", "--prune-share", "0.3", "--criterion", "taylor"]),
     ("effp, start at target", ["--method", "effp", "--start", "target"]),
     ("effp, distill neck", ["--method", "effp", "--distill", "neck"]),
+    ("effp, distill heads", ["--method", "effp", "--distill", "heads"]),
+    ("effp, label-free, distill heads", ["--method", "effp", "--label-weight", "0", "--distill", "heads"]),
     ("effp, distill foreground", ["--method", "effp", "--distill", "foreground"]),
     ("effp, label-free, distill foreground",
      ["--method", "effp", "--label-weight", "0", "--distill", "foreground"]),
