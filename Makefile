@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile
+.PHONY: agent-aarch64 openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile bench-agent
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -33,7 +33,8 @@ run-distributed: venv servers ## Start Redis, an S3 server, an API replica and a
 
 test: venv fixtures servers ## Run every test
 	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \
-	  { EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets \
+	  { cargo build --quiet -p effp-agent && \
+	    EFFP_FIXTURES="$$fixtures" EFFP_PYTHON="$(CURDIR)/$(PYTHON_ENV)" cargo test --workspace --all-targets \
 	    && cargo test --workspace --doc; } 2>&1 | tee "$$log"; status=$${PIPESTATUS[0]}; \
 	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	  exit $$status
@@ -112,5 +113,41 @@ bench-step: fixtures ## Gate overhead: a masked training step against a plain on
 	  "$(EFFP_BIN)" bench step "$$fixtures/trained.onnx" --batch 8 --json "$(EFFP_CACHE)/bench/step-trained.json" && \
 	  "$(EFFP_BIN)" bench step "$$fixtures/yolov8n.onnx" --batch 1 --iters 10 --json "$(EFFP_CACHE)/bench/step-yolov8n.json"
 
+bench-agent: bench-venv fixtures ## The agent's CPU runner on YOLOv8n 640 pruned to 0.7/0.5/0.3 against onnxruntime, and its cost per task
+	@cargo build --quiet --bin effp -p effp-agent
+	@fixtures=$(FIXTURES); $(PYTHON_ENV) scripts/bench_agent.py --effp target/debug/effp --agent target/debug/effp-agent \
+	  --fixtures "$$fixtures" --out "$(EFFP_CACHE)/bench/agent.json" $(BENCH_ARGS)
+
 openapi: ## Regenerate openapi/openapi.json from the code
 	@cargo build --quiet --bin effp && mkdir -p openapi && target/debug/effp openapi > openapi/openapi.json
+
+# The agent for Jetson boards: aarch64 linked against glibc 2.31 (Ubuntu 20.04, the base
+# of JetPack 5), so it runs on L4T r35 and later. cargo-zigbuild links with zig, from
+# the PyPI package ziglang in its own environment; both are installed once in the cache.
+# The debug info (200 MB of it with the release profile's line tables) is stripped
+# with the toolchain's rust-objcopy; symbols stay, for backtraces.
+AGENT_TARGET := aarch64-unknown-linux-gnu
+AGENT_GLIBC := 2.31
+ZIGBUILD := $(EFFP_CACHE)/tools/bin/cargo-zigbuild
+ZIG_VERSION := 0.17.0
+ZIG_ENV := $(EFFP_CACHE)/zig-$(ZIG_VERSION)
+
+$(ZIGBUILD):
+	cargo install --locked --quiet --root "$(EFFP_CACHE)/tools" cargo-zigbuild@0.24.1
+
+$(ZIG_ENV)/.complete:
+	rm -rf "$(ZIG_ENV)" && python3 -m venv "$(ZIG_ENV)"
+	"$(ZIG_ENV)/bin/python" -m pip install --quiet --disable-pip-version-check ziglang==$(ZIG_VERSION)
+	touch "$@"
+
+agent-aarch64: $(ZIGBUILD) $(ZIG_ENV)/.complete ## Cross-build effp-agent for Jetson (aarch64, glibc 2.31) into target/aarch64-unknown-linux-gnu/release/
+	@rustup target list --installed | grep -qx $(AGENT_TARGET) || rustup target add $(AGENT_TARGET)
+	@PATH="$(ZIG_ENV)/bin:$$PATH" "$(ZIGBUILD)" zigbuild --release --quiet -p effp-agent --target $(AGENT_TARGET).$(AGENT_GLIBC)
+	@bin=target/$(AGENT_TARGET)/release/effp-agent; sysroot="$$(rustc --print sysroot)"; \
+	  objcopy="$$sysroot/lib/rustlib/$$(rustc -vV | sed -n 's/^host: //p')/bin/rust-objcopy"; \
+	  LD_LIBRARY_PATH="$$sysroot/lib" "$$objcopy" --strip-debug "$$bin" \
+	    || echo "(rust-objcopy failed: $$bin keeps its debug info)"; \
+	  echo "$$bin: $$(stat -c %s "$$bin") bytes"; file "$$bin"; \
+	  if command -v qemu-aarch64 >/dev/null && [ -d /usr/aarch64-linux-gnu ]; then \
+	    qemu-aarch64 -L /usr/aarch64-linux-gnu "$$bin" --version; \
+	  else echo "(no qemu-aarch64 with libc6-arm64-cross here: skipping the --version check)"; fi

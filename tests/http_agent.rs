@@ -38,16 +38,15 @@ impl Agent {
         cmd.args(["--server", server, "--device", "cpu", "--runner", "cpu"])
             .args(["--name", name, "--threads", "1"])
             .args(["--warmup", &warmup.to_string()])
-            .args(["--poll-wait-s", "2"])
+            .args(["--poll-wait-s", "20"])
             .env_remove("EFFP_AGENT_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if once {
             cmd.arg("--once");
         }
-        if let Some(key) = key {
-            cmd.args(["--key", key]);
-        }
+        // A server without keys (loopback) takes any agent key.
+        cmd.args(["--key", key.unwrap_or("any-agent-key-0123456789")]);
         Self(cmd.spawn().unwrap())
     }
 

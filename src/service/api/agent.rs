@@ -195,6 +195,7 @@ pub struct AttemptQuery {
         (status = 401, description = "Missing or wrong agent key", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No such task held by this agent key, or no such model", content_type = "application/problem+json", body = Problem),
         (status = 409, description = "The lease is lost", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "No attempt given", content_type = "application/problem+json", body = Problem),
     ),
     security(("bearer" = [])))]
 pub async fn download(
