@@ -20,7 +20,7 @@ EFFP_BIN := target/release/effp
 .PHONY: agent-aarch64 openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile bench-agent
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
 run: venv ## Start the service on the embedded default (SQLite + local directory); prints its URL
 	@cargo build --release --quiet --bin effp
