@@ -129,11 +129,9 @@ pub async fn authenticate_agent(
     let agent = if state.agent_keys.by_hash.is_empty() && state.keys.is_empty() {
         Ok(LOCAL_TENANT.to_string())
     } else {
-        match token {
-            Some(t) if state.agent_keys.name(t).is_some() => {
-                Ok(state.agent_keys.name(t).unwrap_or_default().to_string())
-            }
-            Some(t) if state.keys.tenant(t).is_some() => Err(forbidden(
+        match token.map(|t| (t, state.agent_keys.name(t))) {
+            Some((_, Some(name))) => Ok(name.to_string()),
+            Some((t, None)) if state.keys.tenant(t).is_some() => Err(forbidden(
                 "a tenant's API key cannot act as a benchmark agent: agents use keys of                  EFFP_AGENT_KEYS",
             )),
             Some(_) => Err(Unauthorized("the agent key is not valid").into_response()),
@@ -194,19 +192,12 @@ fn tenant_of(keys: &ApiKeys, headers: &header::HeaderMap) -> Result<String, Unau
     if keys.is_empty() {
         return Ok(LOCAL_TENANT.into());
     }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    if !headers.contains_key(header::AUTHORIZATION) {
         return Err(Unauthorized(
             "this server needs an API key: send 'Authorization: Bearer <key>'",
         ));
-    };
-    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-    let token = value.to_str().ok().and_then(|v| {
-        let (scheme, token) = v.trim_start().split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(token.trim())
-    });
-    token
+    }
+    bearer(headers)
         .and_then(|t| keys.tenant(t))
         .map(str::to_string)
         .ok_or(Unauthorized("the API key is not valid"))

@@ -93,6 +93,28 @@ pub fn expired_message(device: &str) -> String {
     )
 }
 
+/// What an ended claim records: the state, the result as JSON, the error.
+pub(crate) fn ended(
+    outcome: Result<BenchmarkResult, String>,
+) -> Result<(BenchmarkState, Option<String>, Option<String>), StoreError> {
+    Ok(match outcome {
+        Ok(result) => (
+            BenchmarkState::Succeeded,
+            Some(serde_json::to_string(&result).map_err(|e| StoreError::Backend(e.to_string()))?),
+            None,
+        ),
+        Err(error) => (BenchmarkState::Failed, None, Some(error)),
+    })
+}
+
+/// A call for claim `attempt` of task `id`, which no longer holds it.
+pub(crate) fn lost(id: &str, attempt: u32) -> StoreError {
+    StoreError::LeaseLost {
+        job: id.to_string(),
+        attempt,
+    }
+}
+
 /// Why a task whose claims kept running out failed.
 pub(crate) fn gave_up_message(max_attempts: u32) -> String {
     format!(

@@ -50,14 +50,9 @@ fn not_held(id: &str) -> Problem {
     )
 }
 
-/// The task `id` as long as `key`'s agent holds claim `attempt` of it: 404 when
-/// there is no such task, 409 when the agent does not hold it.
-async fn held(
-    state: &AppState,
-    key: &AgentKey,
-    id: &str,
-    attempt: u32,
-) -> Result<BenchmarkRecord, Problem> {
+/// Task `id`, as long as agents of `key` may know of it: 404 when there is no such
+/// task or another key's agent holds it.
+async fn visible(state: &AppState, key: &AgentKey, id: &str) -> Result<BenchmarkRecord, Problem> {
     let task = state
         .benchmarks
         .benchmark(id)
@@ -72,10 +67,26 @@ async fn held(
         // Tasks other agents hold are not this agent's to know about.
         return Err(Problem::not_found("benchmark", id));
     }
+    Ok(task)
+}
+
+/// `task` as long as its claim `attempt` still holds: 409 otherwise.
+fn still_held(task: BenchmarkRecord, attempt: u32) -> Result<BenchmarkRecord, Problem> {
     if task.state != effp_protocol::BenchmarkState::Running || task.attempts != attempt {
-        return Err(not_held(id));
+        return Err(not_held(&task.id));
     }
     Ok(task)
+}
+
+/// The task `id` as long as `key`'s agent holds claim `attempt` of it: 404 when
+/// there is no such task, 409 when the agent does not hold it.
+async fn held(
+    state: &AppState,
+    key: &AgentKey,
+    id: &str,
+    attempt: u32,
+) -> Result<BenchmarkRecord, Problem> {
+    still_held(visible(state, key, id).await?, attempt)
 }
 
 fn lease_lost(e: StoreError, id: &str) -> Problem {
@@ -245,13 +256,11 @@ pub async fn report(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let known = state.benchmarks.benchmark(&id).await?;
-    if known.is_none() {
-        return Err(Problem::not_found("benchmark", &id));
-    }
+    // An unknown task is a 404 whatever the body holds.
+    let task = visible(&state, &key, &id).await?;
     let report: BenchmarkReport = super::shared::parse_json(&body, "benchmark report", invalid)?;
     let mut errors = report.errors();
-    let task = held(&state, &key, &id, report.attempt).await?;
+    let task = still_held(task, report.attempt)?;
     if report.device.kind != task.request.device {
         errors.push(FieldError::new(
             "/device/kind",

@@ -10,7 +10,7 @@ use effp_protocol::{BenchmarkResult, BenchmarkState};
 use redis::AsyncCommands;
 
 use super::{RedisStore, backend};
-use crate::benchmarks::gave_up_message;
+use crate::benchmarks::{ended, gave_up_message, lost};
 use crate::{BenchmarkRecord, Benchmarks, StoreError, expired_message};
 
 /// ARGV: p, kind, agent, now, lease end, max attempts, expired message, failed
@@ -138,15 +138,6 @@ fn record_of(f: &HashMap<String, String>) -> Result<BenchmarkRecord, StoreError>
     })
 }
 
-impl RedisStore {
-    fn lost(id: &str, attempt: u32) -> StoreError {
-        StoreError::LeaseLost {
-            job: id.to_string(),
-            attempt,
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl Benchmarks for RedisStore {
     async fn insert_benchmark(&self, b: &BenchmarkRecord) -> Result<(), StoreError> {
@@ -260,7 +251,7 @@ impl Benchmarks for RedisStore {
             )
             .await?;
         if renewed == 0 {
-            return Err(Self::lost(id, attempt));
+            return Err(lost(id, attempt));
         }
         Ok(())
     }
@@ -272,14 +263,8 @@ impl Benchmarks for RedisStore {
         attempt: u32,
         outcome: Result<BenchmarkResult, String>,
     ) -> Result<(), StoreError> {
-        let (state, result, error) = match outcome {
-            Ok(result) => (
-                BenchmarkState::Succeeded,
-                serde_json::to_string(&result).map_err(|e| StoreError::Backend(e.to_string()))?,
-                String::new(),
-            ),
-            Err(error) => (BenchmarkState::Failed, String::new(), error),
-        };
+        let (state, result, error) = ended(outcome)?;
+        let (result, error) = (result.unwrap_or_default(), error.unwrap_or_default());
         let ended: i64 = self
             .script(
                 &self.benchmark_scripts.finish,
@@ -294,7 +279,7 @@ impl Benchmarks for RedisStore {
             )
             .await?;
         if ended == 0 {
-            return Err(Self::lost(id, attempt));
+            return Err(lost(id, attempt));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use effp_protocol::{BenchmarkResult, BenchmarkState};
 use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, typed_column};
-use crate::benchmarks::gave_up_message;
+use crate::benchmarks::{ended, gave_up_message, lost};
 use crate::{BenchmarkRecord, Benchmarks, StoreError, expired_message};
 
 const COLUMNS: &str = "id, job_id, tenant, request, state, attempts, agent, created_at, claim_by_ms, \
@@ -38,13 +38,6 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BenchmarkRecord> {
         result: result.and_then(|t| serde_json::from_str(&t).ok()),
         error: r.get(15)?,
     })
-}
-
-fn lost(id: &str, attempt: u32) -> StoreError {
-    StoreError::LeaseLost {
-        job: id.to_string(),
-        attempt,
-    }
 }
 
 #[async_trait::async_trait]
@@ -193,17 +186,7 @@ impl Benchmarks for SqliteStore {
         outcome: Result<BenchmarkResult, String>,
     ) -> Result<(), StoreError> {
         let (key, agent) = (id.to_string(), agent.to_string());
-        let (state, result, error) = match outcome {
-            Ok(result) => (
-                BenchmarkState::Succeeded,
-                Some(
-                    serde_json::to_string(&result)
-                        .map_err(|e| StoreError::Backend(e.to_string()))?,
-                ),
-                None,
-            ),
-            Err(error) => (BenchmarkState::Failed, None, Some(error)),
-        };
+        let (state, result, error) = ended(outcome)?;
         let changed = self
             .with(move |c| {
                 c.execute(
