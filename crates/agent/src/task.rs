@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use effp_protocol::benchmark::MAX_REPORT_ERROR_LEN;
-use effp_protocol::{BenchmarkReport, BenchmarkTask, DeviceFacts, ReportOutcome};
+use effp_protocol::{
+    BenchmarkReport, BenchmarkTask, DeviceFacts, Measurements, ReportOutcome, RunnerFailure,
+};
 
 use crate::backoff::Backoff;
 use crate::client::{Client, ClientError, ModelKind, truncate};
@@ -81,19 +83,19 @@ pub fn handle(ctx: &TaskContext<'_>, task: &BenchmarkTask) -> Result<TaskOutcome
             source,
         })?;
     let outcome = match measure_both(ctx, task, folder.path(), &abandoned) {
-        Ok((original, pruned)) => ReportOutcome::Measured {
+        Ok((original, pruned)) => ReportOutcome::Measured(Measurements {
             precision: original.precision,
             original: original.timing,
             pruned: pruned.timing,
-        },
+        }),
         Err(Stop::Abandoned) => {
             keeper.finish();
             return Ok(TaskOutcome::Abandoned);
         }
         Err(Stop::Fatal(e)) => return Err(e),
-        Err(Stop::Failed(error)) => ReportOutcome::Failed {
+        Err(Stop::Failed(error)) => ReportOutcome::Failed(RunnerFailure {
             error: truncate(&error, MAX_REPORT_ERROR_LEN),
-        },
+        }),
     };
     let report = build_report(task, ctx.runner.kind(), device_facts(ctx), outcome);
     let result = send_report(ctx.client, task, &report, &abandoned);
@@ -218,17 +220,17 @@ pub fn build_report(
         outcome,
     };
     let problems = report.errors();
-    if !problems.is_empty() && matches!(report.outcome, ReportOutcome::Measured { .. }) {
+    if !problems.is_empty() && matches!(report.outcome, ReportOutcome::Measured(_)) {
         let why: Vec<String> = problems
             .iter()
             .map(|p| format!("{}: {}", p.path, p.message))
             .collect();
-        report.outcome = ReportOutcome::Failed {
+        report.outcome = ReportOutcome::Failed(RunnerFailure {
             error: truncate(
                 &format!("the measurement is not valid: {}", why.join("; ")),
                 MAX_REPORT_ERROR_LEN,
             ),
-        };
+        });
     }
     report
 }
@@ -248,8 +250,10 @@ fn send_report(
         match client.report(&task.id, report) {
             Ok(()) => {
                 return Ok(match &report.outcome {
-                    ReportOutcome::Measured { .. } => TaskOutcome::Measured,
-                    ReportOutcome::Failed { error } => TaskOutcome::Failed(error.clone()),
+                    ReportOutcome::Measured(_) => TaskOutcome::Measured,
+                    ReportOutcome::Failed(RunnerFailure { error }) => {
+                        TaskOutcome::Failed(error.clone())
+                    }
                 });
             }
             Err(e) => match classify(e) {

@@ -11,8 +11,8 @@ use effp_agent::runner::cpu::CpuRunner;
 use effp_agent::settings::Settings;
 use effp_agent::task::{TaskContext, TaskOutcome, handle};
 use effp_protocol::{
-    BenchmarkReport, BenchmarkRequest, BenchmarkTask, ClaimRequest, DeviceFacts, Precision,
-    ReportOutcome, Runner as RunnerKind,
+    BenchmarkReport, BenchmarkRequest, BenchmarkTask, ClaimRequest, DeviceFacts, Measurements,
+    Precision, ReportOutcome, Runner as RunnerKind, RunnerFailure,
 };
 
 const KEY: &str = "agent-key-0123456789";
@@ -259,7 +259,7 @@ fn a_refused_report_is_not_retried_and_a_dead_server_is() {
             kind: "cpu".into(),
             ..DeviceFacts::default()
         },
-        outcome: ReportOutcome::Failed { error: "x".into() },
+        outcome: ReportOutcome::Failed(RunnerFailure { error: "x".into() }),
     };
     let err = client(&base).report("bm_test1", &report).unwrap_err();
     assert!(
@@ -327,7 +327,7 @@ fn a_task_is_downloaded_measured_and_reported() {
         (report.attempt, report.runner, report.device.kind.as_str()),
         (3, RunnerKind::Cpu, "cpu")
     );
-    let ReportOutcome::Measured { precision, .. } = report.outcome else {
+    let ReportOutcome::Measured(Measurements { precision, .. }) = report.outcome else {
         panic!("{report:?}")
     };
     assert_eq!(precision, Precision::Fp32);
@@ -393,5 +393,5 @@ fn a_model_that_cannot_run_is_reported_as_failed() {
     );
     let seen = seen.lock().unwrap();
     let report: BenchmarkReport = serde_json::from_slice(&seen.last().unwrap().body).unwrap();
-    assert!(matches!(report.outcome, ReportOutcome::Failed { .. }));
+    assert!(matches!(report.outcome, ReportOutcome::Failed(_)));
 }

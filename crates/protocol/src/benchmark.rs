@@ -314,20 +314,32 @@ pub struct BenchmarkReport {
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ReportOutcome {
     /// Both models measured under the same settings.
-    Measured {
-        /// The precision the engines ran at (the CPU runner runs fp32 whatever was
-        /// asked).
-        precision: Precision,
-        /// The original model.
-        original: ModelTiming,
-        /// The pruned model.
-        pruned: ModelTiming,
-    },
+    Measured(Measurements),
     /// The benchmark could not be made (e.g. TensorRT rejected an op).
-    Failed {
-        /// What went wrong, in the runner's words.
-        error: String,
-    },
+    Failed(RunnerFailure),
+}
+
+/// Both models' timings, measured under the same settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Measurements {
+    /// The precision the engines ran at (the CPU runner runs fp32 whatever was
+    /// asked).
+    pub precision: Precision,
+    /// The original model.
+    pub original: ModelTiming,
+    /// The pruned model.
+    pub pruned: ModelTiming,
+}
+
+/// Why a benchmark could not be made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunnerFailure {
+    /// What went wrong, in the runner's words.
+    pub error: String,
 }
 
 impl BenchmarkReport {
@@ -345,16 +357,16 @@ impl BenchmarkReport {
             ));
         }
         match &self.outcome {
-            ReportOutcome::Measured {
+            ReportOutcome::Measured(Measurements {
                 original, pruned, ..
-            } => {
+            }) => {
                 for (name, timing) in [("original", original), ("pruned", pruned)] {
                     if let Some(why) = timing.problem() {
                         errors.push(FieldError::new(&format!("/outcome/measured/{name}"), why));
                     }
                 }
             }
-            ReportOutcome::Failed { error } => {
+            ReportOutcome::Failed(RunnerFailure { error }) => {
                 if error.is_empty() || error.len() > MAX_REPORT_ERROR_LEN {
                     errors.push(FieldError::new(
                         "/outcome/failed/error",
@@ -537,11 +549,11 @@ mod tests {
                 tensorrt: Some("8.5.2".into()),
                 ..DeviceFacts::default()
             },
-            outcome: ReportOutcome::Measured {
+            outcome: ReportOutcome::Measured(Measurements {
                 precision: Precision::Fp16,
                 original: timing(10.0),
                 pruned: timing(6.0),
-            },
+            }),
         }
     }
 
@@ -553,9 +565,9 @@ mod tests {
         };
         let measured = |edit: fn(&mut ModelTiming, &mut ModelTiming)| {
             let mut r = report();
-            if let ReportOutcome::Measured {
+            if let ReportOutcome::Measured(Measurements {
                 original, pruned, ..
-            } = &mut r.outcome
+            }) = &mut r.outcome
             {
                 edit(original, pruned);
             }
@@ -574,9 +586,9 @@ mod tests {
             ["/outcome/measured/original", "/outcome/measured/pruned"]
         );
         let mut failed = report();
-        failed.outcome = ReportOutcome::Failed {
+        failed.outcome = ReportOutcome::Failed(RunnerFailure {
             error: String::new(),
-        };
+        });
         failed.device.kind = "Jetson".into();
         failed.device.model = Some("x".repeat(MAX_AGENT_TEXT_LEN + 1));
         assert_eq!(

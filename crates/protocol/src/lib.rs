@@ -21,8 +21,8 @@ pub mod webhook;
 pub use artifact::{ArtifactRef, Artifacts};
 pub use benchmark::{
     BenchmarkReport, BenchmarkRequest, BenchmarkResult, BenchmarkState, BenchmarkTask,
-    BenchmarkView, ClaimRequest, DeviceFacts, LeaseRenewal, ModelTiming, Percentiles, Precision,
-    ReportOutcome, Runner,
+    BenchmarkView, ClaimRequest, DeviceFacts, LeaseRenewal, Measurements, ModelTiming, Percentiles,
+    Precision, ReportOutcome, Runner, RunnerFailure,
 };
 pub use device::DeviceChoice;
 pub use field::FieldError;

@@ -16,7 +16,8 @@ use crate::service::AppState;
 use crate::service::auth::AgentKey;
 use crate::service::problem::{FieldError, Problem};
 use effp_protocol::{
-    BenchmarkReport, BenchmarkResult, BenchmarkTask, ClaimRequest, LeaseRenewal, ReportOutcome,
+    BenchmarkReport, BenchmarkResult, BenchmarkTask, ClaimRequest, LeaseRenewal, Measurements,
+    ReportOutcome, RunnerFailure,
 };
 use effp_store::{BenchmarkRecord, StoreError};
 
@@ -274,11 +275,11 @@ pub async fn report(
         return Err(invalid(errors));
     }
     let outcome = match report.outcome {
-        ReportOutcome::Measured {
+        ReportOutcome::Measured(Measurements {
             precision,
             original,
             pruned,
-        } => Ok(BenchmarkResult {
+        }) => Ok(BenchmarkResult {
             request: task.request.clone(),
             runner: report.runner,
             precision,
@@ -286,7 +287,7 @@ pub async fn report(
             original,
             pruned,
         }),
-        ReportOutcome::Failed { error } => Err(error),
+        ReportOutcome::Failed(RunnerFailure { error }) => Err(error),
     };
     let agent = task.agent.unwrap_or_default();
     state
