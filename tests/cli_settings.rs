@@ -36,3 +36,43 @@ fn env_example_names_every_setting_of_serve_and_worker_and_nothing_else() {
     let missing: Vec<_> = known.difference(&documented).collect();
     assert!(missing.is_empty(), ".env.example lacks: {missing:?}");
 }
+
+#[test]
+fn an_empty_setting_means_unset_as_env_example_says() {
+    // A `.env` or compose file often gives a setting as `EFFP_X=`: every one of them
+    // empty at once, and effp serve still starts on its defaults.
+    let example =
+        std::fs::read_to_string(effp_testkit::fixtures::workspace_root().join(".env.example"))
+            .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = effp_testkit::servers::free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_effp"));
+    for name in names(&example) {
+        command.env(name, "");
+    }
+    let mut child = command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        first.starts_with("effp serving on"),
+        "effp serve did not start: {first}{}",
+        text(&output.stderr)
+    );
+}

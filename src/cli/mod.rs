@@ -4,6 +4,7 @@
 mod bench;
 #[cfg(feature = "engine")]
 mod eval;
+mod health;
 mod inspect;
 #[cfg(feature = "engine")]
 pub(crate) mod prune;
@@ -86,6 +87,8 @@ enum Command {
     /// Run jobs from the shared queue (needs the full build: this one has no engine).
     #[cfg(not(feature = "engine"))]
     Worker(Unavailable),
+    /// Probe a service endpoint (a container's health check): exit 0 when it answers 2xx.
+    Health(health::HealthArgs),
     /// Print the service's OpenAPI document (what openapi/openapi.json holds).
     Openapi,
     /// Run one job of the service (started by `effp serve` in its own process).
@@ -103,6 +106,7 @@ enum Command {
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn run() -> ExitCode {
+    drop_empty_settings();
     init_tracing();
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -128,6 +132,7 @@ pub fn run() -> ExitCode {
         #[cfg(not(feature = "engine"))]
         Command::RunJob(_) => unavailable("run-job"),
         Command::Synth(args) => synth::synth(&args),
+        Command::Health(args) => health::run(&args),
         Command::Serve(args) => crate::service::run(&args),
         Command::CheckUpload(args) => crate::service::checks::run_command(&args),
         Command::Openapi => {
@@ -146,6 +151,23 @@ pub fn run() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// Makes a setting given as an empty environment variable (`EFFP_X=` in a `.env` file
+/// or a compose file) mean "unset", as `.env.example` documents, instead of an empty
+/// value that its parser would refuse.
+fn drop_empty_settings() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty() && name.to_str().is_some_and(|n| n.starts_with("EFFP_"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        // SAFETY: called first in main, before any thread exists that could read the
+        // environment at the same time.
+        unsafe { std::env::remove_var(name) };
     }
 }
 
