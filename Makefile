@@ -17,7 +17,7 @@ FIXTURES = $$(cargo build --quiet --bin effp && \
 # workspace, so two clones sharing a target directory would reuse each other's builds.
 EFFP_BIN := target/release/effp
 
-.PHONY: agent-aarch64 openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile bench-agent
+.PHONY: agent-aarch64 images openapi help run run-distributed test lint venv servers fixtures build soak bench-inspect bench-runtime bench-eval bench-prune bench-step bench-venv bench-http bench-hostile bench-agent
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -27,9 +27,11 @@ run: venv ## Start the service on the embedded default (SQLite + local directory
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
 	  EFFP_DATA_DIR="$${EFFP_DATA_DIR:-$(EFFP_CACHE)/data}" "$(EFFP_BIN)" serve
 
-run-distributed: venv servers ## Start Redis, an S3 server, an API replica and a worker on this machine; prints the URL
+run-distributed: venv servers ## Start compose's stack from the binaries: Redis, S3, two API replicas behind nginx, a worker, a CPU agent
 	@cargo build --release --quiet --bin effp
-	@set -a; [ ! -f .env ] || . ./.env; set +a; EFFP_BIN="$(EFFP_BIN)" scripts/run-distributed.sh
+	@cargo build --release --quiet -p effp-agent
+	@set -a; [ ! -f .env ] || . ./.env; set +a; EFFP_BIN="$(EFFP_BIN)" EFFP_AGENT_BIN=target/release/effp-agent \
+	  scripts/run-distributed.sh
 
 test: venv fixtures servers ## Run every test
 	@fixtures=$(FIXTURES); log="$(EFFP_CACHE)/test.log"; set +e; \
@@ -44,7 +46,15 @@ lint: venv ## rustfmt and clippy, warnings as errors
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --no-default-features --bin effp --quiet --target-dir target/api-only -- -D warnings
 
-servers: ## Install the servers the tests start (Debian redis-server, s3s-fs from crates.io)
+IMAGE_TAG ?= 0.1.0
+
+images: ## Build the container images with Docker (needs a Docker engine; docs/deploy.md)
+	docker build -f docker/api.Dockerfile -t effp/api:$(IMAGE_TAG) .
+	docker build -f docker/worker.Dockerfile -t effp/worker:$(IMAGE_TAG) .
+	docker build -f docker/agent.Dockerfile -t effp/agent:$(IMAGE_TAG) .
+	docker build -f docker/s3.Dockerfile -t effp/s3s-fs:0.14.1 docker
+
+servers: ## Install the servers the tests start (Debian redis-server and nginx-light, s3s-fs from crates.io)
 	@scripts/install-servers.sh
 
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)

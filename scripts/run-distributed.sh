@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Starts effp's distributed deployment on this machine for a person to try: a
-# redis-server, an S3-compatible server (s3s-fs), one API replica (effp serve
-# --no-worker) and one job worker (effp worker), each its own process on loopback,
-# and prints the URL. Ctrl-C stops them all; Redis's data and the bucket stay in
-# the run directory for the next start.
+# Starts effp's distributed deployment on this machine from the binaries, the same
+# stack as docker/compose.yaml: a redis-server with its append-only file, an
+# S3-compatible server (s3s-fs), two API replicas (effp serve --no-worker) behind
+# nginx with docker/nginx.conf, a job worker (effp worker) and a CPU benchmark agent
+# (effp-agent), each its own process on loopback, and prints the URL. Ctrl-C stops
+# them all; Redis's data and the bucket stay in the run directory for the next start.
 #
-# Settings (environment): EFFP_BIN (the effp binary; `make run-distributed` builds
-# the release one), EFFP_RUN_DIR (default $EFFP_CACHE/distributed), EFFP_LISTEN
-# (default 127.0.0.1:8080), and any EFFP_* setting of serve and worker.
+# Settings (environment): EFFP_BIN and EFFP_AGENT_BIN (the binaries; `make
+# run-distributed` builds the release ones), EFFP_RUN_DIR (default
+# $EFFP_CACHE/distributed), EFFP_LISTEN (the balancer's address, default
+# 127.0.0.1:8080), and any EFFP_* setting of serve and worker.
 set -euo pipefail
 
 cache=${EFFP_CACHE:-$HOME/.cache/effp}
 bin=${EFFP_BIN:-target/release/effp}
+agent_bin=${EFFP_AGENT_BIN:-target/release/effp-agent}
 run=${EFFP_RUN_DIR:-$cache/distributed}
 listen=${EFFP_LISTEN:-127.0.0.1:8080}
 s3s_fs=${EFFP_S3S_FS:-$cache/tools/bin/s3s-fs}
-mkdir -p "$run/redis" "$run/s3/effp" "$run/api" "$run/worker"
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$run/redis" "$run/s3/effp" "$run/api-1" "$run/api-2" "$run/worker" "$run/agent" "$run/nginx"
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -63,16 +67,42 @@ export EFFP_S3_PATH_STYLE=true EFFP_S3_ACCESS_KEY_ID=$s3_key EFFP_S3_SECRET_ACCE
 
 "$bin" worker --data-dir "$run/worker" >"$run/worker.log" 2>&1 &
 pids+=($!)
-"$bin" serve --no-worker --listen "$listen" --data-dir "$run/api" >"$run/api.log" 2>&1 &
+api_ports=()
+for replica in 1 2; do
+  port=$(free_port)
+  "$bin" serve --no-worker --listen "127.0.0.1:$port" --data-dir "$run/api-$replica" \
+    >"$run/api-$replica.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port" "api-$replica" "${pids[-1]}"
+  api_ports+=("$port")
+done
+
+# compose's balancer configuration, pointed at the two replicas and the run folder.
+servers="server 127.0.0.1:${api_ports[0]};\n    server 127.0.0.1:${api_ports[1]};"
+sed -e "s|server api:8080;|$servers|" -e "s|listen 8080;|listen $listen;|" -e "s|/tmp/|$run/nginx/|g" \
+  "$root/docker/nginx.conf" >"$run/nginx/nginx.conf"
+"$(command -v nginx || echo /usr/sbin/nginx)" -e stderr -p "$run/nginx" -c "$run/nginx/nginx.conf" -g "daemon off;" >"$run/nginx.log" 2>&1 &
 pids+=($!)
-wait_port "${listen##*:}" api "${pids[-1]}"
+wait_port "${listen##*:}" nginx "${pids[-1]}"
+
+# The agent's key: EFFP_AGENT_KEY, else the first of EFFP_AGENT_KEYS; a server without
+# keys (loopback) takes any.
+agent_key=${EFFP_AGENT_KEY:-}
+if [ -z "$agent_key" ] && [ -n "${EFFP_AGENT_KEYS:-}" ]; then
+  first=${EFFP_AGENT_KEYS%%,*}
+  agent_key=${first#*:}
+fi
+EFFP_AGENT_KEY=${agent_key:-loopback-agent-needs-no-key} "$agent_bin" --server "http://$listen" \
+  --device cpu --runner cpu --name run-distributed-cpu --work-dir "$run/agent" >"$run/agent.log" 2>&1 &
+pids+=($!)
 
 cat <<MSG
 effp is running at http://$listen (API docs at http://$listen/docs)
-  redis-server  $EFFP_REDIS_URL
+  redis-server  $EFFP_REDIS_URL (append-only file in $run/redis)
   s3s-fs        $EFFP_S3_ENDPOINT, bucket effp (files in $run/s3/effp)
-  API replica   effp serve --no-worker   (log: $run/api.log)
+  API replicas  effp serve --no-worker on 127.0.0.1:${api_ports[0]} and 127.0.0.1:${api_ports[1]} behind nginx (logs: $run/api-1.log, $run/api-2.log)
   job worker    effp worker              (log: $run/worker.log)
+  agent         effp-agent --device cpu  (log: $run/agent.log)
 Ctrl-C stops them all.
 MSG
 wait -n "${pids[@]}" || true

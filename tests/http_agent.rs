@@ -3,29 +3,19 @@
 //! measures both models and reports; tasks nobody claims expire; agents that die
 //! lose their task to the next one; agent keys and tenant keys stay apart.
 
+mod common;
 mod service;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent_binary;
 use serde_json::json;
 use service::*;
 
 const TENANT_KEY: &str = "tenant-key-0123456789";
 const AGENT_KEY: &str = "agent-key-0123456789";
 const OTHER_AGENT_KEY: &str = "other-agent-key-0123456789";
-
-/// The agent binary, built beside `effp` (`make test` builds it).
-fn agent_binary() -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_effp")).with_file_name("effp-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p effp-agent` (make test does)",
-        path.display()
-    );
-    path
-}
 
 /// A running `effp-agent`; killed when dropped.
 struct Agent(Child);
