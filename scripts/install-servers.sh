@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start and the distributed deployment uses:
-# Redis from the Debian package redis-server, nginx from nginx-light, and the
-# S3-compatible server s3s-fs 0.14.1 from crates.io (later versions need a newer
-# Rust) into $EFFP_CACHE/tools.
+# Redis from the Debian package redis-server, nginx from nginx-light, chromium with
+# its chromedriver, and the S3-compatible server s3s-fs 0.14.1 from crates.io (later
+# versions need a newer Rust) into $EFFP_CACHE/tools.
 # Idempotent; needs root or sudo the first time.
 set -euo pipefail
 
 # Debian packages: redis-server (the queue and records), nginx-light (the balancer in
-# front of run-distributed's two API replicas, as in docker/compose.yaml).
+# front of run-distributed's two API replicas, as in docker/compose.yaml), chromium
+# and chromium-driver (the dashboard's browser tests drive it over WebDriver).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "servers: installing the Debian packages ${missing[*]}" >&2
   sudo=""
@@ -28,6 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 redis-server --version >&2
 /usr/sbin/nginx -v
+/usr/bin/chromedriver --version >&2
 
 tools="${EFFP_CACHE:-$HOME/.cache/effp}/tools"
 if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then

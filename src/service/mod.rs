@@ -7,6 +7,8 @@ pub mod benchmark;
 mod budget;
 pub mod checks;
 pub mod config;
+pub mod cors;
+mod dashboard;
 mod isolation;
 pub mod limits;
 mod listener;
@@ -97,6 +99,10 @@ pub struct ServeArgs {
     /// Bytes of models and datasets one tenant may keep (413 beyond).
     #[arg(long, env = "EFFP_MAX_STORED_BYTES", default_value = "50GiB")]
     pub max_stored_bytes: limits::ByteSize,
+    /// Web origins whose pages may call the API from a browser, as
+    /// scheme://host[:port][,…] (CORS); none by default.
+    #[arg(long, env = "EFFP_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: cors::CorsOrigins,
 }
 
 /// The API's OpenAPI document as pretty JSON.
@@ -296,7 +302,7 @@ async fn serve(args: &ServeArgs, state: AppState, embedded: bool) -> anyhow::Res
         state.shutdown.clone(),
     ));
     let token = state.shutdown.clone();
-    let app = with_request_ids(api::router(state));
+    let app = with_request_ids(args.cors_origins.apply(api::router(state)));
     let limits = listener::ConnectionLimits {
         max_connections: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),

@@ -1,5 +1,6 @@
 //! Response headers every answer carries: no content sniffing anywhere, no caching
-//! of tenant data, and a Content-Security-Policy for the documentation page.
+//! of tenant data, and a Content-Security-Policy for the dashboard and the
+//! documentation page.
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
@@ -14,7 +15,7 @@ const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 
 
 /// Adds `X-Content-Type-Options: nosniff` to every response, `Cache-Control:
 /// private, no-store` to the API's (tenant data, problem documents), and a CSP to
-/// `/docs`.
+/// the dashboard and `/docs`.
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let mut response = next.run(request).await;
@@ -23,7 +24,17 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if path.starts_with("/docs") {
+    if crate::service::dashboard::is_dashboard(&path) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(crate::service::dashboard::CSP),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    } else if path.starts_with("/docs") {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(DOCS_CSP),

@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .merge(v1)
         .merge(agents)
+        .merge(crate::service::dashboard::routes())
         // Interactive documentation; the assets are compiled into the binary.
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
