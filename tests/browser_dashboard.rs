@@ -1,11 +1,13 @@
 //! The dashboard at `/` in a real headless chromium, as a person uses it: enter a
 //! key, upload a model and a dataset, start a short EFFP job, watch it succeed with
 //! its charts drawn, download the pruned model; a bad upload shows the server's
-//! message, a second tenant sees none of the first's objects, and the page runs under
-//! its Content-Security-Policy without errors. Screenshots of the main pages go to
+//! message, a second tenant sees none of the first's objects, a running job's curve
+//! arrives live and the job is cancelled from its page, an agent's latencies appear,
+//! and the page runs under its Content-Security-Policy without errors. Screenshots of the main pages go to
 //! docs/screenshots/.
 
 mod browser;
+mod common;
 mod service;
 
 use std::path::PathBuf;
@@ -417,4 +419,100 @@ fn format_thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_draws_its_curve_live_and_is_cancelled_from_its_page() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let (model, dataset) = upload_model_and_data(&base, None);
+    let id = submit_job(
+        &base,
+        None,
+        &serde_json::json!({
+            "model": model, "dataset": dataset, "method": "effp",
+            "target": {"flops_ratio": 0.5}, "device": "cpu",
+            "training": {"steps": 5000, "batch": 2},
+        }),
+    );
+    let browser = Browser::start(1280, 1000).await;
+    go(&browser, &base, &format!("#/jobs/{id}")).await;
+    // Steps arrive over the event stream while the job trains: no report exists yet.
+    browser
+        .until(
+            "live training steps",
+            SECONDS(120),
+            "return Number(document.getElementById('chart-loss').dataset.points) >= 2",
+        )
+        .await;
+    assert!(
+        call("GET", &format!("{base}/v1/jobs/{id}/artifacts"), None, None).json()["items"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "the curve came from the stream, not from a report"
+    );
+    browser.click("#cancel-job").await;
+    browser
+        .until(
+            "a cancelled job",
+            SECONDS(120),
+            "return document.getElementById('job-state').dataset.state === 'cancelled'",
+        )
+        .await;
+    assert_eq!(wait_for_end(&base, &id, None)["state"], "cancelled");
+    // Ended: no cancel button any more.
+    let buttons = browser
+        .run("return document.querySelectorAll('#cancel-job').length")
+        .await;
+    assert_eq!(buttons, 0);
+    let log = browser.log().await;
+    assert!(page_errors(&log).is_empty(), "{:#?}", page_errors(&log));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latencies_a_benchmark_agent_measured_show_on_the_job_page() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let (model, _) = upload_model_and_data(&base, None);
+    let id = submit_job(
+        &base,
+        None,
+        &serde_json::json!({
+            "model": model, "method": "l1", "target": {"flops_ratio": 0.5},
+            "benchmark": {"device": "cpu", "iterations": 3},
+        }),
+    );
+    let browser = Browser::start(1280, 1000).await;
+    go(&browser, &base, &format!("#/jobs/{id}")).await;
+    // A real agent process (CPU runner) claims and measures the benchmark.
+    let agent = std::process::Command::new(common::agent_binary())
+        .args(["--server", &base, "--device", "cpu", "--runner", "cpu"])
+        .args([
+            "--name",
+            "browser-test",
+            "--threads",
+            "1",
+            "--warmup",
+            "1",
+            "--once",
+        ])
+        .args(["--key", "loopback-agent-needs-no-key"])
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(agent.unwrap().success(), "the agent failed");
+    let job = wait_for_end(&base, &id, None);
+    let result = &job["benchmarks"][0]["result"];
+    let p50 = |model: &str| result[model]["end_to_end"]["p50_ms"].as_f64().unwrap();
+    browser.find("#latency-table", SECONDS(30)).await;
+    let table = browser.text("#latency-table").await;
+    for model in ["original", "pruned"] {
+        let shown = format!("{:.2}", p50(model));
+        assert!(table.contains(&shown), "{model} p50 {shown} in {table}");
+    }
+    browser
+        .screenshot(&screenshots().join("job-latency.png"))
+        .await;
+    browser.close().await;
 }
