@@ -5,27 +5,19 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{effp, text};
-
-/// The `EFFP_*` names in `text`.
-fn names(text: &str) -> BTreeSet<String> {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("EFFP_") && w.len() > 5)
-        .map(str::to_string)
-        .collect()
-}
+use common::{effp, setting_names, text};
 
 #[test]
 fn env_example_names_every_setting_of_serve_and_worker_and_nothing_else() {
     let example =
         std::fs::read_to_string(effp_testkit::fixtures::workspace_root().join(".env.example"))
             .unwrap();
-    let documented = names(&example);
+    let documented = setting_names(&example);
     let mut known = BTreeSet::new();
     for command in ["serve", "worker"] {
         let help = effp(&[command, "--help"]);
         assert!(help.status.success());
-        known.extend(names(&text(&help.stdout)));
+        known.extend(setting_names(&text(&help.stdout)));
     }
     assert!(known.contains("EFFP_S3_BUCKET") && known.contains("EFFP_REDIS_URL"));
     let unknown: Vec<_> = documented.difference(&known).collect();
@@ -47,7 +39,7 @@ fn an_empty_setting_means_unset_as_env_example_says() {
     let data = tempfile::tempdir().unwrap();
     let port = effp_testkit::servers::free_port();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_effp"));
-    for name in names(&example) {
+    for name in setting_names(&example) {
         command.env(name, "");
     }
     let mut child = command

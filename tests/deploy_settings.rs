@@ -8,7 +8,8 @@ mod deploy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deploy::{root, setting_names, yaml_documents};
+use common::setting_names;
+use deploy::{root, yaml_documents};
 
 /// Every `EFFP_*` setting `.env.example` documents (set or commented out), with the
 /// default it gives (empty where it is commented out).

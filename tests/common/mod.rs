@@ -27,3 +27,11 @@ pub fn agent_binary() -> PathBuf {
     );
     path
 }
+
+/// The `EFFP_*` setting names in `text` (a help text, a settings or deployment file).
+pub fn setting_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("EFFP_") && w.len() > 5)
+        .map(str::to_string)
+        .collect()
+}

@@ -79,11 +79,3 @@ pub fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
         other => panic!("not a document list: {other}"),
     }
 }
-
-/// The `EFFP_*` setting names in `text`.
-pub fn setting_names(text: &str) -> std::collections::BTreeSet<String> {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("EFFP_") && w.len() > 5)
-        .map(str::to_string)
-        .collect()
-}

@@ -676,11 +676,7 @@ async function jobView(id) {
   const drawResults = () => results.replaceChildren(h("div", { class: "grid" }, resultsPanel(job), latencyPanel(job), artifactsPanel(job)));
   const drawReport = async () => {
     if (!job.artifacts?.["report.json"]) return;
-    const response = await fetch(`/v1/jobs/${encodeURIComponent(job.id)}/artifacts/report.json`, {
-      headers: apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {},
-    });
-    if (!response.ok) return;
-    const report = await response.json();
+    const report = await call("GET", `/v1/jobs/${encodeURIComponent(job.id)}/artifacts/report.json`);
     if (Array.isArray(report.curve) && report.curve.length) {
       curve.points = [];
       for (const p of report.curve) curve.add(p);
