@@ -201,6 +201,40 @@ fn a_worker_killed_mid_training_hands_its_job_to_another_that_resumes_it() {
 }
 
 #[test]
+fn a_worker_stopped_with_sigterm_checkpoints_and_hands_its_job_back_without_spending_an_attempt() {
+    let steps = 60;
+    let (backing, server, first, id) = training_on_one_worker(steps, 8);
+    let base = server.url.clone();
+    // What a container runtime sends before it stops a worker's container.
+    assert_eq!(first.terminate(), Some(0), "a clean stop exits 0");
+    let job = call("GET", &format!("{base}/v1/jobs/{id}"), None, None).json();
+    assert_eq!(job["state"], "queued", "handed back to the queue: {job}");
+    let kept = backing.checkpoints();
+    assert_eq!(kept.len(), 1, "its checkpoint is in the bucket");
+
+    // Another worker takes it at once (no lease to run out) from that checkpoint.
+    let _second = worker(&backing, &QUICK_TAKEOVER);
+    let job = wait_for_end(&base, &id, None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "a clean stop does not use up an attempt"
+    );
+    let from = resumed_from(&base, &id, &job, steps);
+    assert!((8..steps).contains(&from), "resumed from step {from}");
+    let events = sse(&format!("{base}/v1/jobs/{id}/events"), None);
+    assert_eq!(
+        states_of(&events),
+        ["queued", "running", "queued", "running", "succeeded"],
+        "claimed, handed back on SIGTERM, claimed by the second worker, done"
+    );
+    assert!(
+        backing.checkpoints().is_empty(),
+        "the checkpoint went with the job"
+    );
+}
+
+#[test]
 fn a_checkpoint_that_cannot_be_read_costs_its_steps_not_the_job() {
     let steps = 20;
     let (backing, server, first, id) = training_on_one_worker(steps, 6);

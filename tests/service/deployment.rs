@@ -126,6 +126,13 @@ impl Worker {
         }
     }
 
+    /// Stops it with SIGTERM, as a container runtime does, and returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().code()
+    }
+
     /// Kills it with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
