@@ -292,6 +292,15 @@ fn compose_runs_the_distributed_stack_the_docs_describe() {
     assert!(keys.contains(&key), "{keys} lacks {key}");
     let balancer = std::fs::read_to_string(root().join("docker/nginx.conf")).unwrap();
     assert!(balancer.contains("server api:8080;"));
+    // run-distributed.sh runs the same file with any nginx binary, also where no
+    // distribution's nginx folders exist: every folder nginx creates at start is
+    // under /tmp (which the script points at its run folder).
+    for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        assert!(
+            balancer.contains(&format!("{temp}_temp_path /tmp/{temp};")),
+            "{temp}_temp_path is not under /tmp"
+        );
+    }
 
     let gpu = compose("compose.gpu.yaml");
     let devices = &gpu["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0];
