@@ -54,7 +54,7 @@ images: ## Build the container images with Docker (needs a Docker engine; docs/d
 	docker build -f docker/agent.Dockerfile -t effp/agent:$(IMAGE_TAG) .
 	docker build -f docker/s3.Dockerfile -t effp/s3s-fs:0.14.1 docker
 
-servers: ## Install the servers the tests start (Debian redis-server, nginx-light, chromium, chromium-driver; s3s-fs from crates.io)
+servers: ## Install the servers the tests start (Debian redis-server, nginx-light, chromium, chromium-driver; s3s-fs from crates.io; axe-core from npm)
 	@scripts/install-servers.sh
 
 venv: ## Create the Python environment (torch 2.11.0, onnxruntime, ultralytics …)

@@ -41,8 +41,15 @@ async fn go(browser: &Browser, base: &str, fragment: &str) {
         .unwrap();
 }
 
-/// Every form control of the page has a label a screen reader can read.
-async fn every_control_is_labelled(browser: &Browser, page: &str) {
+/// The page as it stands passes axe-core's WCAG 2.1 A and AA rules (names, roles,
+/// labels, contrast, landmarks, ARIA use), and every form control has a label a
+/// screen reader can read.
+async fn assert_accessible(browser: &Browser, page: &str) {
+    let violations = browser.accessibility_violations().await;
+    assert!(
+        violations.is_empty(),
+        "{page}: accessibility violations {violations:#?}"
+    );
     let unlabelled = browser
         .run(
             "return [...document.querySelectorAll('input, select, textarea, progress')]\
@@ -73,6 +80,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
     // Without a key the server refuses, and the page says so at the key field.
     let alert = browser.text("#alert").await;
     assert!(alert.contains("Enter an API key"), "{alert}");
+    assert_accessible(&browser, "key").await;
     use_key(&browser, KEY_A).await;
 
     // A model, uploaded through the file picker of the drop zone.
@@ -98,7 +106,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         .await;
     let ops = model["inspect"]["op_histogram"].as_object().unwrap().len();
     assert_eq!(bars.as_u64().unwrap() as usize, ops, "one bar per operator");
-    every_control_is_labelled(&browser, "model").await;
+    assert_accessible(&browser, "model").await;
     browser.screenshot(&screenshots().join("model.png")).await;
 
     // A bad upload: the server's problem document, shown as it came.
@@ -140,7 +148,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         browser.text("#dataset-classes").await,
         "circle, square, triangle"
     );
-    every_control_is_labelled(&browser, "dataset").await;
+    assert_accessible(&browser, "dataset").await;
 
     // The job form: a target out of range is shown at its field, from the API.
     go(&browser, &base, "#/jobs/new").await;
@@ -166,7 +174,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
     let target = form.find(Locator::Id("f-target")).await.unwrap();
     target.clear().await.unwrap();
     target.send_keys("1.5").await.unwrap();
-    every_control_is_labelled(&browser, "new job").await;
+    assert_accessible(&browser, "new job").await;
     browser.click("#submit-job").await;
     let error = browser
         .until(
@@ -273,7 +281,12 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         results.contains(&format!("{map_after:.4}")),
         "mAP after {map_after:.4} in {results}"
     );
+    assert_accessible(&browser, "job").await;
     browser.screenshot(&screenshots().join("job.png")).await;
+    // The same page in the dark palette (charts, tables, buttons) passes too.
+    prefer_color_scheme(&browser, "dark").await;
+    assert_accessible(&browser, "job, dark").await;
+    prefer_color_scheme(&browser, "light").await;
 
     // The pruned model, downloaded through the page, is the API's artifact.
     browser.click("button[data-artifact='pruned.onnx']").await;
@@ -299,7 +312,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         )
         .await;
     assert_eq!(row.text().await.unwrap(), "succeeded");
-    every_control_is_labelled(&browser, "jobs").await;
+    assert_accessible(&browser, "jobs").await;
     browser.screenshot(&screenshots().join("jobs.png")).await;
 
     // Nothing on these pages broke: no script error, no CSP violation.
@@ -369,6 +382,7 @@ async fn the_dashboard_fits_a_phone_and_follows_the_dark_preference() {
         overflow.as_i64().unwrap() <= 0,
         "the page scrolls sideways at phone width by {overflow} px"
     );
+    assert_accessible(&browser, "model at phone width").await;
     browser
         .screenshot(&screenshots().join("phone-model.png"))
         .await;
@@ -400,6 +414,26 @@ async fn the_dashboard_fits_a_phone_and_follows_the_dark_preference() {
     let dark = browser.run(background).await;
     assert_eq!(light, "rgb(247, 248, 250)");
     assert_eq!(dark, "rgb(17, 21, 28)");
+    assert_accessible(&browser, "model at phone width, dark").await;
+    // The audit finds what it should: a button without a name, and grey text on the
+    // dark background.
+    browser
+        .run(
+            "const b = document.createElement('button'); b.id = 'unnamed';\
+             const p = document.createElement('p'); p.id = 'faint'; p.textContent = 'faint';\
+             p.style.color = '#333'; document.querySelector('main').append(b, p); return null",
+        )
+        .await;
+    let found: Vec<_> = browser
+        .accessibility_violations()
+        .await
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(found, ["button-name", "color-contrast"]);
+    browser
+        .run("document.getElementById('unnamed').remove(); document.getElementById('faint').remove(); return null")
+        .await;
     browser
         .screenshot(&screenshots().join("phone-model-dark.png"))
         .await;
@@ -452,6 +486,7 @@ async fn a_running_job_draws_its_curve_live_and_is_cancelled_from_its_page() {
             .is_empty(),
         "the curve came from the stream, not from a report"
     );
+    assert_accessible(&browser, "running job").await;
     browser.click("#cancel-job").await;
     browser
         .until(
@@ -511,6 +546,7 @@ async fn latencies_a_benchmark_agent_measured_show_on_the_job_page() {
         let shown = format!("{:.2}", p50(model));
         assert!(table.contains(&shown), "{model} p50 {shown} in {table}");
     }
+    assert_accessible(&browser, "job with latencies").await;
     browser
         .screenshot(&screenshots().join("job-latency.png"))
         .await;

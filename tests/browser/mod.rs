@@ -30,6 +30,17 @@ fn executable(name: &str) -> PathBuf {
     panic!("{name} is missing: `make servers` installs Debian's chromium and chromium-driver")
 }
 
+/// axe-core's browser script, which `make servers` fetches from npm into the cache.
+fn axe_source() -> String {
+    let path = effp_testkit::fixtures::cache_root().join("tools/axe-core-4.14.1/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; `make servers` fetches axe-core from npm",
+            path.display()
+        )
+    })
+}
+
 impl Browser {
     /// Starts chromedriver and a headless chromium window of `width` × `height`.
     pub async fn start(width: u32, height: u32) -> Self {
@@ -111,6 +122,30 @@ impl Browser {
             }
             assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The WCAG 2.1 A and AA rule violations axe-core finds in the page as it stands:
+    /// for each rule, its id, impact, what it asks for and the elements it names.
+    pub async fn accessibility_violations(&self) -> Vec<Value> {
+        if self.run("return typeof window.axe").await != "object" {
+            self.run(&axe_source()).await;
+        }
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];\
+                 axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+                   .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,\
+                     nodes: v.nodes.slice(0, 5).map(n => [n.target.join(' '), n.failureSummary])}))),\
+                         e => done('axe failed: ' + e))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        match found {
+            Value::Array(violations) => violations,
+            other => panic!("{other}"),
         }
     }
 

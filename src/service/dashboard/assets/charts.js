@@ -140,7 +140,9 @@ export function layerChart(layers) {
       h("span", { class: "bar-before" }, "before"),
       h("span", { class: "bar-after" }, "after"),
     ),
-    h("div", { class: "layer-chart" }, svg),
+    // The chart scrolls when a model has many layers: focusable, so that a
+    // keyboard can scroll it too.
+    h("div", { class: "layer-chart", tabindex: "0", role: "region", "aria-label": "Channels per layer (scrolls)" }, svg),
   );
 }
 
