@@ -3,6 +3,7 @@
 //! its charts drawn, download the pruned model; a bad upload shows the server's
 //! message, a second tenant sees none of the first's objects, a running job's curve
 //! arrives live and the job is cancelled from its page, an agent's latencies appear,
+//! a file dropped on the page uploads with a progress bar,
 //! and the page runs under its Content-Security-Policy without errors. Screenshots of the main pages go to
 //! docs/screenshots/.
 
@@ -437,6 +438,75 @@ async fn the_dashboard_fits_a_phone_and_follows_the_dark_preference() {
     browser
         .screenshot(&screenshots().join("phone-model-dark.png"))
         .await;
+    let log = browser.log().await;
+    assert!(page_errors(&log).is_empty(), "{:#?}", page_errors(&log));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_dropped_on_the_page_uploads_with_a_progress_bar() {
+    let server = Server::start(&[], &[]);
+    let base = server.url.clone();
+    let browser = Browser::start(1280, 1000).await;
+    go(&browser, &base, "#/models").await;
+    browser.find("#upload-model", SECONDS(10)).await;
+    // Every value the page gives a progress bar, and whether the bar was shown then.
+    browser
+        .run(
+            "const native = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');\
+             window.progressSeen = [];\
+             Object.defineProperty(HTMLProgressElement.prototype, 'value', {\
+               get() { return native.get.call(this); },\
+               set(v) { const box = this.closest('.upload-progress');\
+                        if (box) window.progressSeen.push([v, box.hidden]); native.set.call(this, v); } });\
+             return null",
+        )
+        .await;
+    // A file dragged over the drop zone and dropped there, as from a file manager.
+    let bytes = fixture_bytes("trained.onnx");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let over = browser
+        .client
+        .execute(
+            "const hex = arguments[0], bytes = new Uint8Array(hex.length / 2);\
+             for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.substr(2 * i, 2), 16);\
+             const zone = document.getElementById('upload-model'), dt = new DataTransfer();\
+             dt.items.add(new File([bytes], 'dropped.onnx'));\
+             zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));\
+             const over = zone.classList.contains('over');\
+             zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));\
+             return over",
+            vec![serde_json::json!(hex)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(over, true, "the zone shows that a file is over it");
+    browser.find("#model-facts", SECONDS(60)).await;
+
+    let models = call("GET", &format!("{base}/v1/models"), None, None).json();
+    let items = models["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{models}");
+    assert_eq!(items[0]["name"], "dropped.onnx");
+    let id = items[0]["id"].as_str().unwrap();
+    assert_eq!(
+        call("GET", &format!("{base}/v1/models/{id}/file"), None, None).body,
+        bytes,
+        "the dropped file's bytes, unchanged"
+    );
+    let location = browser.run("return location.hash").await;
+    assert_eq!(location, format!("#/models/{id}"));
+    // The bar was shown while the upload ran, rose without going back and ended full.
+    let seen = browser.run("return window.progressSeen").await;
+    let seen = seen.as_array().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    let values: Vec<f64> = seen.iter().map(|s| s[0].as_f64().unwrap()).collect();
+    assert_eq!(values[0], 0.0, "starts empty: {values:?}");
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+    assert_eq!(values.last(), Some(&1.0), "{values:?}");
+    assert!(
+        seen.iter().all(|s| s[1] == false),
+        "the bar was hidden while it moved: {seen:?}"
+    );
     let log = browser.log().await;
     assert!(page_errors(&log).is_empty(), "{:#?}", page_errors(&log));
     browser.close().await;
