@@ -197,7 +197,8 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
     );
     browser.screenshot(&screenshots().join("new-job.png")).await;
 
-    // Now a valid one: a short EFFP run on the CPU.
+    // Now a valid one: a short EFFP run, on the device the form offers first (auto,
+    // which is the CPU on this machine).
     target.clear().await.unwrap();
     target.send_keys("0.7").await.unwrap();
     let steps = form.find(Locator::Id("f-steps")).await.unwrap();
@@ -276,6 +277,15 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         2 * report["compaction"]["layers"].as_array().unwrap().len(),
         "a before and an after bar per layer"
     );
+    let job = call(
+        "GET",
+        &format!("{base}/v1/jobs/{job_id}"),
+        Some(KEY_A),
+        None,
+    )
+    .json();
+    assert_eq!(job["spec"]["device"], "auto", "{job}");
+    assert_eq!(report["training"]["device"], "cpu");
     let map_after = report["accuracy"]["after"]["map50_95"].as_f64().unwrap();
     let results = browser.text("#results-table").await;
     assert!(

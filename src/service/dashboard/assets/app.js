@@ -361,8 +361,9 @@ async function newJobView(params) {
   const device = h(
     "select",
     { id: "f-device", name: "device" },
-    option("cpu", "cpu", true),
-    option("auto", "auto (a GPU where the worker has one)"),
+    // auto by default: a deployment with GPU workers trains there, one without on the CPU.
+    option("auto", "auto (a GPU where the worker has one)", true),
+    option("cpu", "cpu"),
     option("cuda", "cuda"),
   );
   const benchmark = h("input", {
