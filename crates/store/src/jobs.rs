@@ -60,6 +60,27 @@ pub trait JobStore: Send + Sync {
     async fn hold_object(&self, sha256: &str, size: u64) -> Result<(), StoreError>;
     /// Counts one reference less; returns whether none is left (the content may go).
     async fn drop_object(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// How many references to this content are counted now.
+    async fn object_references(&self, sha256: &str) -> Result<u64, StoreError>;
+    /// Takes the lock on one content for `holder` until `lease` has passed, unless
+    /// another holder has it (then false). Every process sharing the store takes it
+    /// before it counts a first reference and makes the content, or drops the last
+    /// one and deletes it, so that the two never interleave.
+    async fn try_lock_object(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Extends `holder`'s lock on the content by `lease`; false when it has lost it.
+    async fn renew_object_lock(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Gives back `holder`'s lock on the content (nothing when it has lost it).
+    async fn unlock_object(&self, sha256: &str, holder: &str) -> Result<(), StoreError>;
     /// Recounts every reference from the records (models, datasets, job artifacts),
     /// forgetting references of uploads a crash cut short; returns the content still
     /// referenced. Runs at start-up, before anything else uses the store.

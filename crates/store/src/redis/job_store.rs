@@ -295,6 +295,52 @@ impl JobStore for RedisStore {
         Ok(gone == 1)
     }
 
+    async fn object_references(&self, sha256: &str) -> Result<u64, StoreError> {
+        let refs: Option<i64> = self
+            .conn()
+            .hget(self.key(&["objects"]), sha256)
+            .await
+            .map_err(backend)?;
+        Ok(refs.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn try_lock_object(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key(&["object-lock", sha256]))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis().max(1) as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(backend)?;
+        Ok(taken.is_some())
+    }
+
+    async fn renew_object_lock(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let ms = (lease.as_millis().max(1) as u64).to_string();
+        let renewed: i64 = self
+            .script(&self.scripts.renew_object_lock, &[sha256, holder, &ms])
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn unlock_object(&self, sha256: &str, holder: &str) -> Result<(), StoreError> {
+        self.script::<i64>(&self.scripts.unlock_object, &[sha256, holder])
+            .await
+            .map(|_| ())
+    }
+
     async fn recount_objects(&self) -> Result<HashSet<String>, StoreError> {
         // Run at start-up, before this process serves; other replicas may be serving,
         // so references are only ever added here, never forgotten.

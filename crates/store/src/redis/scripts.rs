@@ -16,6 +16,7 @@
 //! - `p:{kind}:{id}`, `p:{kind}s:{tenant}`, `p:{kind}-sha:{tenant}:{sha256}`: models
 //!   and datasets; `p:stored-bytes`: per tenant;
 //! - `p:objects`, `p:object-sizes`: references to stored content;
+//!   `p:object-lock:{sha256}`: who changes them and the content now (with a TTL);
 //! - `p:notify:{id}`: a job's notification (url, state, attempts, last_error);
 //!   `p:notify:due`: ended jobs' pending notifications by when they are due.
 
@@ -320,6 +321,25 @@ end
 return 0
 "#;
 
+/// Extends a lock on content (`p:object-lock:{sha}`) when ARGV[3] still holds it.
+const RENEW_OBJECT_LOCK: &str = r#"
+local key = ARGV[1] .. ':object-lock:' .. ARGV[2]
+if redis.call('GET', key) == ARGV[3] then
+  redis.call('PEXPIRE', key, ARGV[4])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes a lock on content when ARGV[3] still holds it.
+const UNLOCK_OBJECT: &str = r#"
+local key = ARGV[1] .. ':object-lock:' .. ARGV[2]
+if redis.call('GET', key) == ARGV[3] then
+  redis.call('DEL', key)
+end
+return 0
+"#;
+
 /// A job script with its helpers.
 fn job_script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{PRELUDE}{body}"))
@@ -338,6 +358,8 @@ pub struct Scripts {
     pub insert_upload: redis::Script,
     pub delete_upload: redis::Script,
     pub drop_object: redis::Script,
+    pub renew_object_lock: redis::Script,
+    pub unlock_object: redis::Script,
     pub claim_notification: redis::Script,
 }
 
@@ -356,6 +378,8 @@ impl Scripts {
             insert_upload: redis::Script::new(INSERT_UPLOAD),
             delete_upload: redis::Script::new(DELETE_UPLOAD),
             drop_object: redis::Script::new(DROP_OBJECT),
+            renew_object_lock: redis::Script::new(RENEW_OBJECT_LOCK),
+            unlock_object: redis::Script::new(UNLOCK_OBJECT),
             claim_notification: job_script(CLAIM_NOTIFICATION),
         }
     }

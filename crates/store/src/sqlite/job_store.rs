@@ -3,7 +3,9 @@
 use effp_protocol::JobState;
 use rusqlite::{OptionalExtension, params};
 
-use super::{JOB_COLUMNS, SqliteStore, append_event, job_row, json_column, state_column};
+use super::{
+    JOB_COLUMNS, ObjectLock, SqliteStore, append_event, job_row, json_column, state_column,
+};
 use crate::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError, now};
 
 #[async_trait::async_trait]
@@ -142,6 +144,67 @@ impl JobStore for SqliteStore {
             Ok(keys)
         })
         .await
+    }
+
+    async fn object_references(&self, sha256: &str) -> Result<u64, StoreError> {
+        let sha = sha256.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT refs FROM objects WHERE sha256 = ?1",
+                params![sha],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|refs| refs.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn try_lock_object(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut locks = self.object_locks();
+        match locks.get(sha256) {
+            Some(l) if l.until > now => Ok(false),
+            _ => {
+                locks.insert(
+                    sha256.to_string(),
+                    ObjectLock {
+                        holder: holder.to_string(),
+                        until: now + lease,
+                    },
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    async fn renew_object_lock(
+        &self,
+        sha256: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        match self.object_locks().get_mut(sha256) {
+            Some(l) if l.holder == holder && l.until > now => {
+                l.until = now + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn unlock_object(&self, sha256: &str, holder: &str) -> Result<(), StoreError> {
+        let mut locks = self.object_locks();
+        if locks.get(sha256).is_some_and(|l| l.holder == holder) {
+            locks.remove(sha256);
+        }
+        Ok(())
     }
 
     async fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError> {

@@ -9,12 +9,20 @@ mod queue;
 mod uploads;
 
 use effp_protocol::JobState;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{JobRecord, StoreError};
+
+/// Who holds a lock on stored content, and until when.
+#[derive(Debug)]
+pub(super) struct ObjectLock {
+    pub(super) holder: String,
+    pub(super) until: std::time::Instant,
+}
 
 /// Resource metadata and the work queue in SQLite (WAL mode, one connection behind a
 /// lock; calls run on the blocking pool).
@@ -25,6 +33,8 @@ pub struct SqliteStore {
     wake: Arc<tokio::sync::Notify>,
     /// Held while the store is open: the database serves one process.
     _lock: Arc<lock::ExclusiveLock>,
+    /// Locks on stored content. In memory: no other process shares this database.
+    object_locks: Arc<Mutex<HashMap<String, ObjectLock>>>,
     /// Jobs a previous process left running, queued again at open.
     recovered: u64,
 }
@@ -235,6 +245,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             wake: Arc::new(tokio::sync::Notify::new()),
             _lock: Arc::new(lock),
+            object_locks: Arc::default(),
             recovered,
         })
     }
@@ -301,6 +312,14 @@ impl SqliteStore {
             .map(|_| ())
         })
         .await
+    }
+
+    /// The locks on stored content (a poisoned mutex still holds a usable map: every
+    /// change to it is one insert or remove).
+    pub(super) fn object_locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectLock>> {
+        self.object_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) async fn with<T: Send + 'static>(
