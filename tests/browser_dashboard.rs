@@ -225,13 +225,7 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
         )
         .await;
     assert_eq!(
-        browser
-            .find("#job-state", SECONDS(5))
-            .await
-            .attr("data-state")
-            .await
-            .unwrap()
-            .as_deref(),
+        browser.attr("#job-state", "data-state").await.as_deref(),
         Some("succeeded")
     );
     let report = call(
@@ -316,13 +310,10 @@ async fn a_person_prunes_a_detector_from_the_dashboard() {
 
     // The list shows it.
     go(&browser, &base, "#/jobs").await;
-    let row = browser
-        .find(
-            &format!("tr[data-job='{job_id}'] [data-state]"),
-            SECONDS(10),
-        )
+    let state = browser
+        .text(&format!("tr[data-job='{job_id}'] [data-state]"))
         .await;
-    assert_eq!(row.text().await.unwrap(), "succeeded");
+    assert_eq!(state, "succeeded");
     assert_accessible(&browser, "jobs").await;
     browser.screenshot(&screenshots().join("jobs.png")).await;
 
@@ -550,6 +541,34 @@ async fn a_running_job_draws_its_curve_live_and_is_cancelled_from_its_page() {
         }),
     );
     let browser = Browser::start(1280, 1000).await;
+    // The job list redraws as the job's progress changes; a job's link that has the
+    // keyboard focus keeps it.
+    go(&browser, &base, "#/jobs").await;
+    let link = format!("#jobs-table a[href='#/jobs/{id}']");
+    browser.find(&link, SECONDS(10)).await;
+    let progress = browser
+        .run(&format!(
+            "const a = document.querySelector(\"{link}\"); a.focus(); \
+             return a.closest('tr').querySelector('progress').value"
+        ))
+        .await;
+    browser
+        .until(
+            "the list redrawn with new progress",
+            SECONDS(120),
+            &format!(
+                "const a = document.querySelector(\"{link}\"); \
+                 return a && a.closest('tr').querySelector('progress').value !== {progress}"
+            ),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .run("return document.activeElement.getAttribute('href')")
+            .await,
+        format!("#/jobs/{id}"),
+        "the focus left the job's link when the list was redrawn"
+    );
     go(&browser, &base, &format!("#/jobs/{id}")).await;
     // Steps arrive over the event stream while the job trains: no report exists yet.
     browser
@@ -567,7 +586,26 @@ async fn a_running_job_draws_its_curve_live_and_is_cancelled_from_its_page() {
         "the curve came from the stream, not from a report"
     );
     assert_accessible(&browser, "running job").await;
-    browser.click("#cancel-job").await;
+    // Keyboard focus on Cancel survives the redraws that new steps cause, and Enter
+    // there cancels the job.
+    let points = browser
+        .run("document.getElementById('cancel-job').focus(); return Number(document.getElementById('chart-loss').dataset.points)")
+        .await
+        .as_f64()
+        .unwrap();
+    browser
+        .until(
+            "more training steps",
+            SECONDS(120),
+            &format!("return Number(document.getElementById('chart-loss').dataset.points) >= {points} + 2"),
+        )
+        .await;
+    assert_eq!(
+        browser.run("return document.activeElement.id").await,
+        "cancel-job",
+        "the focus left the cancel button as steps arrived"
+    );
+    browser.press(&Key::Enter.to_string()).await;
     browser
         .until(
             "a cancelled job",

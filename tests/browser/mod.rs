@@ -106,11 +106,24 @@ impl Browser {
     }
 
     /// Waits until `script` (a function body returning a value) returns something
-    /// truthy; returns it.
+    /// truthy; returns it. A script that throws (what it reads is not on the page
+    /// yet) counts as not yet.
     pub async fn until(&self, what: &str, limit: Duration, script: &str) -> Value {
         let started = Instant::now();
         loop {
-            let value = self.client.execute(script, vec![]).await.unwrap();
+            let value = match self.client.execute(script, vec![]).await {
+                Ok(value) => value,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::JavascriptError =>
+                {
+                    assert!(
+                        started.elapsed() < limit,
+                        "{what}: not within {limit:?}; the check last threw {e}"
+                    );
+                    Value::Null
+                }
+                Err(e) => panic!("{what}: {e}"),
+            };
             let truthy = match &value {
                 Value::Null | Value::Bool(false) => false,
                 Value::String(s) => !s.is_empty(),
@@ -167,29 +180,49 @@ impl Browser {
 
     /// Clicks the element matching `css` once it is there.
     pub async fn click(&self, css: &str) {
-        self.find(css, Duration::from_secs(10))
+        self.on_element(css, |e| async move { e.click().await.map(|_| ()) })
             .await
-            .click()
-            .await
-            .unwrap();
     }
 
     /// Types `text` into the element matching `css` (a file input takes a path).
     pub async fn type_into(&self, css: &str, text: &str) {
-        self.find(css, Duration::from_secs(10))
+        self.on_element(css, |e| async move { e.send_keys(text).await })
             .await
-            .send_keys(text)
-            .await
-            .unwrap();
     }
 
     /// The text of the element matching `css`.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css, Duration::from_secs(10))
+        self.on_element(css, |e| async move { e.text().await })
             .await
-            .text()
+    }
+
+    /// The attribute `name` of the element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        self.on_element(css, |e| async move { e.attr(name).await })
             .await
-            .unwrap()
+    }
+
+    /// Does `act` on the element matching `css`, finding it again when the page
+    /// replaced it in between (pages re-render as job events arrive).
+    async fn on_element<T, F>(
+        &self,
+        css: &str,
+        act: impl Fn(fantoccini::elements::Element) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let limit = Duration::from_secs(10);
+        let started = Instant::now();
+        loop {
+            match act(self.find(css, limit).await).await {
+                Ok(out) => return out,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && started.elapsed() < limit => {}
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
     }
 
     /// Saves a PNG screenshot of the whole page (up to 4,000 px tall) to `path`.

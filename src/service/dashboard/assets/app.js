@@ -491,6 +491,8 @@ async function jobsView() {
     );
     const holder = document.getElementById("jobs-list");
     if (!holder) return;
+    // A job's link that has the keyboard focus gets it back in the new table.
+    const focused = holder.contains(document.activeElement) ? document.activeElement.getAttribute("href") : null;
     holder.replaceChildren(
       rows.length
         ? table(
@@ -501,6 +503,7 @@ async function jobsView() {
           )
         : h("p", { class: "muted" }, "No jobs yet."),
     );
+    if (focused) holder.querySelector(`a[href="${CSS.escape(focused)}"]`)?.focus();
   };
   await refresh();
   const timer = setInterval(() => refresh().catch(showError), 2000);
@@ -631,47 +634,46 @@ async function jobView(id) {
   const layers = h("section", { class: "panel", id: "layers", "aria-labelledby": "layers-title" }, h("h2", { id: "layers-title" }, "Layers"), h("p", { class: "muted" }, "From the report, once the job has succeeded."));
   render(`Job ${job.id}`, header, h("section", { "aria-labelledby": "training-title" }, h("h2", { id: "training-title" }, "Training"), charts), results, layers);
 
+  // The cancel button stays one element while the job runs, so that a click on it,
+  // or the keyboard focus, survives the redraw that each event causes.
+  const cancel = h(
+    "button",
+    {
+      type: "button",
+      class: "danger",
+      id: "cancel-job",
+      onclick: async () => {
+        try {
+          job = await call("POST", `/v1/jobs/${encodeURIComponent(job.id)}/cancel`);
+          say("Cancellation requested");
+          drawHeader();
+        } catch (err) {
+          showError(err);
+        }
+      },
+    },
+    "Cancel",
+  );
+  const facts = h("div");
+  header.replaceChildren(h("div", { class: "panel" }, facts, h("div", { class: "actions" }, cancel)));
   const drawHeader = () => {
-    const cancel = !FINAL.has(job.state)
-      ? h(
-          "button",
-          {
-            type: "button",
-            class: "danger",
-            id: "cancel-job",
-            onclick: async () => {
-              try {
-                job = await call("POST", `/v1/jobs/${encodeURIComponent(job.id)}/cancel`);
-                say("Cancellation requested");
-                drawHeader();
-              } catch (err) {
-                showError(err);
-              }
-            },
-          },
-          job.cancel_requested ? "Cancelling…" : "Cancel",
-        )
-      : null;
-    header.replaceChildren(
+    facts.replaceChildren(
       h(
-        "div",
-        { class: "panel" },
-        h(
-          "dl",
-          { class: "facts" },
-          h("dt", {}, "State"),
-          h("dd", { id: "job-state", "data-state": job.state }, badge(job.state), ` ${job.phase || ""}`),
-          h("dt", {}, "Progress"),
-          h("dd", {}, h("progress", { max: 1, value: job.progress || 0, "aria-label": "Job progress" }), ` ${percent(job.progress || 0, 0)}`),
-          h("dt", {}, "Method"),
-          h("dd", {}, `${job.spec?.method || "–"}, ${targetText(job.spec?.target)}`),
-          h("dt", {}, "Attempts"),
-          h("dd", {}, String(job.attempts ?? 0)),
-          job.error ? [h("dt", {}, "Error"), h("dd", { id: "job-error" }, String(job.error))] : null,
-        ),
-        h("div", { class: "actions" }, cancel),
+        "dl",
+        { class: "facts" },
+        h("dt", {}, "State"),
+        h("dd", { id: "job-state", "data-state": job.state }, badge(job.state), ` ${job.phase || ""}`),
+        h("dt", {}, "Progress"),
+        h("dd", {}, h("progress", { max: 1, value: job.progress || 0, "aria-label": "Job progress" }), ` ${percent(job.progress || 0, 0)}`),
+        h("dt", {}, "Method"),
+        h("dd", {}, `${job.spec?.method || "–"}, ${targetText(job.spec?.target)}`),
+        h("dt", {}, "Attempts"),
+        h("dd", {}, String(job.attempts ?? 0)),
+        job.error ? [h("dt", {}, "Error"), h("dd", { id: "job-error" }, String(job.error))] : null,
       ),
     );
+    if (FINAL.has(job.state)) cancel.remove();
+    else cancel.textContent = job.cancel_requested ? "Cancelling…" : "Cancel";
   };
   const drawCharts = () => charts.replaceChildren(...curveCharts(curve).map((c) => h("div", { class: "panel" }, c)));
   const drawResults = () => results.replaceChildren(h("div", { class: "grid" }, resultsPanel(job), latencyPanel(job), artifactsPanel(job)));
