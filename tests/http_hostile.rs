@@ -468,9 +468,45 @@ fn quotas_refuse_with_problem_documents(shape: Shape) {
             .contains("EFFP_MAX_STORED_BYTES")
     );
     // Another tenant has its own room.
+    let globex = call("POST", &format!("{base}/v1/models"), GLOBEX, Some(&other));
+    assert_eq!(globex.status, 201);
+    // Three different models at once, each fitting alone: one is kept, the others are
+    // refused when they are recorded, and nothing of them is left behind.
+    let globex_model = globex.json()["id"].as_str().unwrap().to_string();
     assert_eq!(
-        call("POST", &format!("{base}/v1/models"), GLOBEX, Some(&other)).status,
-        201
+        call(
+            "DELETE",
+            &format!("{base}/v1/models/{globex_model}"),
+            GLOBEX,
+            None
+        )
+        .status,
+        204
+    );
+    let files = ["yolov5t.onnx", "yolo11t.onnx", "yolov8t.onnx"].map(fixture_bytes);
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let sent: Vec<_> = files
+            .iter()
+            .map(|f| s.spawn(|| call("POST", &format!("{base}/v1/models"), GLOBEX, Some(f))))
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 413, 413]);
+    for refused in replies.iter().filter(|r| r.status == 413) {
+        let p = refused.problem(413);
+        assert_eq!(p["type"], "https://effp.dev/problems/quota-exceeded");
+    }
+    let kept = call("GET", &format!("{base}/v1/models"), GLOBEX, None).json();
+    assert_eq!(kept["items"].as_array().unwrap().len(), 1);
+    let shas: std::collections::BTreeSet<String> = [&created.json(), &kept["items"][0]]
+        .map(|m| m["sha256"].as_str().unwrap().to_string())
+        .into();
+    assert_eq!(
+        server.objects().len(),
+        shas.len(),
+        "refused uploads leave no file"
     );
 
     let jobs = format!("{base}/v1/jobs");

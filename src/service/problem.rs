@@ -79,10 +79,10 @@ impl IntoResponse for Problem {
     }
 }
 
-/// The problem document for a storage error, so that handlers can `?` one.
 /// Seconds a client is asked to wait when the storage cannot be reached.
 const STORAGE_RETRY_AFTER_SECS: u64 = 5;
 
+/// The problem document for a storage error, so that handlers can `?` one.
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -91,6 +91,9 @@ impl From<StoreError> for Problem {
                 "too-large",
                 format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
             ),
+            StoreError::QuotaExceeded { used, size, limit } => {
+                crate::service::quota::storage_full(used, Some(size), limit)
+            }
             StoreError::Body(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-body", m),
             StoreError::Stalled(m) => Problem::new(
                 StatusCode::REQUEST_TIMEOUT,

@@ -67,15 +67,25 @@ pub async fn upload_room(
     let used = state.jobs.stored_bytes(tenant).await?;
     let room = state.quotas.stored_bytes.saturating_sub(used);
     if room == 0 || declared.is_some_and(|n| n > room) {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "quota-exceeded",
-            format!(
-                "this tenant keeps {used} bytes of models and datasets; its limit is {} (EFFP_MAX_STORED_BYTES): \
-                 delete some before uploading more",
-                state.quotas.stored_bytes
-            ),
-        ));
+        return Err(storage_full(used, None, state.quotas.stored_bytes));
     }
     Ok(room)
+}
+
+/// 413 for a tenant whose models and datasets keep `used` bytes of its `limit`, and
+/// an upload of `size` more (when known) that does not fit. Uploads are counted
+/// against the limit before they are read and again, in one step with the write,
+/// when they are recorded: concurrent uploads cannot overfill it together.
+pub fn storage_full(used: u64, size: Option<u64>, limit: u64) -> Problem {
+    let upload = size.map_or(String::new(), |n| {
+        format!(" and this upload of {n} bytes does not fit")
+    });
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "quota-exceeded",
+        format!(
+            "this tenant keeps {used} bytes of models and datasets{upload}; its limit is {limit} \
+             (EFFP_MAX_STORED_BYTES): delete some before uploading more"
+        ),
+    )
 }

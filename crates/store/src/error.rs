@@ -37,6 +37,16 @@ pub enum StoreError {
         /// The attempt number of the lost claim.
         attempt: u32,
     },
+    /// A tenant's models and datasets would pass its storage limit.
+    #[error("the tenant keeps {used} bytes; with {size} more it would pass its limit of {limit}")]
+    QuotaExceeded {
+        /// Bytes the tenant keeps now.
+        used: u64,
+        /// The size of what was to be added.
+        size: u64,
+        /// The tenant's limit.
+        limit: u64,
+    },
     /// A distributed backend cannot be reached now (connection refused or dropped,
     /// a timeout): the same call may succeed later.
     #[error("storage is unavailable: {0}")]

@@ -8,8 +8,15 @@ use crate::{DatasetRecord, JobEvent, JobRecord, ModelRecord, StoreError};
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
     /// Records a model, unless the tenant already has one with the same content:
-    /// then that one is returned and nothing is written.
-    async fn insert_model(&self, model: &ModelRecord) -> Result<Option<ModelRecord>, StoreError>;
+    /// then that one is returned and nothing is written. Refused with
+    /// [`StoreError::QuotaExceeded`] when the tenant's models and datasets would come
+    /// to more than `max_stored_bytes`; checked in the same step as the write, so
+    /// that concurrent uploads cannot overfill it together.
+    async fn insert_model(
+        &self,
+        model: &ModelRecord,
+        max_stored_bytes: u64,
+    ) -> Result<Option<ModelRecord>, StoreError>;
     /// A tenant's model by id.
     async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError>;
     /// A tenant's model with this content, if it uploaded it before.
@@ -28,11 +35,11 @@ pub trait JobStore: Send + Sync {
     /// Removes a tenant's model; returns it when it existed.
     async fn delete_model(&self, tenant: &str, id: &str)
     -> Result<Option<ModelRecord>, StoreError>;
-    /// Records a dataset, unless the tenant already has one with the same content:
-    /// then that one is returned and nothing is written.
+    /// Records a dataset, as [`JobStore::insert_model`] records a model.
     async fn insert_dataset(
         &self,
         dataset: &DatasetRecord,
+        max_stored_bytes: u64,
     ) -> Result<Option<DatasetRecord>, StoreError>;
     /// A tenant's dataset by id.
     async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError>;

@@ -5,7 +5,9 @@ mod backends;
 use std::sync::Arc;
 
 use backends::Store;
-use effp_store::{DatasetRecord, ModelRecord};
+use effp_store::{DatasetRecord, ModelRecord, StoreError};
+
+const NO_LIMIT: u64 = u64::MAX;
 
 fn model(id: &str, tenant: &str, sha: &str, size: u64, at: &str) -> ModelRecord {
     ModelRecord {
@@ -21,15 +23,24 @@ fn model(id: &str, tenant: &str, sha: &str, size: u64, at: &str) -> ModelRecord 
 
 async fn uploads_are_kept_once_per_tenant_and_content(store: Arc<dyn Store>) {
     let a = model("mdl_a", "t1", "a", 100, "2026-11-27T00:00:01.000Z");
-    assert!(store.insert_model(&a).await.unwrap().is_none());
+    assert!(store.insert_model(&a, NO_LIMIT).await.unwrap().is_none());
     // The same content again: the first record comes back and nothing is written.
     let again = model("mdl_b", "t1", "a", 100, "2026-11-27T00:00:02.000Z");
-    assert_eq!(store.insert_model(&again).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        store.insert_model(&again, NO_LIMIT).await.unwrap(),
+        Some(a.clone())
+    );
     // Another tenant's upload of it is its own.
     let other = model("mdl_c", "t2", "a", 100, "2026-11-27T00:00:03.000Z");
-    assert!(store.insert_model(&other).await.unwrap().is_none());
+    assert!(
+        store
+            .insert_model(&other, NO_LIMIT)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let b = model("mdl_d", "t1", "b", 50, "2026-11-27T00:00:04.000Z");
-    assert!(store.insert_model(&b).await.unwrap().is_none());
+    assert!(store.insert_model(&b, NO_LIMIT).await.unwrap().is_none());
 
     assert_eq!(store.model("t1", "mdl_a").await.unwrap(), Some(a.clone()));
     assert!(store.model("t2", "mdl_a").await.unwrap().is_none());
@@ -57,7 +68,7 @@ async fn uploads_are_kept_once_per_tenant_and_content(store: Arc<dyn Store>) {
     assert_eq!(store.stored_bytes("t1").await.unwrap(), 50);
     // Deleted content may be uploaded again as a new record.
     let back = model("mdl_e", "t1", "a", 100, "2026-11-27T00:00:05.000Z");
-    assert!(store.insert_model(&back).await.unwrap().is_none());
+    assert!(store.insert_model(&back, NO_LIMIT).await.unwrap().is_none());
 
     let ds = DatasetRecord {
         id: "ds_a".into(),
@@ -68,7 +79,7 @@ async fn uploads_are_kept_once_per_tenant_and_content(store: Arc<dyn Store>) {
         created_at: "2026-11-27T00:00:06.000Z".into(),
         summary: serde_json::json!({"layout": "yolo"}),
     };
-    assert!(store.insert_dataset(&ds).await.unwrap().is_none());
+    assert!(store.insert_dataset(&ds, NO_LIMIT).await.unwrap().is_none());
     assert_eq!(store.dataset("t1", "ds_a").await.unwrap(), Some(ds.clone()));
     assert_eq!(
         store.datasets("t1", 10, 0).await.unwrap(),
@@ -86,10 +97,71 @@ async fn content_references_count_up_and_down(store: Arc<dyn Store>) {
     assert!(store.drop_object(&sha).await.unwrap(), "the last reference");
     // A record's content is counted by the recount.
     let m = model("mdl_a", "t1", "e", 5, "2026-11-27T00:00:01.000Z");
-    store.insert_model(&m).await.unwrap();
+    store.insert_model(&m, NO_LIMIT).await.unwrap();
     let referenced = store.recount_objects().await.unwrap();
     assert!(referenced.contains(&m.sha256));
     assert!(!referenced.contains(&sha));
+}
+
+async fn a_record_that_would_pass_the_storage_limit_is_refused(store: Arc<dyn Store>) {
+    let a = model("mdl_a", "t1", "a", 600, "2026-11-27T00:00:01.000Z");
+    assert!(store.insert_model(&a, 1000).await.unwrap().is_none());
+    let b = model("mdl_b", "t1", "b", 401, "2026-11-27T00:00:02.000Z");
+    match store.insert_model(&b, 1000).await {
+        Err(StoreError::QuotaExceeded { used, size, limit }) => {
+            assert_eq!((used, size, limit), (600, 401, 1000))
+        }
+        other => panic!("601 + 400 bytes under a 1000-byte limit: {other:?}"),
+    }
+    assert!(store.model("t1", "mdl_b").await.unwrap().is_none());
+    assert_eq!(store.stored_bytes("t1").await.unwrap(), 600);
+    // Content the tenant already keeps is answered with its record, full or not.
+    let again = model("mdl_c", "t1", "a", 600, "2026-11-27T00:00:03.000Z");
+    assert_eq!(store.insert_model(&again, 1000).await.unwrap(), Some(a));
+    // Exactly filling it is allowed; datasets count too; other tenants have their own.
+    let ds = DatasetRecord {
+        id: "ds_a".into(),
+        tenant: "t1".into(),
+        name: "set.zip".into(),
+        sha256: "c".repeat(64),
+        size: 400,
+        created_at: "2026-11-27T00:00:04.000Z".into(),
+        summary: serde_json::json!({"layout": "yolo"}),
+    };
+    assert!(store.insert_dataset(&ds, 1000).await.unwrap().is_none());
+    let one_more = model("mdl_d", "t1", "d", 1, "2026-11-27T00:00:05.000Z");
+    assert!(matches!(
+        store.insert_model(&one_more, 1000).await,
+        Err(StoreError::QuotaExceeded { used: 1000, .. })
+    ));
+    let other = model("mdl_e", "t2", "b", 1000, "2026-11-27T00:00:06.000Z");
+    assert!(store.insert_model(&other, 1000).await.unwrap().is_none());
+
+    // Many different records at once, each fitting alone: together they fill the
+    // limit and no more.
+    let inserts = (0..16u64).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let m = model(
+                &format!("mdl_r{i}"),
+                "t3",
+                &format!("{i:02x}"),
+                300,
+                "2026-11-27T00:00:07.000Z",
+            );
+            store.insert_model(&m, 1000).await
+        })
+    });
+    let mut kept = 0;
+    for insert in inserts {
+        match insert.await.unwrap() {
+            Ok(None) => kept += 1,
+            Err(StoreError::QuotaExceeded { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(kept, 3);
+    assert_eq!(store.stored_bytes("t3").await.unwrap(), 900);
 }
 
 macro_rules! on_backend {
@@ -100,6 +172,11 @@ macro_rules! on_backend {
             async fn uploads_are_kept_once_per_tenant_and_content() {
                 let backend = $open().await;
                 super::uploads_are_kept_once_per_tenant_and_content(backend.store()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_record_that_would_pass_the_storage_limit_is_refused() {
+                let backend = $open().await;
+                super::a_record_that_would_pass_the_storage_limit_is_refused(backend.store()).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn content_references_count_up_and_down() {

@@ -180,7 +180,7 @@ macro_rules! resource {
                 state.jobs.$by_hash(tenant, sha256).await
             }
             async fn insert(&self, state: &AppState) -> Result<Option<Self>, StoreError> {
-                state.jobs.$insert(self).await
+                state.jobs.$insert(self, state.quotas.stored_bytes).await
             }
             async fn get(
                 state: &AppState,

@@ -63,10 +63,14 @@ impl RedisStore {
         pipe.query_async(&mut self.conn()).await.map_err(backend)
     }
 
-    async fn insert_upload<R: Upload>(&self, record: &R) -> Result<Option<R>, StoreError> {
+    async fn insert_upload<R: Upload>(
+        &self,
+        record: &R,
+        max_stored_bytes: u64,
+    ) -> Result<Option<R>, StoreError> {
         let (id, tenant, sha, size, created_at) = record.parts();
         let json = serde_json::to_string(record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let existing: Option<String> = self
+        let outcome: Vec<String> = self
             .script(
                 &self.scripts.insert_upload,
                 &[
@@ -77,12 +81,21 @@ impl RedisStore {
                     &size.to_string(),
                     &millis_of(created_at).to_string(),
                     &json,
+                    &max_stored_bytes.to_string(),
                 ],
             )
             .await?;
-        match existing {
-            Some(other) => self.upload::<R>(tenant, &other).await,
-            None => Ok(None),
+        match outcome.as_slice() {
+            [kind] if kind == "inserted" => Ok(None),
+            [kind, other] if kind == "existing" => self.upload::<R>(tenant, other).await,
+            [kind, used] if kind == "quota" => Err(StoreError::QuotaExceeded {
+                used: used.parse().unwrap_or(0),
+                size,
+                limit: max_stored_bytes,
+            }),
+            other => Err(StoreError::Backend(format!(
+                "unexpected answer from the insert script: {other:?}"
+            ))),
         }
     }
 
@@ -214,8 +227,12 @@ fn decode_upload<R: Upload>(json: &str, tenant: String) -> Result<R, StoreError>
 
 #[async_trait::async_trait]
 impl JobStore for RedisStore {
-    async fn insert_model(&self, m: &ModelRecord) -> Result<Option<ModelRecord>, StoreError> {
-        self.insert_upload(m).await
+    async fn insert_model(
+        &self,
+        m: &ModelRecord,
+        max_stored_bytes: u64,
+    ) -> Result<Option<ModelRecord>, StoreError> {
+        self.insert_upload(m, max_stored_bytes).await
     }
 
     async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError> {
@@ -247,8 +264,12 @@ impl JobStore for RedisStore {
         self.delete_upload(tenant, id).await
     }
 
-    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<Option<DatasetRecord>, StoreError> {
-        self.insert_upload(d).await
+    async fn insert_dataset(
+        &self,
+        d: &DatasetRecord,
+        max_stored_bytes: u64,
+    ) -> Result<Option<DatasetRecord>, StoreError> {
+        self.insert_upload(d, max_stored_bytes).await
     }
 
     async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError> {

@@ -284,16 +284,22 @@ event(id, 'state')
 return 1
 "#;
 
-/// ARGV: p, kind, id, tenant, sha256, size, created_ms, record JSON. Returns the id of
-/// the tenant's record of the same content, or nil when inserted.
+/// ARGV: p, kind, id, tenant, sha256, size, created_ms, record JSON, the tenant's
+/// storage limit. Returns `{'existing', id}` with the id of the tenant's record of the
+/// same content, `{'quota', used}` when the record would pass the limit, or
+/// `{'inserted'}`.
 const INSERT_UPLOAD: &str = r#"
-local p, kind, id, tenant, sha, size, created, json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local p, kind, id, tenant, sha, size, created, json, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local by_sha = p .. ':' .. kind .. '-sha:' .. tenant .. ':' .. sha
-if not redis.call('SET', by_sha, id, 'NX') then return redis.call('GET', by_sha) end
+local existing = redis.call('GET', by_sha)
+if existing then return {'existing', existing} end
+local used = redis.call('HGET', p .. ':stored-bytes', tenant) or '0'
+if tonumber(used) + tonumber(size) > tonumber(limit) then return {'quota', used} end
+redis.call('SET', by_sha, id)
 redis.call('HSET', p .. ':' .. kind .. ':' .. id, 'tenant', tenant, 'sha256', sha, 'size', size, 'json', json)
 redis.call('ZADD', p .. ':' .. kind .. 's:' .. tenant, created, id)
 redis.call('HINCRBY', p .. ':stored-bytes', tenant, size)
-return false
+return {'inserted'}
 "#;
 
 /// ARGV: p, kind, tenant, id. Returns the deleted record's JSON, or nil.

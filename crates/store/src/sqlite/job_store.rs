@@ -10,8 +10,12 @@ use crate::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreErro
 
 #[async_trait::async_trait]
 impl JobStore for SqliteStore {
-    async fn insert_model(&self, m: &ModelRecord) -> Result<Option<ModelRecord>, StoreError> {
-        self.insert_upload(m).await
+    async fn insert_model(
+        &self,
+        m: &ModelRecord,
+        max_stored_bytes: u64,
+    ) -> Result<Option<ModelRecord>, StoreError> {
+        self.insert_upload(m, max_stored_bytes).await
     }
 
     async fn model(&self, tenant: &str, id: &str) -> Result<Option<ModelRecord>, StoreError> {
@@ -43,8 +47,12 @@ impl JobStore for SqliteStore {
         self.delete_upload(tenant, id).await
     }
 
-    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<Option<DatasetRecord>, StoreError> {
-        self.insert_upload(d).await
+    async fn insert_dataset(
+        &self,
+        d: &DatasetRecord,
+        max_stored_bytes: u64,
+    ) -> Result<Option<DatasetRecord>, StoreError> {
+        self.insert_upload(d, max_stored_bytes).await
     }
 
     async fn dataset(&self, tenant: &str, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
@@ -209,16 +217,8 @@ impl JobStore for SqliteStore {
 
     async fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError> {
         let tenant = tenant.to_string();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT (SELECT COALESCE(SUM(size), 0) FROM models WHERE tenant = ?1) + \
-                        (SELECT COALESCE(SUM(size), 0) FROM datasets WHERE tenant = ?1)",
-                params![tenant],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-        })
-        .await
+        self.with(move |c| super::uploads::stored_bytes(c, &tenant))
+            .await
     }
 
     async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError> {

@@ -62,29 +62,54 @@ impl SqliteStore {
     pub(super) async fn insert_upload<R: UploadRow>(
         &self,
         record: &R,
+        max_stored_bytes: u64,
     ) -> Result<Option<R>, StoreError> {
         let record = record.clone();
+        // The connection is held for the whole closure: the quota check and the
+        // insert are one step for every task of this process, the only one using it.
         self.with(move |c| {
             let (id, tenant, name, sha256, size, created_at, found) = record.fields();
-            let inserted = c.execute(
+            let existing = c
+                .query_row(
+                    &format!(
+                        "SELECT {} FROM {} WHERE tenant = ?1 AND sha256 = ?2",
+                        R::COLUMNS,
+                        R::TABLE
+                    ),
+                    params![tenant, sha256],
+                    R::from_row,
+                )
+                .optional()?;
+            if existing.is_some() {
+                return Ok(Ok(existing));
+            }
+            let used = stored_bytes(c, tenant)?;
+            if used.saturating_add(size) > max_stored_bytes {
+                return Ok(Err(StoreError::QuotaExceeded {
+                    used,
+                    size,
+                    limit: max_stored_bytes,
+                }));
+            }
+            c.execute(
                 &format!(
-                    "INSERT INTO {} ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    "INSERT INTO {} ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     R::TABLE,
                     R::COLUMNS
                 ),
-                params![id, tenant, name, sha256, size as i64, created_at, found.to_string()],
+                params![
+                    id,
+                    tenant,
+                    name,
+                    sha256,
+                    size as i64,
+                    created_at,
+                    found.to_string()
+                ],
             )?;
-            if inserted == 1 {
-                return Ok(None);
-            }
-            c.query_row(
-                &format!("SELECT {} FROM {} WHERE tenant = ?1 AND sha256 = ?2", R::COLUMNS, R::TABLE),
-                params![tenant, sha256],
-                R::from_row,
-            )
-            .optional()
+            Ok(Ok(None))
         })
-        .await
+        .await?
     }
 
     /// A tenant's upload whose `column` (id or sha256) is `value`.
@@ -130,4 +155,15 @@ impl SqliteStore {
         }
         Ok(existing)
     }
+}
+
+/// Bytes of models and datasets `tenant` keeps.
+pub(super) fn stored_bytes(c: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<u64> {
+    c.query_row(
+        "SELECT (SELECT COALESCE(SUM(size), 0) FROM models WHERE tenant = ?1) + \
+                (SELECT COALESCE(SUM(size), 0) FROM datasets WHERE tenant = ?1)",
+        params![tenant],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }
