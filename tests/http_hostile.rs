@@ -546,6 +546,27 @@ fn quotas_refuse_with_problem_documents(shape: Shape) {
             .contains("EFFP_MAX_QUEUED_JOBS"),
         "{p}"
     );
+
+    // Six submissions at once, each fitting alone: the queue takes two and no more.
+    let globex_spec = serde_json::json!({
+        "model": kept["items"][0]["id"], "target": {"flops_ratio": 0.5}, "device": "cpu",
+        "training": {"steps": 100},
+    })
+    .to_string();
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let sent: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| call("POST", &jobs, GLOBEX, Some(globex_spec.as_bytes()))))
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 201, 429, 429, 429, 429]);
+    for refused in replies.iter().filter(|r| r.status == 429) {
+        assert_eq!(refused.headers["retry-after"], "30");
+    }
+    let listed = call("GET", &format!("{jobs}?state=queued"), GLOBEX, None).json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
 }
 
 #[test]

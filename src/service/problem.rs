@@ -91,6 +91,12 @@ impl From<StoreError> for Problem {
                 "too-large",
                 format!("the upload exceeds the limit of {limit} bytes (EFFP_MAX_UPLOAD_BYTES)"),
             ),
+            StoreError::TooManyActive {
+                jobs,
+                steps,
+                requested,
+                limits,
+            } => crate::service::quota::queue_full(jobs, steps, requested, limits),
             StoreError::QuotaExceeded { used, size, limit } => {
                 crate::service::quota::storage_full(used, Some(size), limit)
             }

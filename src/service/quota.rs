@@ -2,6 +2,7 @@
 //! bytes of models and datasets kept, so that one tenant cannot crowd out the rest.
 
 use axum::http::StatusCode;
+use effp_store::ActiveLimits;
 
 use super::AppState;
 use super::api::jobs::{JobSpec, field, invalid};
@@ -17,6 +18,16 @@ pub struct Quotas {
     pub training_steps: u64,
     /// Bytes of models and datasets kept.
     pub stored_bytes: u64,
+}
+
+impl Quotas {
+    /// The limits on a tenant's queued and running jobs.
+    pub fn active(&self) -> ActiveLimits {
+        ActiveLimits {
+            jobs: self.jobs,
+            training_steps: self.training_steps,
+        }
+    }
 }
 
 /// Seconds a client refused for a full queue is told to wait.
@@ -38,23 +49,34 @@ pub async fn check_job(state: &AppState, tenant: &str, spec: &JobSpec) -> Result
         )]));
     }
     let (jobs, queued_steps) = state.jobs.active_load(tenant).await?;
-    let detail = if jobs >= q.jobs {
+    let limits = q.active();
+    if jobs >= limits.jobs || queued_steps.saturating_add(steps) > limits.training_steps {
+        return Err(queue_full(jobs, queued_steps, steps, limits));
+    }
+    Ok(())
+}
+
+/// 429 (with `Retry-After`) for a tenant whose `jobs` queued or running jobs, asking
+/// for `steps` training steps, leave no room under `limits` for one more of
+/// `requested` steps. Jobs are checked against the limits before a submission is
+/// looked at further and again, in one step with recording the job, when it is
+/// recorded: concurrent submissions cannot pass them together.
+pub fn queue_full(jobs: u64, steps: u64, requested: u64, limits: ActiveLimits) -> Problem {
+    let detail = if jobs >= limits.jobs {
         format!(
             "this tenant already has {jobs} queued or running jobs, the most it may have (EFFP_MAX_QUEUED_JOBS); \
              submit again when some have ended"
         )
-    } else if queued_steps + steps > q.training_steps {
-        format!(
-            "this tenant's queued and running jobs ask for {queued_steps} training steps; {steps} more would pass \
-             its limit of {} (EFFP_MAX_TRAINING_STEPS); submit again when some have ended",
-            q.training_steps
-        )
     } else {
-        return Ok(());
+        format!(
+            "this tenant's queued and running jobs ask for {steps} training steps; {requested} more would pass \
+             its limit of {} (EFFP_MAX_TRAINING_STEPS); submit again when some have ended",
+            limits.training_steps
+        )
     };
     let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", detail);
     p.retry_after = Some(RETRY_AFTER_SECS);
-    Err(p)
+    p
 }
 
 /// How many more bytes the tenant may store, or 413 when its storage is full (or

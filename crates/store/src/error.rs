@@ -47,6 +47,21 @@ pub enum StoreError {
         /// The tenant's limit.
         limit: u64,
     },
+    /// A tenant's queued and running jobs would pass its limits with one more.
+    #[error(
+        "the tenant has {jobs} queued or running jobs asking for {steps} training steps; \
+         one more of {requested} steps would pass its limits ({limits:?})"
+    )]
+    TooManyActive {
+        /// Jobs queued or running now.
+        jobs: u64,
+        /// Training steps they ask for.
+        steps: u64,
+        /// Training steps the refused job asked for.
+        requested: u64,
+        /// The tenant's limits.
+        limits: crate::ActiveLimits,
+    },
     /// A distributed backend cannot be reached now (connection refused or dropped,
     /// a timeout): the same call may succeed later.
     #[error("storage is unavailable: {0}")]

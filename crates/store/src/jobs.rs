@@ -4,6 +4,24 @@ use effp_protocol::JobState;
 
 use crate::{DatasetRecord, JobEvent, JobRecord, ModelRecord, StoreError};
 
+/// What one tenant may have queued or running at once, checked in one step with
+/// recording a job so that concurrent submissions cannot pass it together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveLimits {
+    /// Jobs queued or running.
+    pub jobs: u64,
+    /// Training steps those jobs ask for, together.
+    pub training_steps: u64,
+}
+
+impl ActiveLimits {
+    /// No limit.
+    pub const NONE: Self = Self {
+        jobs: u64::MAX,
+        training_steps: u64::MAX,
+    };
+}
+
 /// Metadata of the service's resources: models, datasets and jobs.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
@@ -101,8 +119,14 @@ pub trait JobStore: Send + Sync {
     /// A tenant's queued or running jobs that use this model or dataset.
     async fn active_jobs_using(&self, tenant: &str, id: &str) -> Result<Vec<String>, StoreError>;
     /// Records a new job (queued), unless the tenant already has one with the same
-    /// Idempotency-Key: then that one is returned and nothing is written.
-    async fn insert_job(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
+    /// Idempotency-Key: then that one is returned and nothing is written. Refused
+    /// with [`StoreError::TooManyActive`] when the tenant's queued and running jobs
+    /// would pass `limits`.
+    async fn insert_job(
+        &self,
+        job: &JobRecord,
+        limits: ActiveLimits,
+    ) -> Result<Option<JobRecord>, StoreError>;
     /// A tenant's job by id.
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job a tenant created with this Idempotency-Key.

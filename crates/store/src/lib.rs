@@ -26,7 +26,7 @@ pub use benchmarks::{BenchmarkRecord, Benchmarks, expired_message};
 pub use checkpoints::Checkpoints;
 pub use content::Content;
 pub use error::StoreError;
-pub use jobs::JobStore;
+pub use jobs::{ActiveLimits, JobStore};
 pub use notifications::{
     NotificationState, NotificationStatus, Notifications, NotifyOutcome, notify_url,
 };

@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 use backends::Store;
 use effp_protocol::JobState;
 use effp_store::sqlite::SqliteStore;
-use effp_store::{JobRecord, JobStore, NotificationState, NotifyOutcome, Queue, StoreError};
+use effp_store::{ActiveLimits, JobRecord, NotificationState, NotifyOutcome, Queue, StoreError};
 
 const LONG: Duration = Duration::from_secs(600);
 
 fn job(id: &str) -> JobRecord {
     JobRecord::queued(id.into(), "tenant".into(), serde_json::json!({}), None)
+}
+
+/// Records `job` with no limits on the tenant's active jobs.
+async fn insert(store: &dyn Store, job: &JobRecord) {
+    store.insert_job(job, ActiveLimits::NONE).await.unwrap();
 }
 
 async fn state(store: &dyn Store, id: &str) -> JobRecord {
@@ -28,7 +33,7 @@ fn lost<T: std::fmt::Debug>(outcome: Result<T, StoreError>) -> bool {
 
 async fn a_job_is_claimed_once_while_its_lease_lasts(store: Arc<dyn Store>) {
     assert!(store.claim(LONG, 3).await.unwrap().is_none());
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     let claimed = store.claim(LONG, 3).await.unwrap().unwrap();
     assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_a", 1));
     assert_eq!(claimed.state, JobState::Running);
@@ -50,7 +55,7 @@ async fn an_idle_worker_wakes_when_a_job_is_queued(store: Arc<dyn Store>) {
         !waiter.is_finished(),
         "the wait returned with nothing queued"
     );
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     let waited = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
         .expect("the idle worker was not woken by the new job")
@@ -60,7 +65,7 @@ async fn an_idle_worker_wakes_when_a_job_is_queued(store: Arc<dyn Store>) {
 
 async fn a_job_queued_between_a_claim_and_the_wait_is_not_missed(store: Arc<dyn Store>) {
     assert!(store.claim(LONG, 3).await.unwrap().is_none());
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     tokio::time::timeout(Duration::from_secs(30), store.wait_for_work(LONG))
         .await
         .expect("the wake-up before the wait was lost");
@@ -68,7 +73,7 @@ async fn a_job_queued_between_a_claim_and_the_wait_is_not_missed(store: Arc<dyn 
 }
 
 async fn a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     // Drain the wake-up of the insert.
     store.wait_for_work(Duration::ZERO).await;
     let first = store
@@ -87,7 +92,7 @@ async fn a_lease_that_runs_out_wakes_a_worker_and_the_job_is_claimed_again(store
 }
 
 async fn a_worker_whose_claim_was_taken_over_changes_nothing(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     let first = store
         .claim(Duration::from_millis(100), 3)
         .await
@@ -141,7 +146,7 @@ async fn a_worker_whose_claim_was_taken_over_changes_nothing(store: Arc<dyn Stor
 }
 
 async fn heartbeats_keep_the_lease_and_carry_the_cancellation(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     let lease = Duration::from_millis(400);
     store.claim(lease, 3).await.unwrap().unwrap();
     for _ in 0..6 {
@@ -154,7 +159,7 @@ async fn heartbeats_keep_the_lease_and_carry_the_cancellation(store: Arc<dyn Sto
 }
 
 async fn a_job_whose_workers_keep_dying_fails_after_its_attempts(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     let short = Duration::from_millis(50);
     for attempt in 1..=2 {
         let claimed = store.claim(short, 2).await.unwrap().unwrap();
@@ -171,7 +176,7 @@ async fn a_job_whose_workers_keep_dying_fails_after_its_attempts(store: Arc<dyn 
 }
 
 async fn release_gives_the_attempt_back_and_retry_spends_it(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     store.wait_for_work(Duration::ZERO).await;
     store.claim(LONG, 2).await.unwrap().unwrap();
     store.release("job_a", 1).await.unwrap();
@@ -194,7 +199,7 @@ async fn release_gives_the_attempt_back_and_retry_spends_it(store: Arc<dyn Store
 }
 
 async fn a_finished_job_keeps_its_state_and_artifacts(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
     store.claim(LONG, 3).await.unwrap().unwrap();
     let mut artifacts = effp_protocol::Artifacts::new();
     artifacts.insert(
@@ -238,8 +243,8 @@ async fn a_finished_job_keeps_its_state_and_artifacts(store: Arc<dyn Store>) {
 }
 
 async fn a_cancelled_queued_job_is_never_claimed(store: Arc<dyn Store>) {
-    store.insert_job(&job("job_a")).await.unwrap();
-    store.insert_job(&job("job_b")).await.unwrap();
+    insert(store.as_ref(), &job("job_a")).await;
+    insert(store.as_ref(), &job("job_b")).await;
     let cancelled = store.cancel_job("tenant", "job_a").await.unwrap().unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(store.cancel_job("other", "job_b").await.unwrap().is_none());
@@ -255,12 +260,12 @@ async fn a_tenant_with_many_queued_jobs_does_not_hold_back_another(store: Arc<dy
     for i in 0..5 {
         let mut j = job(&format!("job_a{i}"));
         j.tenant = "busy".into();
-        store.insert_job(&j).await.unwrap();
+        insert(store.as_ref(), &j).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut other = job("job_b");
     other.tenant = "quiet".into();
-    store.insert_job(&other).await.unwrap();
+    insert(store.as_ref(), &other).await;
     let first = store.claim(LONG, 3).await.unwrap().unwrap();
     assert_eq!(first.id, "job_a0");
     // The busy tenant has a job running; the quiet one none: it goes next.
@@ -272,12 +277,15 @@ async fn a_tenant_with_many_queued_jobs_does_not_hold_back_another(store: Arc<dy
 
 async fn listings_are_newest_first_per_tenant_and_state(store: Arc<dyn Store>) {
     for i in 0..4 {
-        store.insert_job(&job(&format!("job_{i}"))).await.unwrap();
+        store
+            .insert_job(&job(&format!("job_{i}")), ActiveLimits::NONE)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let mut foreign = job("job_f");
     foreign.tenant = "other".into();
-    store.insert_job(&foreign).await.unwrap();
+    insert(store.as_ref(), &foreign).await;
     let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
     assert_eq!(
         ids(store.jobs("tenant", None, 10, 0).await.unwrap()),
@@ -307,10 +315,20 @@ async fn listings_are_newest_first_per_tenant_and_state(store: Arc<dyn Store>) {
     // An Idempotency-Key gives one job per tenant.
     let mut keyed = job("job_k1");
     keyed.idempotency_key = Some("key-1".into());
-    assert!(store.insert_job(&keyed).await.unwrap().is_none());
+    assert!(
+        store
+            .insert_job(&keyed, ActiveLimits::NONE)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let mut again = job("job_k2");
     again.idempotency_key = Some("key-1".into());
-    let existing = store.insert_job(&again).await.unwrap().unwrap();
+    let existing = store
+        .insert_job(&again, ActiveLimits::NONE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(existing.id, "job_k1");
     assert!(store.job("tenant", "job_k2").await.unwrap().is_none());
     assert_eq!(
@@ -325,6 +343,99 @@ async fn listings_are_newest_first_per_tenant_and_state(store: Arc<dyn Store>) {
 }
 
 /// Runs each scenario on a fresh store of one backend.
+async fn a_job_past_the_tenants_limits_is_refused_even_when_submitted_at_once(
+    store: Arc<dyn Store>,
+) {
+    let limits = ActiveLimits {
+        jobs: 3,
+        training_steps: 1000,
+    };
+    let job = |id: &str, tenant: &str, steps: u64, key: Option<&str>| {
+        JobRecord::queued(
+            id.into(),
+            tenant.into(),
+            serde_json::json!({"model": "mdl_1", "training": {"steps": steps}}),
+            key.map(str::to_string),
+        )
+    };
+    assert!(
+        store
+            .insert_job(&job("job_a", "t", 600, Some("k")), limits)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Steps: 600 + 401 would pass 1000.
+    match store
+        .insert_job(&job("job_b", "t", 401, None), limits)
+        .await
+    {
+        Err(StoreError::TooManyActive {
+            jobs,
+            steps,
+            requested,
+            limits: l,
+        }) => {
+            assert_eq!((jobs, steps, requested, l), (1, 600, 401, limits))
+        }
+        other => panic!("600 + 401 steps under a limit of 1000: {other:?}"),
+    }
+    assert!(
+        store
+            .insert_job(&job("job_c", "t", 400, None), limits)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .insert_job(&job("job_d", "t", 0, None), limits)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Jobs: a fourth is refused; a retry with the key of an active job gets that job.
+    assert!(matches!(
+        store.insert_job(&job("job_e", "t", 0, None), limits).await,
+        Err(StoreError::TooManyActive { jobs: 3, .. })
+    ));
+    let again = store
+        .insert_job(&job("job_f", "t", 600, Some("k")), limits)
+        .await
+        .unwrap();
+    assert_eq!(again.map(|j| j.id).as_deref(), Some("job_a"));
+    assert!(store.job("t", "job_e").await.unwrap().is_none());
+    // An ended job makes room.
+    store.cancel_job("t", "job_d").await.unwrap();
+    assert!(
+        store
+            .insert_job(&job("job_g", "t", 0, None), limits)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Many submissions at once, each fitting alone: exactly the limit is kept.
+    let inserts = (0..16).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .insert_job(&job(&format!("job_r{i}"), "u", 10, None), limits)
+                .await
+        })
+    });
+    let mut kept = 0;
+    for insert in inserts {
+        match insert.await.unwrap() {
+            Ok(None) => kept += 1,
+            Err(StoreError::TooManyActive { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(kept, 3);
+    assert_eq!(store.active_load("u").await.unwrap(), (3, 30));
+}
+
 async fn a_tenants_load_counts_its_active_jobs_and_their_steps(store: Arc<dyn Store>) {
     let spec = |model: &str, dataset: &str, steps: u64| serde_json::json!({"model": model, "dataset": dataset, "training": {"steps": steps}});
     let jobs = [
@@ -334,7 +445,7 @@ async fn a_tenants_load_counts_its_active_jobs_and_their_steps(store: Arc<dyn St
     ];
     for (id, spec) in &jobs {
         let record = JobRecord::queued((*id).into(), "tenant".into(), spec.clone(), None);
-        store.insert_job(&record).await.unwrap();
+        insert(store.as_ref(), &record).await;
     }
     let other = JobRecord::queued(
         "job_o".into(),
@@ -342,7 +453,7 @@ async fn a_tenants_load_counts_its_active_jobs_and_their_steps(store: Arc<dyn St
         spec("mdl_1", "ds_1", 1000),
         None,
     );
-    store.insert_job(&other).await.unwrap();
+    insert(store.as_ref(), &other).await;
     assert_eq!(store.active_load("tenant").await.unwrap(), (3, 357));
     let mut using = store.active_jobs_using("tenant", "mdl_1").await.unwrap();
     using.sort();
@@ -387,9 +498,9 @@ async fn a_notification_is_due_once_its_job_ends_and_is_taken_by_one_process_at_
             None,
         )
     };
-    store.insert_job(&notified("job_a")).await.unwrap();
-    store.insert_job(&notified("job_b")).await.unwrap();
-    store.insert_job(&job("job_c")).await.unwrap();
+    insert(store.as_ref(), &notified("job_a")).await;
+    insert(store.as_ref(), &notified("job_b")).await;
+    insert(store.as_ref(), &job("job_c")).await;
     assert!(store.notification("job_c").await.unwrap().is_none());
     let pending = store.notification("job_a").await.unwrap().unwrap();
     assert_eq!(pending.url, "https://hooks.example.com/job_a");
@@ -498,6 +609,7 @@ macro_rules! on_backend {
                 a_tenant_with_many_queued_jobs_does_not_hold_back_another,
                 listings_are_newest_first_per_tenant_and_state,
                 a_tenants_load_counts_its_active_jobs_and_their_steps,
+                a_job_past_the_tenants_limits_is_refused_even_when_submitted_at_once,
                 a_notification_is_due_once_its_job_ends_and_is_taken_by_one_process_at_a_time,
             );
         }
@@ -521,8 +633,8 @@ async fn the_database_serves_one_process_and_the_next_one_recovers_its_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("effp.sqlite3");
     let store = SqliteStore::open(&path).unwrap();
-    store.insert_job(&job("job_a")).await.unwrap();
-    store.insert_job(&job("job_b")).await.unwrap();
+    insert(&store, &job("job_a")).await;
+    insert(&store, &job("job_b")).await;
     store.claim(LONG, 3).await.unwrap().unwrap();
     match SqliteStore::open(&path) {
         Err(e @ StoreError::InUse(_)) => {

@@ -193,22 +193,20 @@ on_backend!(redis, backends::redis);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_a_redis_restart_and_the_store_reconnects() {
     use effp_protocol::JobState;
-    use effp_store::{JobRecord, JobStore, Queue};
+    use effp_store::{ActiveLimits, JobRecord, JobStore, Queue};
     let mut server = effp_testkit::servers::RedisServer::start();
     let store = effp_store::redis::RedisStore::connect(&server.url(), "effp")
         .await
         .unwrap();
     let job = JobRecord::queued("job_a".into(), "t".into(), serde_json::json!({}), None);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, ActiveLimits::NONE).await.unwrap();
     let lease = std::time::Duration::from_secs(60);
     store.claim(lease, 3).await.unwrap().unwrap();
     store
-        .insert_job(&JobRecord::queued(
-            "job_b".into(),
-            "t".into(),
-            serde_json::json!({}),
-            None,
-        ))
+        .insert_job(
+            &JobRecord::queued("job_b".into(), "t".into(), serde_json::json!({}), None),
+            ActiveLimits::NONE,
+        )
         .await
         .unwrap();
     server.restart();

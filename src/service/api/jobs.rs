@@ -141,7 +141,7 @@ pub async fn submit(
         spec_value,
         key,
     );
-    if let Some(existing) = state.jobs.insert_job(&job).await? {
+    if let Some(existing) = state.jobs.insert_job(&job, state.quotas.active()).await? {
         // Another request with the same Idempotency-Key got there first.
         let key = job.idempotency_key.as_deref().unwrap_or_default();
         return replay(existing, &job.spec, key);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{RedisStore, backend, millis_of};
-use crate::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError};
+use crate::{ActiveLimits, DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError};
 
 /// A record of an uploaded file, kept as JSON beside its owner.
 trait Upload: Serialize + DeserializeOwned + Clone + Send + Sync {
@@ -448,7 +448,11 @@ impl JobStore for RedisStore {
             .collect())
     }
 
-    async fn insert_job(&self, j: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+    async fn insert_job(
+        &self,
+        j: &JobRecord,
+        limits: ActiveLimits,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let text = |v: &serde_json::Value| v.to_string();
         let spec_str = |path: &str| {
             j.spec
@@ -498,15 +502,37 @@ impl JobStore for RedisStore {
             }
         }
         let key = j.idempotency_key.clone().unwrap_or_default();
-        let mut args: Vec<&str> = vec![&j.id, &j.tenant, &key, &created_ms];
+        let (max_jobs, max_steps, steps_arg) = (
+            limits.jobs.to_string(),
+            limits.training_steps.to_string(),
+            steps.to_string(),
+        );
+        let mut args: Vec<&str> = vec![
+            &j.id,
+            &j.tenant,
+            &key,
+            &created_ms,
+            &max_jobs,
+            &max_steps,
+            &steps_arg,
+        ];
         for (name, value) in &fields {
             args.push(name);
             args.push(value);
         }
-        let existing: Option<String> = self.script(&self.scripts.insert_job, &args).await?;
-        match existing {
-            Some(id) => self.load_job(&id, Some(&j.tenant)).await,
-            None => Ok(None),
+        let outcome: Vec<String> = self.script(&self.scripts.insert_job, &args).await?;
+        match outcome.as_slice() {
+            [kind] if kind == "inserted" => Ok(None),
+            [kind, id] if kind == "existing" => self.load_job(id, Some(&j.tenant)).await,
+            [kind, jobs, active_steps] if kind == "quota" => Err(StoreError::TooManyActive {
+                jobs: jobs.parse().unwrap_or(0),
+                steps: active_steps.parse().unwrap_or(0),
+                requested: steps,
+                limits,
+            }),
+            other => Err(StoreError::Backend(format!(
+                "unexpected answer from the job insert script: {other:?}"
+            ))),
         }
     }
 

@@ -83,16 +83,32 @@ local function dead_letter(id, reason)
 end
 "#;
 
-/// ARGV: p, id, tenant, idempotency key (`''`: none), created_ms, then field/value
-/// pairs. Returns the id of the tenant's job with the same key, or nil when inserted.
+/// ARGV: p, id, tenant, idempotency key (`''`: none), created_ms, the tenant's most
+/// active jobs and training steps, the job's steps, then field/value pairs. Returns
+/// `{'existing', id}` with the tenant's job of the same key, `{'quota', jobs, steps}`
+/// with the tenant's active load when one more job would pass its limits, or
+/// `{'inserted'}`.
 const INSERT_JOB: &str = r#"
 local id, tenant, key, created = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max_jobs, max_steps, steps = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local idem = p .. ':idem:' .. tenant .. ':' .. key
 if key ~= '' then
-  local idem = p .. ':idem:' .. tenant .. ':' .. key
-  if not redis.call('SET', idem, id, 'NX') then return redis.call('GET', idem) end
+  local existing = redis.call('GET', idem)
+  if existing then return {'existing', existing} end
 end
+local jobs, active_steps = 0, 0
+for _, state in ipairs({'queued', 'running'}) do
+  for _, other in ipairs(redis.call('ZRANGE', state_key(tenant, state), 0, -1)) do
+    jobs = jobs + 1
+    active_steps = active_steps + tonumber(redis.call('HGET', job_key(other), 'steps') or '0')
+  end
+end
+if jobs >= max_jobs or active_steps + steps > max_steps then
+  return {'quota', tostring(jobs), tostring(active_steps)}
+end
+if key ~= '' then redis.call('SET', idem, id) end
 local j = job_key(id)
-for i = 6, #ARGV, 2 do redis.call('HSET', j, ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', j, ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', p .. ':jobs:' .. tenant, created, id)
 redis.call('ZADD', state_key(tenant, 'queued'), created, id)
 redis.call('HINCRBY', p .. ':job-counts', 'queued', 1)
@@ -102,7 +118,7 @@ if notify then
 end
 event(id, 'state')
 enqueue(id)
-return false
+return {'inserted'}
 "#;
 
 /// ARGV: p, job id, now (ms), lease end (ms). Takes an ended job's due notification:

@@ -6,7 +6,9 @@ use rusqlite::{OptionalExtension, params};
 use super::{
     JOB_COLUMNS, ObjectLock, SqliteStore, append_event, job_row, json_column, state_column,
 };
-use crate::{DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError, now};
+use crate::{
+    ActiveLimits, DatasetRecord, JobEvent, JobRecord, JobStore, ModelRecord, StoreError, now,
+};
 
 #[async_trait::async_trait]
 impl JobStore for SqliteStore {
@@ -223,20 +225,7 @@ impl JobStore for SqliteStore {
 
     async fn active_load(&self, tenant: &str) -> Result<(u64, u64), StoreError> {
         let tenant = tenant.to_string();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(json_extract(spec, '$.training.steps')), 0) \
-                 FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
-                params![tenant],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.max(0) as u64,
-                        r.get::<_, i64>(1)?.max(0) as u64,
-                    ))
-                },
-            )
-        })
-        .await
+        self.with(move |c| active_load(c, &tenant)).await
     }
 
     async fn ended_jobs(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -255,10 +244,41 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn insert_job(&self, j: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+    async fn insert_job(
+        &self,
+        j: &JobRecord,
+        limits: ActiveLimits,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let j = j.clone();
         let existing = self.with(move |c| {
             let tx = c.unchecked_transaction()?;
+            let same_key = |tx: &rusqlite::Transaction| {
+                tx.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"),
+                    params![j.tenant, j.idempotency_key],
+                    job_row,
+                )
+                .optional()
+            };
+            if j.idempotency_key.is_some()
+                && let Some(existing) = same_key(&tx)?
+            {
+                return Ok(Ok(Some(existing)));
+            }
+            let (jobs, steps) = active_load(&tx, &j.tenant)?;
+            let requested = j
+                .spec
+                .pointer("/training/steps")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if jobs >= limits.jobs || steps.saturating_add(requested) > limits.training_steps {
+                return Ok(Err(StoreError::TooManyActive {
+                    jobs,
+                    steps,
+                    requested,
+                    limits,
+                }));
+            }
             let inserted = tx.execute(
                 &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                           ON CONFLICT (tenant, idempotency_key) DO NOTHING"),
@@ -269,13 +289,7 @@ impl JobStore for SqliteStore {
                 ],
             )?;
             if inserted == 0 {
-                return tx
-                    .query_row(
-                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"),
-                        params![j.tenant, j.idempotency_key],
-                        job_row,
-                    )
-                    .optional();
+                return same_key(&tx).map(Ok);
             }
             append_event(&tx, &j.id, "state")?;
             if let Some(url) = crate::notify_url(&j.spec) {
@@ -285,9 +299,9 @@ impl JobStore for SqliteStore {
                 )?;
             }
             tx.commit()?;
-            Ok(None)
+            Ok(Ok(None))
         })
-        .await?;
+        .await??;
         if existing.is_none() {
             self.work_arrived();
         }
@@ -391,4 +405,19 @@ impl JobStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
+}
+
+/// A tenant's queued or running jobs and the training steps they ask for.
+fn active_load(c: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<(u64, u64)> {
+    c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(json_extract(spec, '$.training.steps')), 0) \
+         FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
+        params![tenant],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
 }
